@@ -1,0 +1,185 @@
+"""The ``agentrt`` command line.
+
+agentrt demo                       an agent with tools answers a question on the demo model
+agentrt run MODULE:WORKFLOW ...    run any workflow once and print its result
+agentrt models prepare|list        build the local models (no hub access)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+
+def _quiet_vllm(verbose: bool) -> None:
+    # vLLM logs every engine step at INFO; a CLI user wants the answer.
+    if not verbose:
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("TQDM_DISABLE", "1")
+
+
+def _parse_input(item: str) -> tuple[str, Any]:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--input expects key=value, got {item!r}")
+    try:
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw  # plain strings need no JSON quotes
+    return key, value
+
+
+def _load_workflow(target: str) -> Any:
+    from workflows import Workflow
+
+    module_name, sep, attr = target.rpartition(":")
+    if not sep or not module_name or not attr:
+        raise SystemExit(f"agentrt run: expected MODULE:WORKFLOW (or path/to/file.py:WORKFLOW), got {target!r}")
+    if module_name.endswith(".py") or os.sep in module_name:
+        path = Path(module_name).resolve()
+        if not path.is_file():
+            raise SystemExit(f"agentrt run: no such file {path}")
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+    else:
+        sys.path.insert(0, os.getcwd())
+        module = importlib.import_module(module_name)
+    try:
+        wf = getattr(module, attr)
+    except AttributeError:
+        raise SystemExit(f"agentrt run: module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(wf, Workflow):
+        raise SystemExit(f"agentrt run: {target} is not a @workflow (got {type(wf).__name__})")
+    return wf
+
+
+def _build_runtime(args: argparse.Namespace) -> Any:
+    from ._runtime import Runtime
+
+    if args.engine:
+        return Runtime(list(args.engine), policy=args.policy)
+    return Runtime.local(args.model, engines=args.engines, policy=args.policy)
+
+
+async def _run_demo(args: argparse.Namespace) -> int:
+    from ._demo import demo_workflow
+    from ._report import program_report
+
+    started = time.monotonic()
+    async with _build_runtime(args) as rt:
+        print(f"engines ready in {time.monotonic() - started:.1f} s: {', '.join(e.name for e in rt.engines)}")
+        print(f"question: {args.question}")
+        handle = rt.submit(demo_workflow, question=args.question)
+        result = await handle
+        for i, turn in enumerate(result.turns, 1):
+            calls = ", ".join(f"{c.name}({json.dumps(c.arguments)})" for c in turn.reply.tool_calls)
+            print(f"turn {i}: " + (f"tool calls {calls}" if calls else "answer"))
+            for r in turn.tool_results:
+                print(f"   -> {r.name}: {r.content}")
+        print(f"\nanswer: {result.answer}\n")
+        print(program_report(handle.program))
+    return 0
+
+
+async def _run_workflow(args: argparse.Namespace) -> int:
+    from ._report import program_report
+
+    wf = _load_workflow(args.target)
+    inputs = dict(args.input or [])
+    wf.validate_inputs(**inputs)  # fail before starting engines
+    async with _build_runtime(args) as rt:
+        handle = rt.submit(wf, **inputs)
+        try:
+            result = await handle
+        finally:
+            print(program_report(handle.program), file=sys.stderr)
+    print(json.dumps(result, default=_jsonable, indent=2))
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    import dataclasses
+
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if hasattr(value, "model_dump"):
+        return value.model_dump()
+    return str(value)
+
+
+def _parser() -> argparse.ArgumentParser:
+    from ._policy import policy_names
+    from ._runtime import DEFAULT_MODEL
+
+    parser = argparse.ArgumentParser(prog="agentrt", description="Run LLM agent workflows on vLLM engines.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def engine_options(p: argparse.ArgumentParser, default_model: str) -> None:
+        p.add_argument("--model", default=default_model, help="model name under .cache/models or a path")
+        p.add_argument("--engines", type=int, default=1, help="number of in-process engines")
+        p.add_argument(
+            "--engine", action="append", metavar="URL", help="use a running vLLM server (repeatable) instead"
+        )
+        p.add_argument("--policy", default="vllm", choices=policy_names())
+        p.add_argument("-v", "--verbose", action="store_true", help="show vLLM's own logs")
+
+    demo = sub.add_parser("demo", help="an agent with tools answers a question on the demo model")
+    engine_options(demo, DEFAULT_MODEL)
+    from ._demo import DEMO_QUESTION
+
+    demo.add_argument("--question", default=DEMO_QUESTION)
+
+    run = sub.add_parser("run", help="run a workflow once: agentrt run MODULE:WORKFLOW --input k=v")
+    run.add_argument("target", help="MODULE:WORKFLOW or path/to/file.py:WORKFLOW")
+    run.add_argument("--input", action="append", type=_parse_input, metavar="KEY=VALUE", help="JSON or plain text")
+    engine_options(run, DEFAULT_MODEL)
+
+    models = sub.add_parser(
+        "models",
+        help="prepare or list the local models",
+        description="agentrt models [--models-dir DIR] {prepare NAME... [--force] | list}",
+    )
+    models.add_argument("models_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "models":
+        from ._models import main as models_main
+
+        return models_main(args.models_args)
+    _quiet_vllm(args.verbose)
+
+    import anyio
+
+    from workflows import WorkflowError
+
+    from ._errors import AgentRuntimeError
+
+    try:
+        if args.command == "demo":
+            return anyio.run(_run_demo, args, backend="asyncio")
+        return anyio.run(_run_workflow, args, backend="asyncio")
+    except (AgentRuntimeError, WorkflowError) as exc:
+        print(f"agentrt: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,326 @@
+"""The runtime's implementation of :class:`workflows.Context`.
+
+One :class:`RuntimeContext` exists per running node body (the workflow
+itself, each step attempt's body, each agent loop).  It records every piece of
+work started through it as a node of the program's DAG, with ``after`` edges
+to the sibling nodes that finished before it started.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+from toolbridge import Tool, run_tool
+from workflows import (
+    Agent,
+    AgentResult,
+    Context,
+    LLMReply,
+    StepCall,
+    StepFailed,
+    ToolCall,
+    ToolChoice,
+    ToolMessage,
+    Usage,
+    render_tool_value,
+)
+
+from ._engines._base import ChatPrompt, SamplingOptions
+from ._events import StepFinished, StepStarted, ToolCallFinished, ToolCallStarted
+from ._program import Node, NodeKind, Program
+from ._toolcalls import ToolPrompt, parse_reply
+
+if TYPE_CHECKING:
+    from ._runtime import Runtime
+
+__all__ = ["RuntimeContext", "normalize_messages"]
+
+T = TypeVar("T")
+
+#: Seconds to wait before retry n (n = 1, 2, ...) of a failed step: 0.1, 0.2, 0.4 ... capped at 2.
+_RETRY_BACKOFF_S = (0.1, 2.0)
+
+
+def _text_of(content: object) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+    return str(content)
+
+
+def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Plain ``role``/``content`` messages every chat template can render.
+
+    Assistant tool calls in OpenAI's shape become the JSON text our tool
+    protocol uses, so a history from another client still renders.
+    """
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+            raise ValueError(f"message {i} must be a mapping with a string 'role', got {m!r}")
+        content = _text_of(m.get("content"))
+        if m["role"] == "assistant" and not content and m.get("tool_calls"):
+            calls = []
+            for c in m["tool_calls"]:
+                fn = c.get("function", c)
+                args = fn.get("arguments", {})
+                calls.append({"name": fn.get("name"), "arguments": json.loads(args) if isinstance(args, str) else args})
+            content = json.dumps({"tool_calls": calls})
+        msg: dict[str, Any] = {"role": m["role"], "content": content}
+        if m["role"] == "tool":
+            for key in ("tool_call_id", "name"):
+                if key in m:
+                    msg[key] = m[key]
+        out.append(msg)
+    return out
+
+
+class RuntimeContext(Context):
+    """A workflow context bound to one program and one enclosing node."""
+
+    def __init__(self, runtime: Runtime, program: Program, node: Node | None) -> None:
+        self._runtime = runtime
+        self.program = program
+        self.node = node
+        self._finished_since_start: list[str] = []
+        self._after: tuple[str, ...] = ()
+
+    @property
+    def program_id(self) -> str:
+        return self.program.id
+
+    # -- DAG bookkeeping -----------------------------------------------------
+
+    def _open(self, kind: NodeKind, name: str) -> Node:
+        if self._finished_since_start:
+            self._after = tuple(self._finished_since_start)
+            self._finished_since_start.clear()
+        return self.program.add_node(kind, name, parent=self.node.id if self.node else None, after=self._after)
+
+    def _close(self, node: Node, *, ok: bool, error: str | None = None) -> None:
+        self.program.finish_node(node, ok=ok, error=error)
+        self._finished_since_start.append(node.id)
+
+    # -- Context API ---------------------------------------------------------
+
+    async def llm(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        tools: Sequence[object] | None = None,
+        tool_choice: ToolChoice = "auto",
+        json_schema: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+        ignore_eos: bool = False,
+    ) -> LLMReply:
+        if tools and json_schema is not None:
+            raise ValueError("ctx.llm: pass either tools or json_schema, not both")
+        chat = normalize_messages(messages)
+        if not chat:
+            raise ValueError("ctx.llm: messages must not be empty")
+        tool_prompt: ToolPrompt | None = None
+        schema = json_schema
+        if tools:
+            tool_prompt = ToolPrompt(self._runtime.tools_for(tools))
+            chat = tool_prompt.with_system(chat)
+            schema = tool_prompt.schema(tool_choice, max_tokens)
+        sampling = SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=tuple(stop),
+            ignore_eos=ignore_eos,
+            json_schema=schema,
+        )
+        node = self._open(NodeKind.LLM, "chat")
+        ok = False
+        try:
+            completion = await self._runtime._generate(
+                self.program, node, ChatPrompt.of(chat), sampling, requested_priority=priority
+            )
+            usage = Usage(completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens)
+            node.usage = usage
+            text, error = completion.text, None
+            calls: tuple[ToolCall, ...] = ()
+            if tool_prompt is not None:
+                parsed = parse_reply(
+                    completion.text, finish_reason=completion.finish_reason, call_id_prefix=f"call-{node.id}"
+                )
+                text, calls, error = parsed.text, parsed.tool_calls, parsed.error
+            ok = True
+            return LLMReply(
+                text=text,
+                tool_calls=calls,
+                usage=usage,
+                finish_reason=completion.finish_reason,
+                model=completion.model,
+                engine=completion.engine,
+                raw_text=completion.text,
+                tool_call_error=error,
+                ttft_s=completion.ttft_s,
+                latency_s=completion.e2e_s,
+            )
+        finally:
+            self._close(node, ok=ok, error=None if ok else "llm call failed")
+
+    async def gather(self, *aws: Awaitable[T]) -> list[T]:
+        results: list[Any] = [None] * len(aws)
+
+        async def run_one(index: int, aw: Awaitable[T]) -> None:
+            results[index] = await aw
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for i, aw in enumerate(aws):
+                    tg.start_soon(run_one, i, aw)
+        except BaseExceptionGroup as group:
+            # Surface the first real failure as itself (siblings were
+            # cancelled because of it); keep a group only for several.
+            errors = [e for e in group.exceptions if isinstance(e, Exception)]
+            if len(errors) == 1 and len(group.exceptions) == 1:
+                raise errors[0] from None
+            raise
+        return results
+
+    async def call_tool(self, call: ToolCall, tools: Sequence[object]) -> ToolMessage:
+        specs = {t.name: t for t in self._runtime.tools_for(tools)}
+        node = self._open(NodeKind.TOOL, call.name)
+        program = self.program
+        program.tool_calls += 1
+        program.emit(
+            ToolCallStarted(
+                program_id=program.id,
+                t=program.elapsed(),
+                node_id=node.id,
+                name=call.name,
+                call_id=call.id,
+                arguments=call.arguments,
+            )
+        )
+        message: ToolMessage | None = None
+        try:
+            spec = specs.get(call.name)
+            if spec is None:
+                message = ToolMessage(
+                    call.id,
+                    call.name,
+                    f"error (unknown_tool): there is no tool {call.name!r}; tools: {', '.join(specs)}",
+                    ok=False,
+                    error_kind="unknown_tool",
+                )
+            else:
+                result = await run_tool(spec, call.arguments)
+                node.attributes["usage"] = result.usage
+                if result.ok:
+                    message = ToolMessage(call.id, call.name, render_tool_value(result.value), value=result.value)
+                else:
+                    assert result.error is not None
+                    message = ToolMessage(
+                        call.id,
+                        call.name,
+                        f"error ({result.error.kind}): {result.error.message}",
+                        ok=False,
+                        error_kind=result.error.kind,
+                    )
+            return message
+        finally:
+            ok = message is not None and message.ok
+            self._close(node, ok=ok, error=None if ok else (message.content if message else "cancelled"))
+            program.emit(
+                ToolCallFinished(
+                    program_id=program.id,
+                    t=program.elapsed(),
+                    node_id=node.id,
+                    name=call.name,
+                    call_id=call.id,
+                    ok=ok,
+                    duration_s=node.duration_s or 0.0,
+                    error_kind=message.error_kind if message else "cancelled",
+                )
+            )
+
+    async def run_step(self, call: StepCall[T]) -> T:
+        step = call.step
+        program = self.program
+        node = self._open(NodeKind.STEP, step.name)
+        timeout = step.timeout_s if step.timeout_s is not None else math.inf
+        error: str | None = "cancelled"
+        try:
+            for attempt in range(1, step.retries + 2):
+                node.attempts = attempt
+                program.emit(
+                    StepStarted(
+                        program_id=program.id, t=program.elapsed(), node_id=node.id, name=step.name, attempt=attempt
+                    )
+                )
+                body = RuntimeContext(self._runtime, program, node)
+                try:
+                    with anyio.fail_after(timeout):
+                        value: T = await step.fn(body, *call.args, **call.kwargs)
+                except Exception as exc:
+                    cause = exc
+                    if isinstance(exc, TimeoutError) and not str(exc):
+                        cause = TimeoutError(f"timed out after {step.timeout_s} s")
+                        cause.__cause__ = exc
+                    error = f"{type(cause).__name__}: {cause}"
+                    if attempt > step.retries or not isinstance(exc, step.retry_on):
+                        raise StepFailed(step.name, attempt, cause) from cause
+                    await anyio.sleep(min(_RETRY_BACKOFF_S[0] * 2 ** (attempt - 1), _RETRY_BACKOFF_S[1]))
+                    continue
+                error = None
+                return value
+            raise AssertionError("unreachable")  # the loop returns or raises
+        finally:
+            self._close(node, ok=error is None, error=error)
+            program.emit(
+                StepFinished(
+                    program_id=program.id,
+                    t=program.elapsed(),
+                    node_id=node.id,
+                    name=step.name,
+                    ok=error is None,
+                    duration_s=node.duration_s or 0.0,
+                    attempts=node.attempts,
+                    error=error,
+                )
+            )
+
+    async def run_agent(self, agent: Agent, task: str | Sequence[Mapping[str, Any]]) -> AgentResult:
+        node = self._open(NodeKind.AGENT, agent.name)
+        ok = False
+        try:
+            result = await agent.execute(RuntimeContext(self._runtime, self.program, node), task)
+            node.usage = result.usage
+            node.attributes["turns"] = len(result.turns)
+            node.attributes["stopped"] = result.stopped
+            ok = True
+            return result
+        finally:
+            self._close(node, ok=ok, error=None if ok else "agent failed")
+
+
+def tool_specs(cache: dict[object, Tool], tools: Sequence[object]) -> tuple[Tool, ...]:
+    """Tool objects for ``tools`` (functions become :class:`toolbridge.Tool` once, then cached)."""
+    from toolbridge import as_tool
+
+    specs = []
+    for t in tools:
+        spec = cache.get(t)
+        if spec is None:
+            spec = cache[t] = as_tool(t)
+        specs.append(spec)
+    return tuple(specs)

@@ -1,0 +1,323 @@
+"""The engine interface every backend implements.
+
+An engine serves one model and runs generation requests: the in-process vLLM
+engine (``AsyncLLM``), a remote vLLM OpenAI-compatible server, or a server the
+runtime launched itself.  The runtime talks to all of them through
+:class:`Engine`; backends only implement the ``_``-prefixed hooks, while the
+base class keeps the bookkeeping (in-flight requests, token totals, closed
+state) in one place so every backend reports the same statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator, Mapping, Sequence
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Self, TypeAlias
+
+from .._errors import EngineClosedError, EngineError
+
+__all__ = [
+    "ChatPrompt",
+    "Completion",
+    "Engine",
+    "EngineStats",
+    "GenerateRequest",
+    "MetadataValue",
+    "Prompt",
+    "SamplingOptions",
+    "TokenDelta",
+    "TokenPrompt",
+]
+
+#: Values vLLM accepts in ``SamplingParams.extra_args`` and in the HTTP body's
+#: ``vllm_xargs`` alike (the HTTP side is the narrower of the two).
+MetadataValue: TypeAlias = str | int | float | list[str | int | float]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatPrompt:
+    """Chat messages (``{"role": ..., "content": ...}``) rendered by the engine's chat template."""
+
+    messages: tuple[Mapping[str, Any], ...]
+
+    @classmethod
+    def of(cls, messages: Sequence[Mapping[str, Any]]) -> ChatPrompt:
+        return cls(tuple(dict(m) for m in messages))
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPrompt:
+    """A prompt given as token ids, sent to the engine untouched."""
+
+    token_ids: tuple[int, ...]
+
+
+Prompt: TypeAlias = ChatPrompt | TokenPrompt
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingOptions:
+    """How to sample one completion.
+
+    ``json_schema`` turns on structured output: the engine only emits text that
+    parses as JSON valid against the schema (vLLM guided decoding).
+    """
+
+    max_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    json_schema: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass(frozen=True, slots=True)
+class GenerateRequest:
+    """One generation request.
+
+    ``priority`` follows vLLM: lower values run first.  ``metadata`` reaches the
+    engine's scheduler as ``SamplingParams.extra_args`` (in-process) or
+    ``vllm_xargs`` (HTTP); the runtime uses it to tell the engine which program
+    and turn a request belongs to.
+    """
+
+    request_id: str
+    prompt: Prompt
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    priority: int = 0
+    metadata: Mapping[str, MetadataValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDelta:
+    """Newly generated text and token ids, streamed while a request runs."""
+
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The finished result of one request.
+
+    Times are in seconds, measured by the runtime from the moment the request
+    was handed to the engine: ``ttft_s`` to the first generated token, ``e2e_s``
+    to the last.  ``queued_s`` is the time the engine kept the request waiting
+    before scheduling it, when the backend can tell (``None`` otherwise).
+    """
+
+    request_id: str
+    engine: str
+    model: str
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    ttft_s: float | None
+    e2e_s: float
+    queued_s: float | None = None
+    prompt_token_ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineStats:
+    """A snapshot of one engine's load and totals.
+
+    ``in_flight`` counts requests the runtime has sent and not yet seen finish.
+    ``waiting``, ``running`` and ``kv_usage`` (fraction of KV blocks in use,
+    0..1) come from the engine's own scheduler when the backend reports them,
+    else ``None``.  Token totals are since the engine started.
+    """
+
+    name: str
+    model: str
+    healthy: bool
+    in_flight: int
+    requests_total: int
+    prompt_tokens: int
+    cached_tokens: int
+    completion_tokens: int
+    waiting: int | None = None
+    running: int | None = None
+    kv_usage: float | None = None
+    preemptions: int | None = None
+
+
+class Engine(ABC):
+    """Abstract base of engine backends; an async context manager.
+
+    ``async with engine:`` starts it and closes it.  :meth:`stream` and
+    :meth:`generate` are the request API; backends implement :meth:`_start`,
+    :meth:`_stream`, :meth:`_abort`, :meth:`_check_health`, :meth:`_aclose`
+    and may extend :meth:`_engine_stats`.
+    """
+
+    def __init__(self, name: str, model: str) -> None:
+        self.name = name
+        self.model = model
+        self._started = False
+        self._closed = False
+        self._in_flight: set[str] = set()
+        self._requests_total = 0
+        self._prompt_tokens = 0
+        self._cached_tokens = 0
+        self._completion_tokens = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the engine; a second call does nothing."""
+        if self._closed:
+            raise EngineClosedError(f"engine {self.name} is closed")
+        if not self._started:
+            await self._start()
+            self._started = True
+
+    async def aclose(self) -> None:
+        """Abort what is in flight and release the engine; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._aclose()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- requests ----------------------------------------------------------
+
+    async def stream(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta | Completion, None]:
+        """Run ``request``, yielding :class:`TokenDelta` items, then one :class:`Completion`.
+
+        Closing the iterator early (or cancelling the task that drives it)
+        aborts the request in the engine.
+        """
+        if self._closed:
+            raise EngineClosedError(f"engine {self.name} is closed")
+        if not self._started:
+            await self.start()
+        if request.request_id in self._in_flight:
+            raise EngineError(f"request id {request.request_id!r} is already in flight on {self.name}")
+        self._in_flight.add(request.request_id)
+        self._requests_total += 1
+        try:
+            async with aclosing(self._stream(request)) as chunks:
+                async for chunk in chunks:
+                    if isinstance(chunk, Completion):
+                        self._prompt_tokens += chunk.prompt_tokens
+                        self._cached_tokens += chunk.cached_tokens
+                        self._completion_tokens += chunk.completion_tokens
+                    yield chunk
+        finally:
+            self._in_flight.discard(request.request_id)
+
+    async def generate(self, request: GenerateRequest) -> Completion:
+        """Run ``request`` to completion and return the result."""
+        async with aclosing(self.stream(request)) as chunks:
+            async for chunk in chunks:
+                if isinstance(chunk, Completion):
+                    return chunk
+        raise EngineError(f"engine {self.name} ended request {request.request_id!r} without a result")
+
+    async def abort(self, request_id: str) -> None:
+        """Abort a request in flight; unknown ids are ignored."""
+        if request_id in self._in_flight:
+            await self._abort(request_id)
+
+    async def check_health(self) -> None:
+        """Raise :class:`~runtime.EngineUnavailableError` unless the engine can serve."""
+        if self._closed:
+            raise EngineClosedError(f"engine {self.name} is closed")
+        await self._check_health()
+
+    async def stats(self) -> EngineStats:
+        """Return a snapshot of load and totals (see :class:`EngineStats`)."""
+        extra = await self._engine_stats()
+        healthy = True
+        try:
+            await self.check_health()
+        except EngineError:
+            healthy = False
+        return EngineStats(
+            name=self.name,
+            model=self.model,
+            healthy=healthy,
+            in_flight=len(self._in_flight),
+            requests_total=self._requests_total,
+            prompt_tokens=self._prompt_tokens,
+            cached_tokens=self._cached_tokens,
+            completion_tokens=self._completion_tokens,
+            **extra,
+        )
+
+    @property
+    def available(self) -> bool:
+        """Whether the engine can take a request now; cheap (no I/O), for dispatching."""
+        return self._started and not self._closed and self._available()
+
+    @property
+    def in_flight(self) -> int:
+        """Requests sent to this engine and not finished yet."""
+        return len(self._in_flight)
+
+    # -- backend hooks -----------------------------------------------------
+
+    @abstractmethod
+    async def _start(self) -> None:
+        """Bring the engine up; raise :class:`EngineStartError` on failure."""
+
+    @abstractmethod
+    def _stream(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta | Completion, None]:
+        """Yield deltas then exactly one :class:`Completion`; abort when closed early."""
+
+    @abstractmethod
+    async def _abort(self, request_id: str) -> None:
+        """Abort one request in the engine."""
+
+    @abstractmethod
+    async def _check_health(self) -> None:
+        """Raise :class:`EngineUnavailableError` if the engine cannot serve."""
+
+    @abstractmethod
+    async def _aclose(self) -> None:
+        """Release everything the backend holds."""
+
+    def _available(self) -> bool:
+        """Backend view of :attr:`available` (e.g. false while a server restarts)."""
+        return True
+
+    async def _engine_stats(self) -> dict[str, Any]:
+        """Backend-specific fields of :class:`EngineStats` (waiting, running, kv_usage, preemptions)."""
+        return {}
+
+
+def monotonic() -> float:
+    """The clock every engine uses for request timings (seconds)."""
+    return time.monotonic()

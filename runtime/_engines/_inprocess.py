@@ -1,0 +1,215 @@
+"""In-process vLLM engine: ``vllm.v1.engine.async_llm.AsyncLLM`` in this process.
+
+The engine core still runs in a child process that vLLM spawns, which is why a
+script that starts one needs an ``if __name__ == "__main__":`` guard.
+
+This module and :mod:`._vllm_stats` are the only places that import vLLM's
+Python API; that surface is kept small on purpose (vLLM's internals move
+between releases) and every piece of it is exercised by the integration tests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncGenerator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
+
+import anyio
+import anyio.to_thread
+
+from .._errors import EngineRequestError, EngineStartError, EngineUnavailableError
+from .._models import resolve_model
+from ._base import ChatPrompt, Completion, Engine, GenerateRequest, TokenDelta, monotonic
+from ._vllm_stats import SchedulerSnapshot, make_stat_logger_factory
+
+if TYPE_CHECKING:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+__all__ = ["InProcessEngine"]
+
+_engine_counter = 0
+
+
+def _next_name() -> str:
+    global _engine_counter
+    _engine_counter += 1
+    return f"inproc-{_engine_counter - 1}"
+
+
+class InProcessEngine(Engine):
+    """A vLLM engine running inside this process (``AsyncLLM``).
+
+    ``model`` is a name under the models directory (``tiny``, ``smollm2-135m``)
+    or a path.  ``kv_cache_gib`` sizes the KV cache on the CPU
+    (``VLLM_CPU_KVCACHE_SPACE``); ``num_kv_blocks`` forces a small cache to
+    create memory pressure.  Requests run with vLLM's priority scheduling
+    (lower value first) and prefix caching on.  Extra ``AsyncEngineArgs``
+    fields go in ``engine_args``.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = "tiny",
+        *,
+        name: str | None = None,
+        kv_cache_gib: int = 1,
+        max_model_len: int | None = 4096,
+        max_num_seqs: int | None = None,
+        num_kv_blocks: int | None = None,
+        dtype: str = "bfloat16",
+        scheduler_cls: str | None = None,
+        engine_args: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.model_path: Path = resolve_model(model)
+        super().__init__(name or _next_name(), self.model_path.name)
+        self._kv_cache_gib = kv_cache_gib
+        self._args: dict[str, Any] = {
+            "model": str(self.model_path),
+            "served_model_name": [self.model_path.name],
+            "dtype": dtype,
+            "max_model_len": max_model_len,
+            "max_num_seqs": max_num_seqs,
+            "num_gpu_blocks_override": num_kv_blocks,
+            "scheduler_cls": scheduler_cls,
+            "scheduling_policy": "priority",
+            "enable_prefix_caching": True,
+            # Random-weight test models pad JSON with whitespace until
+            # max_tokens unless whitespace outside strings is disallowed.
+            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+            "disable_log_stats": True,
+        }
+        self._args = {k: v for k, v in self._args.items() if v is not None}
+        self._args.update(engine_args or {})
+        self._llm: AsyncLLM | None = None
+        self._snapshot = SchedulerSnapshot()
+
+    async def _start(self) -> None:
+        # vLLM on the CPU sizes its cache from this variable and refuses to
+        # start without it on these machines; the engine-core child process
+        # reads it when it is spawned, so set it just before.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._kv_cache_gib)
+        try:
+            self._llm = await anyio.to_thread.run_sync(self._build)
+        except Exception as exc:
+            raise EngineStartError(f"in-process vLLM engine on {self.model_path} failed to start: {exc}") from exc
+
+    def _build(self) -> AsyncLLM:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(**self._args)
+        return AsyncLLM.from_engine_args(args, stat_loggers=[make_stat_logger_factory(self._snapshot)])
+
+    def _require_llm(self) -> AsyncLLM:
+        if self._llm is None:
+            raise EngineUnavailableError(f"engine {self.name} is not started")
+        if self._llm.errored:
+            raise EngineUnavailableError(f"engine {self.name} is dead: {self._llm.dead_error}")
+        return self._llm
+
+    def _prompt_ids(self, llm: AsyncLLM, request: GenerateRequest) -> list[int]:
+        if not isinstance(request.prompt, ChatPrompt):
+            return list(request.prompt.token_ids)
+        tokenizer = llm.get_tokenizer()
+        try:
+            ids = tokenizer.apply_chat_template(
+                [dict(m) for m in request.prompt.messages], add_generation_prompt=True, tokenize=True
+            )
+        except Exception as exc:
+            raise EngineRequestError(f"cannot render chat messages with {self.model}'s template: {exc}") from exc
+        # transformers 5 returns a BatchEncoding-like mapping; 4.x a list.
+        if isinstance(ids, Mapping):
+            ids = cast(Any, ids)["input_ids"]
+        return [int(i) for i in ids]
+
+    async def _stream(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta | Completion, None]:
+        from vllm.exceptions import VLLMClientError
+        from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        llm = self._require_llm()
+        prompt_ids = self._prompt_ids(llm, request)
+        opts = request.sampling
+        try:
+            params = SamplingParams(
+                max_tokens=opts.max_tokens,
+                temperature=opts.temperature,
+                top_p=opts.top_p,
+                seed=opts.seed,
+                stop=list(opts.stop) or None,
+                ignore_eos=opts.ignore_eos,
+                structured_outputs=(
+                    StructuredOutputsParams(json=dict(opts.json_schema)) if opts.json_schema is not None else None
+                ),
+                extra_args=dict(request.metadata) or None,
+                output_kind=RequestOutputKind.DELTA,
+            )
+        except (ValueError, TypeError) as exc:
+            raise EngineRequestError(f"invalid sampling options: {exc}") from exc
+
+        started = monotonic()
+        ttft: float | None = None
+        text: list[str] = []
+        token_ids: list[int] = []
+        try:
+            async for out in llm.generate(
+                {"prompt_token_ids": prompt_ids}, params, request.request_id, priority=request.priority
+            ):
+                piece = out.outputs[0]
+                if piece.token_ids:
+                    if ttft is None:
+                        ttft = monotonic() - started
+                    text.append(piece.text)
+                    token_ids.extend(piece.token_ids)
+                    yield TokenDelta(piece.text, tuple(piece.token_ids))
+                if out.finished:
+                    metrics = out.metrics
+                    queued = None
+                    if metrics is not None and metrics.scheduled_ts and metrics.queued_ts:
+                        queued = max(0.0, metrics.scheduled_ts - metrics.queued_ts)
+                    yield Completion(
+                        request_id=request.request_id,
+                        engine=self.name,
+                        model=self.model,
+                        text="".join(text),
+                        token_ids=tuple(token_ids),
+                        finish_reason=piece.finish_reason,
+                        prompt_tokens=len(prompt_ids),
+                        completion_tokens=len(token_ids),
+                        cached_tokens=out.num_cached_tokens or 0,
+                        ttft_s=ttft,
+                        e2e_s=monotonic() - started,
+                        queued_s=queued,
+                        prompt_token_ids=tuple(prompt_ids),
+                    )
+                    return
+        except EngineDeadError as exc:
+            raise EngineUnavailableError(f"engine {self.name} died: {exc}") from exc
+        except (VLLMClientError, ValueError) as exc:
+            raise EngineRequestError(f"engine {self.name} rejected request {request.request_id!r}: {exc}") from exc
+
+    async def _abort(self, request_id: str) -> None:
+        if self._llm is not None:
+            await self._llm.abort(request_id)
+
+    async def _check_health(self) -> None:
+        self._require_llm()
+
+    def _available(self) -> bool:
+        return self._llm is not None and not self._llm.errored
+
+    async def _engine_stats(self) -> dict[str, Any]:
+        return self._snapshot.as_stats()
+
+    async def _aclose(self) -> None:
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            # shutdown() joins the engine-core process: keep the loop free.
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(llm.shutdown)
+
+    @property
+    def vllm(self) -> AsyncLLM:
+        """The underlying ``AsyncLLM`` (vLLM's API; may change between releases)."""
+        return self._require_llm()

@@ -1,0 +1,298 @@
+"""``Runtime``: runs programs over a pool of engines.
+
+Each submitted workflow becomes a :class:`Program` running as a task in the
+runtime's task group.  Every LLM call goes through the policy (priority and
+engine choice) and is streamed from the chosen engine, failing over to another
+engine when one dies mid-call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from contextlib import aclosing
+from types import TracebackType
+from typing import Any, ParamSpec, Self, TypeVar
+
+import anyio
+
+from toolbridge import Tool
+from workflows import Usage, Workflow
+
+from ._context import RuntimeContext, tool_specs
+from ._engines._base import Completion, Engine, EngineStats, GenerateRequest, Prompt, SamplingOptions
+from ._errors import AgentRuntimeError, EngineUnavailableError, NoEngineError
+from ._events import LLMCallFinished, LLMCallStarted, ProgramFinished, ProgramStarted, TokenGenerated
+from ._handle import ProgramHandle
+from ._policy import Policy, get_policy
+from ._program import Node, Program, ProgramState
+
+__all__ = ["DEFAULT_MODEL", "Runtime"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: The model ``Runtime.local()`` serves when none is named.
+DEFAULT_MODEL = "smollm2-135m"
+
+
+class Runtime:
+    """Runs workflows as programs on a pool of engines; an async context manager.
+
+    ``engines`` are :class:`Engine` instances or URLs of vLLM OpenAI-compatible
+    servers.  ``policy`` names the scheduling policy (see
+    :func:`runtime.policy_names`).  Use ``async with`` (or :meth:`aclose`):
+    leaving it cancels running programs and closes every engine.
+    """
+
+    def __init__(self, engines: Sequence[Engine | str], *, policy: str | Policy = "vllm") -> None:
+        if isinstance(engines, Engine | str) or not engines:
+            raise ValueError("Runtime needs a non-empty list of engines (Engine objects or server URLs)")
+        from ._engines._remote import RemoteEngine
+
+        self.engines: list[Engine] = [RemoteEngine(e) if isinstance(e, str) else e for e in engines]
+        self.policy = get_policy(policy)
+        self.programs: dict[str, Program] = {}
+        self._tools: dict[object, Tool] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._host: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @classmethod
+    def local(
+        cls,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
+        *,
+        engines: int = 1,
+        policy: str | Policy = "vllm",
+        kv_cache_gib: int = 1,
+        max_model_len: int | None = 4096,
+        **engine_options: Any,
+    ) -> Runtime:
+        """The embedded default: ``engines`` in-process vLLM engines serving ``model``.
+
+        ``model`` is a name under the models directory (``smollm2-135m``,
+        ``tiny``) or a path.  Other keyword arguments go to
+        :class:`InProcessEngine`.
+        """
+        from ._engines._inprocess import InProcessEngine
+
+        if engines < 1:
+            raise ValueError(f"engines must be >= 1, got {engines}")
+        pool: list[Engine] = [
+            InProcessEngine(
+                model, name=f"local-{i}", kv_cache_gib=kv_cache_gib, max_model_len=max_model_len, **engine_options
+            )
+            for i in range(engines)
+        ]
+        return cls(pool, policy=policy)
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._closed:
+            raise AgentRuntimeError("this Runtime was closed; create a new one")
+        try:
+            async with anyio.create_task_group() as starting:
+                for engine in self.engines:
+                    starting.start_soon(engine.start)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                for engine in self.engines:
+                    await engine.aclose()
+            raise
+        # Programs run in a task group owned by a host task rather than by the
+        # caller's task: `async with` may be entered and exited from different
+        # tasks (pytest-asyncio fixtures, web-framework lifespans), which a
+        # cancel scope entered directly here would not survive.
+        ready = anyio.Event()
+        self._host = asyncio.get_running_loop().create_task(self._host_programs(ready), name="agentrt programs")
+        await ready.wait()
+        return self
+
+    async def _host_programs(self, ready: anyio.Event) -> None:
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            ready.set()
+            await anyio.sleep_forever()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Cancel running programs, then close every engine; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tg, self._tg = self._tg, None
+        host, self._host = self._host, None
+        try:
+            if tg is not None:
+                tg.cancel_scope.cancel()
+            if host is not None:
+                with anyio.CancelScope(shield=True):
+                    await host
+        finally:
+            with anyio.CancelScope(shield=True):
+                for engine in self.engines:
+                    await engine.aclose()
+
+    # -- programs --------------------------------------------------------------
+
+    def submit(self, workflow: Workflow[P, R], /, *args: P.args, **inputs: P.kwargs) -> ProgramHandle[R]:
+        """Start a program; inputs are validated now (``WorkflowInputError``), before anything runs."""
+        if self._tg is None:
+            raise AgentRuntimeError("the runtime is not running: use `async with Runtime(...) as rt:`")
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"expected a function decorated with @workflow, got {workflow!r}")
+        values = workflow.validate_inputs(*args, **inputs)
+        program = Program(workflow.name, values, deadline_s=workflow.deadline_s, priority=workflow.priority)
+        self.programs[program.id] = program
+        handle: ProgramHandle[R] = ProgramHandle(program)
+        self._tg.start_soon(self._run_program, workflow, handle, name=f"program {program.id}")
+        return handle
+
+    async def run(self, workflow: Workflow[P, R], /, *args: P.args, **inputs: P.kwargs) -> R:
+        """Run a program to completion and return its result."""
+        return await self.submit(workflow, *args, **inputs).result()
+
+    @classmethod
+    def run_sync(
+        cls,
+        workflow: Workflow[P, R],
+        /,
+        *args: P.args,
+        **inputs: P.kwargs,
+    ) -> R:
+        """Run one program from plain (non-async) code on ``Runtime.local()``.
+
+        Starts the embedded runtime, runs the workflow, shuts everything down.
+        For another setup, ``anyio.run`` a function that uses ``async with``.
+        """
+
+        async def main() -> R:
+            async with cls.local() as rt:
+                return await rt.run(workflow, *args, **inputs)
+
+        return anyio.run(main, backend="asyncio")
+
+    async def _run_program(self, workflow: Workflow[..., Any], handle: ProgramHandle[Any]) -> None:
+        program = handle.program
+        try:
+            with anyio.CancelScope() as scope:
+                handle._scope = scope
+                if handle._cancel_requested:
+                    scope.cancel()
+                program.state = ProgramState.RUNNING
+                program.emit(ProgramStarted(program_id=program.id, t=program.elapsed(), workflow=program.workflow))
+                try:
+                    program.result = await workflow.fn(RuntimeContext(self, program, None), **program.inputs)
+                    program.state = ProgramState.SUCCEEDED
+                except Exception as exc:
+                    program.error = exc
+                    program.state = ProgramState.FAILED
+        finally:
+            if not program.state.finished:
+                program.state = ProgramState.CANCELLED
+            program.finished_at = time.monotonic()
+            error = program.error
+            program.emit(
+                ProgramFinished(
+                    program_id=program.id,
+                    t=program.elapsed(),
+                    state=program.state.value,
+                    error=f"{type(error).__name__}: {error}" if error is not None else None,
+                )
+            )
+            handle._done.set()
+
+    # -- LLM calls -------------------------------------------------------------
+
+    def tools_for(self, tools: Sequence[object]) -> tuple[Tool, ...]:
+        return tool_specs(self._tools, tools)
+
+    async def _generate(
+        self,
+        program: Program,
+        node: Node,
+        prompt: Prompt,
+        sampling: SamplingOptions,
+        *,
+        requested_priority: int | None,
+    ) -> Completion:
+        priority = self.policy.priority(program, requested_priority)
+        program.llm_calls += 1
+        tried: set[str] = set()
+        while True:
+            candidates = [e for e in self.engines if e.available and e.name not in tried]
+            if not candidates:
+                raise NoEngineError(
+                    f"no engine available for program {program.id} "
+                    f"(engines: {', '.join(e.name for e in self.engines)}; failed here: {', '.join(tried) or 'none'})"
+                )
+            engine = self.policy.choose_engine(candidates, program)
+            tried.add(engine.name)
+            request = GenerateRequest(
+                request_id=f"{program.id}-{node.id}-{len(tried)}",
+                prompt=prompt,
+                sampling=sampling,
+                priority=priority,
+                metadata={"program_id": program.id, "node_id": node.id, "workflow": program.workflow},
+            )
+            node.engine = engine.name
+            program.emit(
+                LLMCallStarted(
+                    program_id=program.id, t=program.elapsed(), node_id=node.id, engine=engine.name, priority=priority
+                )
+            )
+            try:
+                completion = await self._stream(program, node, engine, request)
+            except EngineUnavailableError:
+                # The engine died or is restarting: the call is retried on
+                # another engine, if there is one that has not failed it yet.
+                if any(e.available and e.name not in tried for e in self.engines):
+                    continue
+                raise
+            return completion
+
+    async def _stream(self, program: Program, node: Node, engine: Engine, request: GenerateRequest) -> Completion:
+        async with aclosing(engine.stream(request)) as chunks:
+            async for chunk in chunks:
+                if isinstance(chunk, Completion):
+                    program.usage = program.usage + Usage(
+                        chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens
+                    )
+                    node.attributes.update(ttft_s=chunk.ttft_s, queued_s=chunk.queued_s, priority=request.priority)
+                    program.emit(
+                        LLMCallFinished(
+                            program_id=program.id,
+                            t=program.elapsed(),
+                            node_id=node.id,
+                            engine=engine.name,
+                            prompt_tokens=chunk.prompt_tokens,
+                            completion_tokens=chunk.completion_tokens,
+                            cached_tokens=chunk.cached_tokens,
+                            ttft_s=chunk.ttft_s,
+                            duration_s=chunk.e2e_s,
+                            finish_reason=chunk.finish_reason,
+                        )
+                    )
+                    return chunk
+                program.emit(
+                    TokenGenerated(program_id=program.id, t=program.elapsed(), node_id=node.id, text=chunk.text)
+                )
+        raise EngineUnavailableError(f"engine {engine.name} ended request {request.request_id} without a result")
+
+    async def stats(self) -> list[EngineStats]:
+        """A statistics snapshot of every engine."""
+        return [await e.stats() for e in self.engines]
+
+    def __repr__(self) -> str:
+        return f"<Runtime engines={[e.name for e in self.engines]} policy={self.policy.name}>"

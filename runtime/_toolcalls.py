@@ -1,0 +1,180 @@
+"""Tool calling through structured output.
+
+The model is shown the tools in its system message and its reply is
+constrained (vLLM structured output) to one JSON object: either
+``{"tool_calls": [{"name": ..., "arguments": {...}}, ...]}`` or
+``{"answer": "..."}``.  The tool name is an enum and the arguments follow the
+tool's own schema, so even a small or random-weight model emits calls that
+parse.  What still can go wrong (output cut by ``max_tokens``, arguments a
+schema could not express) is reported, never raised.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from toolbridge import Tool
+from workflows import ToolCall, ToolChoice
+
+__all__ = ["ParsedReply", "ToolPrompt", "bounded", "parse_reply"]
+
+#: The most tool calls one reply may make.
+MAX_CALLS_PER_TURN = 4
+
+
+def _answer_schema(max_chars: int) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"answer": {"type": "string", "maxLength": max_chars}},
+        "required": ["answer"],
+        "additionalProperties": False,
+    }
+
+
+#: Bounds added to unbounded numbers in the grammar (not in validation): without
+#: them a weak model can emit digits until max_tokens runs out.
+_NUMBER_BOUND = 2**53 - 1
+
+
+def bounded(schema: Any, max_chars: int) -> Any:
+    """A copy of ``schema`` with bounds on unbounded integers, numbers and strings.
+
+    Guided decoding then cannot run away inside one value; the bounds are wide
+    enough (±2**53, ``max_chars`` characters) not to bother a sensible model.
+    """
+    if isinstance(schema, list):
+        return [bounded(v, max_chars) for v in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: bounded(v, max_chars) for k, v in schema.items()}
+    kind = out.get("type")
+    if kind in ("integer", "number"):
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = _NUMBER_BOUND
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -_NUMBER_BOUND
+    elif kind == "string" and "maxLength" not in out and "enum" not in out and "const" not in out:
+        out["maxLength"] = max_chars
+    return out
+
+
+def _calls_schema(tools: Sequence[Tool], max_chars: int) -> dict[str, Any]:
+    variants = [
+        {
+            "type": "object",
+            "properties": {"name": {"const": t.name}, "arguments": bounded(t.parameters, max_chars)},
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in tools
+    ]
+    item = variants[0] if len(variants) == 1 else {"anyOf": variants}
+    return {
+        "type": "object",
+        "properties": {"tool_calls": {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_CALLS_PER_TURN}},
+        "required": ["tool_calls"],
+        "additionalProperties": False,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class ToolPrompt:
+    """The tools of one call: the system text that describes them and the reply schema."""
+
+    tools: tuple[Tool, ...]
+
+    def system_text(self) -> str:
+        lines = ["You can call these tools:"]
+        for t in self.tools:
+            params = json.dumps(t.parameters, separators=(",", ":"))
+            lines.append(f"- {t.name}: {t.description or 'no description'} Arguments: {params}")
+        lines.append(
+            'Reply with one JSON object: {"tool_calls": [{"name": "<tool>", "arguments": {...}}]} '
+            'to call tools, or {"answer": "<text>"} to give the final answer.'
+        )
+        return "\n".join(lines)
+
+    def with_system(self, messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """``messages`` with the tool description appended to the system message.
+
+        The text is the same on every turn so the prompt prefix, and so the
+        engine's prefix cache, stays valid across turns.
+        """
+        out = [dict(m) for m in messages]
+        text = self.system_text()
+        if out and out[0].get("role") == "system":
+            out[0]["content"] = f"{out[0].get('content') or ''}\n\n{text}".lstrip()
+        else:
+            out.insert(0, {"role": "system", "content": text})
+        return out
+
+    def schema(self, tool_choice: ToolChoice, max_tokens: int) -> dict[str, Any]:
+        """The JSON schema the reply is constrained to."""
+        # Bound the answer so it closes before max_tokens runs out even when
+        # every character costs a token (random-weight test models).
+        max_chars = max(8, max_tokens - 16)
+        answer = _answer_schema(max_chars)
+        arg_chars = max(8, max_chars // 4)
+        if tool_choice == "none":
+            return answer
+        if tool_choice == "auto":
+            return {"anyOf": [_calls_schema(self.tools, arg_chars), answer]}
+        if tool_choice == "required":
+            return _calls_schema(self.tools, arg_chars)
+        named = [t for t in self.tools if t.name == tool_choice]
+        if not named:
+            raise ValueError(f"tool_choice {tool_choice!r} names no tool; tools: {[t.name for t in self.tools]}")
+        return _calls_schema(named, arg_chars)
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedReply:
+    text: str
+    tool_calls: tuple[ToolCall, ...]
+    error: str | None
+
+
+def _salvage_answer(raw: str) -> str | None:
+    # An answer cut off by max_tokens: keep what was generated of the string.
+    head = raw.lstrip()
+    for prefix in ('{"answer":"', '{"answer": "'):
+        if head.startswith(prefix):
+            body = head[len(prefix) :]
+            for trim in range(min(len(body), 8) + 1):
+                try:
+                    value = str(json.loads('"' + body[: len(body) - trim] + '"'))
+                except json.JSONDecodeError:
+                    continue
+                # A cut between the two halves of an escaped surrogate pair
+                # leaves a lone high surrogate: not text, drop it.
+                return value[:-1] if value and "\ud800" <= value[-1] <= "\udbff" else value
+    return None
+
+
+def parse_reply(raw: str, *, finish_reason: str | None, call_id_prefix: str) -> ParsedReply:
+    """Turn the constrained JSON a model produced into an answer or tool calls."""
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        salvaged = _salvage_answer(raw)
+        if salvaged is not None:
+            return ParsedReply(salvaged, (), None)
+        why = "output cut off by max_tokens" if finish_reason == "length" else f"invalid JSON ({exc.msg})"
+        return ParsedReply(raw, (), why)
+    if isinstance(data, dict) and isinstance(data.get("answer"), str):
+        return ParsedReply(data["answer"], (), None)
+    calls = data.get("tool_calls") if isinstance(data, dict) else None
+    if not isinstance(calls, list) or not calls:
+        return ParsedReply(raw, (), 'expected {"answer": ...} or {"tool_calls": [...]}')
+    parsed: list[ToolCall] = []
+    for i, call in enumerate(calls):
+        if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+            return ParsedReply(raw, (), f"tool call {i} has no name")
+        args = call.get("arguments", {})
+        if not isinstance(args, dict):
+            return ParsedReply(raw, (), f"arguments of tool call {i} ({call['name']}) are not an object")
+        parsed.append(ToolCall(f"{call_id_prefix}-{i}", call["name"], args))
+    return ParsedReply("", tuple(parsed), None)

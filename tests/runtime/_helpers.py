@@ -1,0 +1,18 @@
+"""Helpers shared by the engine tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+
+async def wait_until_idle(engine: Any, timeout_s: float = 20.0) -> Any:
+    """Wait until ``engine`` reports nothing in flight, running or waiting; return its stats."""
+    with anyio.fail_after(timeout_s):
+        # Engine statistics have no change notification: poll them.
+        while True:
+            stats = await engine.stats()
+            if stats.in_flight == 0 and not stats.running and not stats.waiting:
+                return stats
+            await anyio.sleep(0.1)

@@ -1,0 +1,58 @@
+"""A scripted Context for unit tests of pure workflow logic (no engine).
+
+Integration tests run the same code on the real runtime and engine; this
+double only lets the agent loop's branching be tested exhaustively and fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import Any, TypeVar
+
+from workflows import Agent, AgentResult, Context, LLMReply, StepCall, ToolCall, ToolChoice, ToolMessage
+
+T = TypeVar("T")
+
+
+class FakeContext(Context):
+    def __init__(self, replies: Sequence[LLMReply] = ()) -> None:
+        self.replies = list(replies)
+        self.llm_calls: list[dict[str, Any]] = []
+        self.tool_calls: list[ToolCall] = []
+
+    @property
+    def program_id(self) -> str:
+        return "fake"
+
+    async def llm(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        tools: Sequence[object] | None = None,
+        tool_choice: ToolChoice = "auto",
+        json_schema: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+        ignore_eos: bool = False,
+    ) -> LLMReply:
+        self.llm_calls.append({"messages": [dict(m) for m in messages], "tool_choice": tool_choice})
+        return self.replies.pop(0)
+
+    async def gather(self, *aws: Awaitable[T]) -> list[T]:
+        return [await aw for aw in aws]
+
+    async def call_tool(self, call: ToolCall, tools: Sequence[object]) -> ToolMessage:
+        self.tool_calls.append(call)
+        fn = {getattr(t, "__name__", ""): t for t in tools}[call.name]
+        assert callable(fn)
+        return ToolMessage(call.id, call.name, str(fn(**call.arguments)))
+
+    async def run_step(self, call: StepCall[T]) -> T:
+        return await call.step.fn(self, *call.args, **call.kwargs)
+
+    async def run_agent(self, agent: Agent, task: str | Sequence[Mapping[str, Any]]) -> AgentResult:
+        return await agent.execute(self, task)

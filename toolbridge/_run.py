@@ -1,0 +1,62 @@
+"""Running one tool call and reporting its outcome instead of raising."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from ._errors import ToolArgumentsError
+from ._result import ToolError, ToolResult, ToolUsage
+from ._tool import Tool, as_tool
+
+__all__ = ["run_tool"]
+
+
+def _parse_arguments(arguments: Mapping[str, Any] | str) -> Mapping[str, Any]:
+    if isinstance(arguments, str):
+        try:
+            parsed = json.loads(arguments) if arguments.strip() else {}
+        except json.JSONDecodeError as exc:
+            raise ToolArgumentsError(f"arguments are not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise ToolArgumentsError(f"arguments must be a JSON object, got {type(parsed).__name__}")
+        return parsed
+    return arguments
+
+
+async def run_tool(tool: Tool | object, arguments: Mapping[str, Any] | str) -> ToolResult:
+    """Validate ``arguments`` and run ``tool`` once; failures come back in the result.
+
+    ``arguments`` is a mapping or the JSON text a model produced.  Sync
+    functions run in a worker thread so they do not stall the event loop.
+    Cancellation of the caller is never turned into a result: it propagates.
+    """
+    spec = as_tool(tool)
+    started = time.monotonic()
+    cpu_started = time.process_time()
+
+    def usage() -> ToolUsage:
+        return ToolUsage(wall_s=time.monotonic() - started, cpu_s=time.process_time() - cpu_started)
+
+    try:
+        kwargs = spec.validate(_parse_arguments(arguments))
+    except ToolArgumentsError as exc:
+        return ToolResult(False, error=ToolError("invalid_args", str(exc)), usage=usage())
+    try:
+        with anyio.fail_after(spec.timeout_s if spec.timeout_s is not None else float("inf")):
+            if spec.is_async:
+                value = await spec.fn(**kwargs)
+            else:
+                value = await anyio.to_thread.run_sync(lambda: spec.fn(**kwargs), abandon_on_cancel=True)
+    except TimeoutError:
+        return ToolResult(
+            False, error=ToolError("timeout", f"{spec.name} timed out after {spec.timeout_s} s"), usage=usage()
+        )
+    except Exception as exc:
+        return ToolResult(False, error=ToolError("exception", f"{type(exc).__name__}: {exc}"), usage=usage())
+    return ToolResult(True, value=value, usage=usage())

@@ -1,0 +1,155 @@
+"""``@tool``: a Python function described to a model as an OpenAI function tool.
+
+The JSON schema of a tool's arguments comes from the function's signature via
+pydantic, and the same pydantic model validates what a model sends back, so
+the two can never disagree.
+"""
+
+from __future__ import annotations
+
+import inspect
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any, overload
+
+import pydantic
+
+from ._errors import ToolArgumentsError, ToolDefinitionError
+
+__all__ = ["Tool", "as_tool", "tool"]
+
+
+def _first_paragraph(doc: str | None) -> str:
+    if not doc:
+        return ""
+    return inspect.cleandoc(doc).split("\n\n", 1)[0].replace("\n", " ").strip()
+
+
+def _strip_titles(schema: Any) -> Any:
+    # pydantic adds a "title" to every property; they cost prompt tokens and
+    # tell the model nothing the property name does not.
+    if isinstance(schema, dict):
+        return {k: _strip_titles(v) for k, v in schema.items() if k != "title" or not isinstance(v, str)}
+    if isinstance(schema, list):
+        return [_strip_titles(v) for v in schema]
+    return schema
+
+
+class Tool:
+    """A function a model can call.
+
+    ``parameters`` is the JSON schema of its arguments; :meth:`validate` turns
+    a model's arguments into keyword arguments or raises
+    :class:`ToolArgumentsError` with a message meant for the model.
+    ``timeout_s`` bounds one call in seconds.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str | None = None,
+        description: str | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise ToolDefinitionError(f"@tool must decorate a function, got {fn!r}")
+        if inspect.isasyncgenfunction(fn) or inspect.isgeneratorfunction(fn):
+            raise ToolDefinitionError(f"@tool {fn.__qualname__}: generators are not supported; return a value")
+        if timeout_s is not None and (not isinstance(timeout_s, int | float) or timeout_s <= 0):
+            raise ToolDefinitionError(f"@tool: timeout_s must be a number > 0, got {timeout_s!r}")
+        self.fn = fn
+        self.name: str = name or fn.__name__
+        if not self.name.replace("_", "").replace("-", "").isalnum():
+            raise ToolDefinitionError(f"@tool: name must be letters, digits, '_' or '-', got {self.name!r}")
+        self.description: str = description if description is not None else _first_paragraph(fn.__doc__)
+        self.timeout_s = timeout_s
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._model = self._build_model(fn)
+        self.parameters: dict[str, Any] = _strip_titles(self._model.model_json_schema())
+        self.parameters.setdefault("properties", {})
+        self.parameters["additionalProperties"] = False
+
+    def _build_model(self, fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
+        sig = inspect.signature(fn)
+        try:
+            hints = typing.get_type_hints(fn, include_extras=True)
+        except Exception as exc:
+            raise ToolDefinitionError(f"@tool {self.name}: cannot resolve annotations: {exc}") from exc
+        fields: dict[str, Any] = {}
+        for param in sig.parameters.values():
+            if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                raise ToolDefinitionError(f"@tool {self.name}: *args/**kwargs cannot be described to a model")
+            if param.kind is inspect.Parameter.POSITIONAL_ONLY:
+                raise ToolDefinitionError(f"@tool {self.name}: positional-only parameter {param.name!r}")
+            if param.name not in hints:
+                raise ToolDefinitionError(
+                    f"@tool {self.name}: parameter {param.name!r} needs a type annotation "
+                    "(the model is shown a schema built from annotations)"
+                )
+            default = ... if param.default is inspect.Parameter.empty else param.default
+            fields[param.name] = (hints[param.name], default)
+        try:
+            return pydantic.create_model(
+                f"{self.name}_arguments", __config__=pydantic.ConfigDict(extra="forbid"), **fields
+            )
+        except Exception as exc:
+            raise ToolDefinitionError(f"@tool {self.name}: cannot build an argument schema: {exc}") from exc
+
+    def validate(self, arguments: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate a model's arguments; returns keyword arguments for the function."""
+        if not isinstance(arguments, Mapping):
+            raise ToolArgumentsError(f"arguments for {self.name} must be a JSON object, got {arguments!r}")
+        try:
+            model = self._model.model_validate(dict(arguments))
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in err['loc']) or '(arguments)'}: {err['msg']}" for err in exc.errors()
+            )
+            raise ToolArgumentsError(f"invalid arguments for {self.name}: {problems}") from None
+        return {name: getattr(model, name) for name in self._model.model_fields}
+
+    def openai_schema(self) -> dict[str, Any]:
+        """The tool in OpenAI's ``tools=[...]`` format."""
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": self.parameters},
+        }
+
+    def __repr__(self) -> str:
+        return f"<Tool {self.name}>"
+
+
+@overload
+def tool(fn: Callable[..., Any], /) -> Tool: ...
+
+
+@overload
+def tool(
+    *, name: str | None = None, description: str | None = None, timeout_s: float | None = None
+) -> Callable[[Callable[..., Any]], Tool]: ...
+
+
+def tool(
+    fn: Callable[..., Any] | None = None,
+    /,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout_s: float | None = None,
+) -> Tool | Callable[[Callable[..., Any]], Tool]:
+    """Declare a tool from a sync or async function; bare (``@tool``) or with options."""
+
+    def decorate(f: Callable[..., Any]) -> Tool:
+        return Tool(f, name=name, description=description, timeout_s=timeout_s)
+
+    return decorate(fn) if fn is not None else decorate
+
+
+def as_tool(obj: object) -> Tool:
+    """``obj`` if it is a :class:`Tool`, else a tool built from the function ``obj``."""
+    if isinstance(obj, Tool):
+        return obj
+    if callable(obj):
+        return Tool(obj)
+    raise ToolDefinitionError(f"not a tool or a function: {obj!r}")

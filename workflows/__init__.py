@@ -1,0 +1,51 @@
+"""Declaring agent programs: ``@workflow``, ``@step`` and ``Agent``.
+
+Layering: this package imports nothing else of agentrt.  The runtime
+(``runtime``) implements :class:`Context` and executes what is declared here;
+tools are described by ``toolbridge``, which this package only sees as objects.
+
+Exceptions (see :mod:`workflows._errors`)::
+
+    WorkflowError
+     ├── WorkflowDefinitionError
+     ├── WorkflowInputError
+     ├── ContextError
+     └── StepFailed
+"""
+
+from ._agent import Agent, AgentResult, AgentTurn, render_tool_value, tool_name
+from ._context import Context
+from ._decorators import Step, StepCall, Workflow, step, workflow
+from ._errors import ContextError, StepFailed, WorkflowDefinitionError, WorkflowError, WorkflowInputError
+from ._types import LLMReply, ToolCall, ToolChoice, ToolMessage, Usage
+
+__all__ = [
+    "Agent",
+    "AgentResult",
+    "AgentTurn",
+    "Context",
+    "ContextError",
+    "LLMReply",
+    "Step",
+    "StepCall",
+    "StepFailed",
+    "ToolCall",
+    "ToolChoice",
+    "ToolMessage",
+    "Usage",
+    "Workflow",
+    "WorkflowDefinitionError",
+    "WorkflowError",
+    "WorkflowInputError",
+    "render_tool_value",
+    "step",
+    "tool_name",
+    "workflow",
+]
+
+# Tracebacks and reprs show the public path (httpx does the same).
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("workflows._"):
+        _obj.__module__ = "workflows"
+del _name, _obj

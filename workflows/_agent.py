@@ -1,0 +1,168 @@
+"""``Agent``: the multi-turn loop of a tool-using model.
+
+Each turn asks the model for either tool calls or a final answer; tool calls
+run (concurrently when there are several) and their results are fed back as
+``tool`` messages; the loop ends with an answer or when ``max_turns`` is
+reached, in which case the last turn is made to answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._context import Context
+from ._errors import WorkflowDefinitionError
+from ._types import LLMReply, ToolChoice, ToolMessage, Usage
+
+__all__ = ["Agent", "AgentResult", "AgentTurn"]
+
+
+def tool_name(tool: object) -> str:
+    """The name a model calls ``tool`` by: its ``name`` attribute, else its ``__name__``."""
+    name = getattr(tool, "name", None) or getattr(tool, "__name__", None)
+    if not isinstance(name, str) or not name:
+        raise WorkflowDefinitionError(f"tool {tool!r} has no name (give it a `name` or use a named function)")
+    return name
+
+
+@dataclass(frozen=True, slots=True)
+class AgentTurn:
+    """One turn of the loop: the model's reply and the tool results it led to."""
+
+    reply: LLMReply
+    tool_results: tuple[ToolMessage, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentResult:
+    """The outcome of an agent run.
+
+    ``stopped`` is ``"answer"`` when the model answered, ``"max_turns"`` when the
+    turn limit forced the end.  ``messages`` is the full conversation.
+    """
+
+    answer: str
+    stopped: str
+    turns: tuple[AgentTurn, ...]
+    messages: tuple[dict[str, Any], ...]
+    usage: Usage = field(default_factory=Usage)
+
+    @property
+    def tool_results(self) -> tuple[ToolMessage, ...]:
+        return tuple(r for t in self.turns for r in t.tool_results)
+
+
+class Agent:
+    """A tool-using model loop.
+
+    ``instructions`` become the system message.  ``tools`` are functions (sync
+    or async, arguments described by their annotations) or tool objects from
+    :mod:`toolbridge`.  ``max_turns`` bounds the number of LLM calls.
+    ``tool_choice`` applies to every turn but the last, which must answer.
+    """
+
+    def __init__(
+        self,
+        instructions: str,
+        *,
+        tools: Sequence[object] = (),
+        max_turns: int = 8,
+        name: str = "agent",
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        tool_choice: ToolChoice = "auto",
+        priority: int | None = None,
+    ) -> None:
+        if not isinstance(instructions, str):
+            raise WorkflowDefinitionError(f"Agent instructions must be a string, got {type(instructions).__name__}")
+        if not isinstance(max_turns, int) or isinstance(max_turns, bool) or max_turns < 1:
+            raise WorkflowDefinitionError(f"Agent max_turns must be an int >= 1, got {max_turns!r}")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise WorkflowDefinitionError(f"Agent max_tokens must be an int >= 1, got {max_tokens!r}")
+        names: list[str] = []
+        for t in tools:
+            if not callable(t) and not hasattr(t, "parameters"):
+                raise WorkflowDefinitionError(f"Agent tools must be functions or tool objects, got {t!r}")
+            names.append(tool_name(t))
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise WorkflowDefinitionError(f"Agent {name!r}: duplicate tool name(s): {', '.join(duplicates)}")
+        if tool_choice not in ("auto", "required", "none") and tool_choice not in names:
+            raise WorkflowDefinitionError(
+                f"Agent {name!r}: tool_choice must be 'auto', 'required', 'none' or a tool name "
+                f"({', '.join(names) or 'no tools'}), got {tool_choice!r}"
+            )
+        if tool_choice != "none" and tool_choice != "auto" and not names:
+            raise WorkflowDefinitionError(f"Agent {name!r}: tool_choice={tool_choice!r} needs at least one tool")
+        self.instructions = instructions
+        self.tools: tuple[object, ...] = tuple(tools)
+        self.tool_names: tuple[str, ...] = tuple(names)
+        self.max_turns = max_turns
+        self.name = name
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self.tool_choice: ToolChoice = tool_choice
+        self.priority = priority
+
+    async def run(self, ctx: Context, task: str | Sequence[Mapping[str, Any]]) -> AgentResult:
+        """Run the loop for ``task`` (a user message, or a list of chat messages)."""
+        return await ctx.run_agent(self, task)
+
+    async def execute(self, ctx: Context, task: str | Sequence[Mapping[str, Any]]) -> AgentResult:
+        """The loop itself; the runtime calls it inside the agent's node (use :meth:`run`)."""
+        messages: list[dict[str, Any]] = [{"role": "system", "content": self.instructions}]
+        if isinstance(task, str):
+            messages.append({"role": "user", "content": task})
+        else:
+            messages.extend(dict(m) for m in task)
+        turns: list[AgentTurn] = []
+        usage = Usage()
+        reply: LLMReply | None = None
+        for turn in range(1, self.max_turns + 1):
+            last = turn == self.max_turns
+            choice: ToolChoice = "none" if last or not self.tools else self.tool_choice
+            reply = await ctx.llm(
+                messages,
+                tools=self.tools or None,
+                tool_choice=choice,
+                max_tokens=self.max_tokens,
+                temperature=self.temperature,
+                priority=self.priority,
+            )
+            usage = usage + reply.usage
+            # The assistant's turn goes back verbatim: the next prompt then
+            # starts with exactly the tokens the engine already holds.
+            messages.append({"role": "assistant", "content": reply.raw_text or reply.text})
+            if reply.tool_call_error is not None:
+                turns.append(AgentTurn(reply))
+                if last:
+                    break
+                messages.append(
+                    {
+                        "role": "user",
+                        "content": f"Your reply could not be used ({reply.tool_call_error}). "
+                        "Reply again with one valid JSON object.",
+                    }
+                )
+                continue
+            if not reply.tool_calls:
+                turns.append(AgentTurn(reply))
+                return AgentResult(reply.text, "answer", tuple(turns), tuple(messages), usage)
+            results = await ctx.gather(*(ctx.call_tool(call, self.tools) for call in reply.tool_calls))
+            turns.append(AgentTurn(reply, tuple(results)))
+            messages.extend(r.to_message() for r in results)
+        answer = reply.text if reply is not None else ""
+        return AgentResult(answer, "max_turns", tuple(turns), tuple(messages), usage)
+
+
+def render_tool_value(value: object) -> str:
+    """How a tool's return value is shown to the model: strings as-is, the rest as JSON."""
+    if isinstance(value, str):
+        return value
+    try:
+        return json.dumps(value, default=str)
+    except (TypeError, ValueError):
+        return repr(value)

@@ -1,0 +1,80 @@
+"""The context a workflow's code receives: its only door to the runtime.
+
+Workflows never import the runtime (the dependency rule: ``workflows``
+imports nothing of ours).  The runtime implements :class:`Context`; tests may
+implement it too.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._types import LLMReply, ToolCall, ToolChoice, ToolMessage
+
+if TYPE_CHECKING:
+    from ._agent import Agent, AgentResult
+    from ._decorators import StepCall
+
+__all__ = ["Context"]
+
+T = TypeVar("T")
+
+
+class Context(ABC):
+    """What a running step or workflow can ask of the runtime.
+
+    One context exists per running step (and one for the workflow body); they
+    share the program they belong to.
+    """
+
+    @property
+    @abstractmethod
+    def program_id(self) -> str:
+        """The id of the program (one run of a workflow) this context belongs to."""
+
+    @abstractmethod
+    async def llm(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        max_tokens: int = 256,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
+        tools: Sequence[object] | None = None,
+        tool_choice: ToolChoice = "auto",
+        json_schema: Mapping[str, Any] | None = None,
+        priority: int | None = None,
+        ignore_eos: bool = False,
+    ) -> LLMReply:
+        """Run one LLM call on the program's behalf.
+
+        ``messages`` are OpenAI-style chat messages.  With ``tools`` the model
+        either calls tools (``reply.tool_calls``) or answers (``reply.text``),
+        as ``tool_choice`` allows; the output is constrained by structured
+        output so it always parses.  ``json_schema`` constrains a plain reply
+        to JSON valid against the schema.  ``priority`` (lower runs first)
+        overrides the program's priority for this call.
+        """
+
+    @abstractmethod
+    async def gather(self, *aws: Awaitable[T]) -> list[T]:
+        """Run awaitables (step calls, coroutines) concurrently; results in order.
+
+        If one fails, the others are cancelled and its exception is raised.
+        """
+
+    @abstractmethod
+    async def call_tool(self, call: ToolCall, tools: Sequence[object]) -> ToolMessage:
+        """Run the tool a model asked for; errors come back in the message, never raised."""
+
+    @abstractmethod
+    async def run_step(self, call: StepCall[T]) -> T:
+        """Run a step call with its retries and timeout (what ``await step(ctx, ...)`` does)."""
+
+    @abstractmethod
+    async def run_agent(self, agent: Agent, task: str | Sequence[Mapping[str, Any]]) -> AgentResult:
+        """Run an agent's loop as a node of this program (what ``agent.run(ctx, task)`` does)."""

@@ -1,0 +1,97 @@
+"""Values exchanged between workflow code and the runtime: replies, tool calls, usage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+__all__ = ["LLMReply", "ToolCall", "ToolChoice", "ToolMessage", "Usage"]
+
+#: ``"auto"`` lets the model choose between calling tools and answering,
+#: ``"required"`` forces at least one tool call, ``"none"`` forces an answer;
+#: any other string names the one tool the model must call.
+ToolChoice: TypeAlias = Literal["auto", "required", "none"] | str
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one or more LLM calls.
+
+    ``cached_tokens`` is the part of ``prompt_tokens`` the engine served from
+    its prefix cache instead of computing it.
+    """
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cached_tokens + other.cached_tokens,
+        )
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """A tool call requested by the model, in OpenAI's shape (``function.name`` / ``arguments``)."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": json.dumps(self.arguments)},
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class LLMReply:
+    """What ``ctx.llm(...)`` returns.
+
+    ``text`` is the answer (with tools: the ``answer`` the model gave, else the
+    raw generated text).  ``tool_calls`` is empty unless the model called tools.
+    ``tool_call_error`` is set when the model tried to call tools but produced
+    output that cannot be used (truncated or invalid JSON); ``raw_text`` always
+    holds exactly what the model generated.
+    """
+
+    text: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    usage: Usage = field(default_factory=Usage)
+    finish_reason: str | None = None
+    model: str = ""
+    engine: str = ""
+    raw_text: str = ""
+    tool_call_error: str | None = None
+    ttft_s: float | None = None
+    latency_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ToolMessage:
+    """The outcome of one tool call, as fed back to the model.
+
+    ``content`` is what the model sees: the tool's value as text, or a short
+    error description when ``ok`` is false (``error_kind`` says which:
+    ``"invalid_args"``, ``"unknown_tool"``, ``"timeout"``, ``"exception"``...).
+    """
+
+    call_id: str
+    name: str
+    content: str
+    ok: bool = True
+    error_kind: str | None = None
+    value: Any = None
+
+    def to_message(self) -> dict[str, Any]:
+        return {"role": "tool", "tool_call_id": self.call_id, "name": self.name, "content": self.content}
