@@ -22,6 +22,8 @@ __all__ = ["main"]
 
 
 def _quiet_vllm(verbose: bool) -> None:
+    # stdout carries results (`agentrt run` prints JSON): vLLM logs go to stderr.
+    os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
     # vLLM logs every engine step at INFO; a CLI user wants the answer.
     if not verbose:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -86,7 +88,10 @@ async def _run_demo(args: argparse.Namespace) -> int:
         result = await handle
         for i, turn in enumerate(result.turns, 1):
             calls = ", ".join(f"{c.name}({json.dumps(c.arguments)})" for c in turn.reply.tool_calls)
-            print(f"turn {i}: " + (f"tool calls {calls}" if calls else "answer"))
+            if turn.reply.tool_call_error:
+                print(f"turn {i}: unusable reply ({turn.reply.tool_call_error}); asked the model again")
+            else:
+                print(f"turn {i}: " + (f"tool calls {calls}" if calls else "answer"))
             for r in turn.tool_results:
                 print(f"   -> {r.name}: {r.content}")
         print(f"\nanswer: {result.answer}\n")

@@ -60,7 +60,8 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
     """Plain ``role``/``content`` messages every chat template can render.
 
     Assistant tool calls in OpenAI's shape become the JSON text our tool
-    protocol uses, so a history from another client still renders.
+    protocol uses, so a history from another client still renders; tool
+    results become user turns that name the tool.
     """
     out: list[dict[str, Any]] = []
     for i, m in enumerate(messages):
@@ -74,12 +75,14 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
                 args = fn.get("arguments", {})
                 calls.append({"name": fn.get("name"), "arguments": json.loads(args) if isinstance(args, str) else args})
             content = json.dumps({"tool_calls": calls})
-        msg: dict[str, Any] = {"role": m["role"], "content": content}
         if m["role"] == "tool":
-            for key in ("tool_call_id", "name"):
-                if key in m:
-                    msg[key] = m[key]
-        out.append(msg)
+            # Tool results go in as user turns, the way most chat templates
+            # render them (Qwen wraps them in <tool_response> inside a user
+            # turn); templates of small models often know no "tool" role.
+            name = m.get("name") or "tool"
+            out.append({"role": "user", "content": f"Result of {name}: {content}"})
+            continue
+        out.append({"role": m["role"], "content": content})
     return out
 
 
@@ -122,6 +125,7 @@ class RuntimeContext(Context):
         stop: Sequence[str] = (),
         tools: Sequence[object] | None = None,
         tool_choice: ToolChoice = "auto",
+        parallel_tool_calls: bool = True,
         json_schema: Mapping[str, Any] | None = None,
         priority: int | None = None,
         ignore_eos: bool = False,
@@ -136,7 +140,7 @@ class RuntimeContext(Context):
         if tools:
             tool_prompt = ToolPrompt(self._runtime.tools_for(tools))
             chat = tool_prompt.with_system(chat)
-            schema = tool_prompt.schema(tool_choice, max_tokens)
+            schema = tool_prompt.schema(tool_choice, max_tokens, parallel_tool_calls=parallel_tool_calls)
         sampling = SamplingOptions(
             max_tokens=max_tokens,
             temperature=temperature,

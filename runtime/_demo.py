@@ -13,7 +13,7 @@ from workflows import Agent, AgentResult, Context, workflow
 
 __all__ = ["DEMO_QUESTION", "demo_agent", "demo_workflow"]
 
-DEMO_QUESTION = "What is the capital of France, and what is 17 * 23?"
+DEMO_QUESTION = "What is the capital of Japan?"
 
 _OPS: dict[type[ast.AST], Callable[..., float]] = {
     ast.Add: operator.add,
@@ -77,10 +77,12 @@ def convert_length(value: float, from_unit: LengthUnit, to_unit: LengthUnit) -> 
 
 
 demo_agent = Agent(
-    "You are a helpful assistant. Use the tools to look up facts and compute numbers, then give a short final answer.",
+    "You are a helpful assistant. Use calculator for arithmetic, capital_of for capitals and "
+    "convert_length for units. Once a tool has given you the result, give a short final answer that states it.",
     tools=[calculator, capital_of, convert_length],
     max_turns=4,
-    max_tokens=96,
+    max_tokens=160,
+    parallel_tool_calls=False,
     name="demo-agent",
 )
 

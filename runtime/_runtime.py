@@ -98,10 +98,15 @@ class Runtime:
             async with anyio.create_task_group() as starting:
                 for engine in self.engines:
                     starting.start_soon(engine.start)
-        except BaseException:
+        except BaseException as exc:
             with anyio.CancelScope(shield=True):
                 for engine in self.engines:
                     await engine.aclose()
+            # Engines start concurrently; report the first failure as itself.
+            if isinstance(exc, BaseExceptionGroup):
+                failures = [e for e in exc.exceptions if isinstance(e, Exception)]
+                if failures:
+                    raise failures[0] from None
             raise
         # Programs run in a task group owned by a host task rather than by the
         # caller's task: `async with` may be entered and exited from different

@@ -61,7 +61,7 @@ def bounded(schema: Any, max_chars: int) -> Any:
     return out
 
 
-def _calls_schema(tools: Sequence[Tool], max_chars: int) -> dict[str, Any]:
+def _calls_schema(tools: Sequence[Tool], max_chars: int, max_calls: int) -> dict[str, Any]:
     variants = [
         {
             "type": "object",
@@ -74,7 +74,7 @@ def _calls_schema(tools: Sequence[Tool], max_chars: int) -> dict[str, Any]:
     item = variants[0] if len(variants) == 1 else {"anyOf": variants}
     return {
         "type": "object",
-        "properties": {"tool_calls": {"type": "array", "items": item, "minItems": 1, "maxItems": MAX_CALLS_PER_TURN}},
+        "properties": {"tool_calls": {"type": "array", "items": item, "minItems": 1, "maxItems": max_calls}},
         "required": ["tool_calls"],
         "additionalProperties": False,
     }
@@ -111,23 +111,29 @@ class ToolPrompt:
             out.insert(0, {"role": "system", "content": text})
         return out
 
-    def schema(self, tool_choice: ToolChoice, max_tokens: int) -> dict[str, Any]:
-        """The JSON schema the reply is constrained to."""
-        # Bound the answer so it closes before max_tokens runs out even when
-        # every character costs a token (random-weight test models).
-        max_chars = max(8, max_tokens - 16)
-        answer = _answer_schema(max_chars)
-        arg_chars = max(8, max_chars // 4)
+    def schema(self, tool_choice: ToolChoice, max_tokens: int, *, parallel_tool_calls: bool = True) -> dict[str, Any]:
+        """The JSON schema the reply is constrained to.
+
+        ``parallel_tool_calls=False`` allows one call per reply (else up to
+        ``MAX_CALLS_PER_TURN``).
+        """
+        max_calls = MAX_CALLS_PER_TURN if parallel_tool_calls else 1
+        # Argument strings are bounded so a call's JSON closes before
+        # max_tokens runs out even when every character costs a token
+        # (random-weight test models).  The answer bound is loose: an answer
+        # cut off by max_tokens is salvaged by parse_reply.
+        answer = _answer_schema(max(16, 4 * max_tokens))
+        arg_chars = max(8, (max_tokens - 16) // 4)
         if tool_choice == "none":
             return answer
         if tool_choice == "auto":
-            return {"anyOf": [_calls_schema(self.tools, arg_chars), answer]}
+            return {"anyOf": [_calls_schema(self.tools, arg_chars, max_calls), answer]}
         if tool_choice == "required":
-            return _calls_schema(self.tools, arg_chars)
+            return _calls_schema(self.tools, arg_chars, max_calls)
         named = [t for t in self.tools if t.name == tool_choice]
         if not named:
             raise ValueError(f"tool_choice {tool_choice!r} names no tool; tools: {[t.name for t in self.tools]}")
-        return _calls_schema(named, arg_chars)
+        return _calls_schema(named, arg_chars, max_calls)
 
 
 @dataclass(frozen=True, slots=True)

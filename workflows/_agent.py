@@ -15,7 +15,7 @@ from typing import Any
 
 from ._context import Context
 from ._errors import WorkflowDefinitionError
-from ._types import LLMReply, ToolChoice, ToolMessage, Usage
+from ._types import LLMReply, ToolCall, ToolChoice, ToolMessage, Usage
 
 __all__ = ["Agent", "AgentResult", "AgentTurn"]
 
@@ -61,7 +61,13 @@ class Agent:
     ``instructions`` become the system message.  ``tools`` are functions (sync
     or async, arguments described by their annotations) or tool objects from
     :mod:`toolbridge`.  ``max_turns`` bounds the number of LLM calls.
-    ``tool_choice`` applies to every turn but the last, which must answer.
+    ``tool_choice`` applies to every turn but the last, which must answer;
+    ``parallel_tool_calls=False`` lets the model make one call per turn
+    (small models tend to repeat a call as often as they are allowed).
+    A call identical to one that already succeeded in this run (same tool,
+    same arguments) is not run again unless ``repeat_calls`` is true (tools
+    whose result changes, like polling): the model is given the earlier
+    result and told to move on.
     """
 
     def __init__(
@@ -74,6 +80,8 @@ class Agent:
         max_tokens: int = 256,
         temperature: float = 0.0,
         tool_choice: ToolChoice = "auto",
+        parallel_tool_calls: bool = True,
+        repeat_calls: bool = False,
         priority: int | None = None,
     ) -> None:
         if not isinstance(instructions, str):
@@ -105,6 +113,8 @@ class Agent:
         self.max_tokens = max_tokens
         self.temperature = temperature
         self.tool_choice: ToolChoice = tool_choice
+        self.parallel_tool_calls = parallel_tool_calls
+        self.repeat_calls = repeat_calls
         self.priority = priority
 
     async def run(self, ctx: Context, task: str | Sequence[Mapping[str, Any]]) -> AgentResult:
@@ -121,6 +131,7 @@ class Agent:
         turns: list[AgentTurn] = []
         usage = Usage()
         reply: LLMReply | None = None
+        succeeded: dict[tuple[str, str], ToolMessage] = {}
         for turn in range(1, self.max_turns + 1):
             last = turn == self.max_turns
             choice: ToolChoice = "none" if last or not self.tools else self.tool_choice
@@ -128,6 +139,7 @@ class Agent:
                 messages,
                 tools=self.tools or None,
                 tool_choice=choice,
+                parallel_tool_calls=self.parallel_tool_calls,
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,
                 priority=self.priority,
@@ -151,11 +163,32 @@ class Agent:
             if not reply.tool_calls:
                 turns.append(AgentTurn(reply))
                 return AgentResult(reply.text, "answer", tuple(turns), tuple(messages), usage)
-            results = await ctx.gather(*(ctx.call_tool(call, self.tools) for call in reply.tool_calls))
+            results = await ctx.gather(*(self._call(ctx, call, succeeded) for call in reply.tool_calls))
+            for call, result in zip(reply.tool_calls, results, strict=True):
+                if result.ok:
+                    succeeded.setdefault(_call_key(call), result)
             turns.append(AgentTurn(reply, tuple(results)))
             messages.extend(r.to_message() for r in results)
         answer = reply.text if reply is not None else ""
         return AgentResult(answer, "max_turns", tuple(turns), tuple(messages), usage)
+
+
+    async def _call(self, ctx: Context, call: ToolCall, succeeded: dict[tuple[str, str], ToolMessage]) -> ToolMessage:
+        earlier = None if self.repeat_calls else succeeded.get(_call_key(call))
+        if earlier is None:
+            return await ctx.call_tool(call, self.tools)
+        return ToolMessage(
+            call.id,
+            call.name,
+            f"{earlier.content} (you already called {call.name} with these arguments: "
+            "use this result, call another tool, or give the final answer)",
+            value=earlier.value,
+            error_kind="repeated",
+        )
+
+
+def _call_key(call: ToolCall) -> tuple[str, str]:
+    return call.name, json.dumps(call.arguments, sort_keys=True, default=str)
 
 
 def render_tool_value(value: object) -> str:

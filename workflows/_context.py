@@ -46,6 +46,7 @@ class Context(ABC):
         stop: Sequence[str] = (),
         tools: Sequence[object] | None = None,
         tool_choice: ToolChoice = "auto",
+        parallel_tool_calls: bool = True,
         json_schema: Mapping[str, Any] | None = None,
         priority: int | None = None,
         ignore_eos: bool = False,
@@ -54,8 +55,9 @@ class Context(ABC):
 
         ``messages`` are OpenAI-style chat messages.  With ``tools`` the model
         either calls tools (``reply.tool_calls``) or answers (``reply.text``),
-        as ``tool_choice`` allows; the output is constrained by structured
-        output so it always parses.  ``json_schema`` constrains a plain reply
+        as ``tool_choice`` allows (``parallel_tool_calls=False``: at most one
+        call per reply); the output is constrained by structured output so it
+        always parses.  ``json_schema`` constrains a plain reply
         to JSON valid against the schema.  ``priority`` (lower runs first)
         overrides the program's priority for this call.
         """

@@ -406,8 +406,7 @@ class RemoteEngine(Engine):
             self.model = served[0]
         elif self._requested_model not in served:
             raise EngineStartError(
-                f"{self.name}: model {self._requested_model!r} is not served at {self.base_url}; "
-                f"served: {served}"
+                f"{self.name}: model {self._requested_model!r} is not served at {self.base_url}; served: {served}"
             )
 
     # -- HTTP helpers ------------------------------------------------------
@@ -456,7 +455,6 @@ class RemoteEngine(Engine):
         what = f"POST {url} ({request.request_id})"
         state = _StreamState(request, self.name, self.model, monotonic())
         request_id = request.request_id
-        self._aborted.discard(request_id)
         response: aiohttp.ClientResponse | None = None
         finished = False
         try:

@@ -363,9 +363,7 @@ class ServerEngine(RemoteEngine):
             proc = self._proc
             assert proc is not None
             code = await proc.wait()
-            self._down_reason = (
-                f"{self.name}: vllm serve (pid {proc.pid}) exited with code {code}; restarting"
-            )
+            self._down_reason = f"{self.name}: vllm serve (pid {proc.pid}) exited with code {code}; restarting"
             logger.warning("%s; last log lines:\n%s", self._down_reason, _tail(self.log_path))
             # Leftovers (an engine core that outlived the API server) hold the port and memory.
             await self._stop_process()

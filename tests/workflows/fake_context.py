@@ -35,6 +35,7 @@ class FakeContext(Context):
         stop: Sequence[str] = (),
         tools: Sequence[object] | None = None,
         tool_choice: ToolChoice = "auto",
+        parallel_tool_calls: bool = True,
         json_schema: Mapping[str, Any] | None = None,
         priority: int | None = None,
         ignore_eos: bool = False,
