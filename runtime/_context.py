@@ -8,6 +8,7 @@ to the sibling nodes that finished before it started.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from collections.abc import Awaitable, Mapping, Sequence
@@ -73,7 +74,11 @@ def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, 
             for c in m["tool_calls"]:
                 fn = c.get("function", c)
                 args = fn.get("arguments", {})
-                calls.append({"name": fn.get("name"), "arguments": json.loads(args) if isinstance(args, str) else args})
+                if isinstance(args, str):
+                    # Unparseable text stays as it is: the history is shown, not executed.
+                    with contextlib.suppress(json.JSONDecodeError):
+                        args = json.loads(args)
+                calls.append({"name": fn.get("name"), "arguments": args})
             content = json.dumps({"tool_calls": calls})
         if m["role"] == "tool":
             # Tool results go in as user turns, the way most chat templates

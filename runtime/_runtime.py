@@ -9,6 +9,7 @@ engine when one dies mid-call.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import time
 from collections.abc import Sequence
@@ -43,11 +44,14 @@ class Runtime:
 
     ``engines`` are :class:`Engine` instances or URLs of vLLM OpenAI-compatible
     servers.  ``policy`` names the scheduling policy (see
-    :func:`runtime.policy_names`).  Use ``async with`` (or :meth:`aclose`):
+    :func:`runtime.policy_names`).  ``programs`` maps ids to running and
+    recently finished programs (the last ``keep_finished``).  Use ``async with`` (or :meth:`aclose`):
     leaving it cancels running programs and closes every engine.
     """
 
-    def __init__(self, engines: Sequence[Engine | str], *, policy: str | Policy = "vllm") -> None:
+    def __init__(
+        self, engines: Sequence[Engine | str], *, policy: str | Policy = "vllm", keep_finished: int = 1000
+    ) -> None:
         if isinstance(engines, Engine | str) or not engines:
             raise ValueError("Runtime needs a non-empty list of engines (Engine objects or server URLs)")
         from ._engines._remote import RemoteEngine
@@ -55,6 +59,10 @@ class Runtime:
         self.engines: list[Engine] = [RemoteEngine(e) if isinstance(e, str) else e for e in engines]
         self.policy = get_policy(policy)
         self.programs: dict[str, Program] = {}
+        # Finished programs stay inspectable in `programs` up to this many,
+        # oldest dropped first, so a long-running service does not grow.
+        self._keep_finished = keep_finished
+        self._finished: collections.deque[str] = collections.deque()
         self._tools: dict[object, Tool] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._host: asyncio.Task[None] | None = None
@@ -217,6 +225,9 @@ class Runtime:
                 )
             )
             handle._done.set()
+            self._finished.append(program.id)
+            while len(self._finished) > self._keep_finished:
+                self.programs.pop(self._finished.popleft(), None)
 
     # -- LLM calls -------------------------------------------------------------
 

@@ -172,7 +172,6 @@ class Agent:
         answer = reply.text if reply is not None else ""
         return AgentResult(answer, "max_turns", tuple(turns), tuple(messages), usage)
 
-
     async def _call(self, ctx: Context, call: ToolCall, succeeded: dict[tuple[str, str], ToolMessage]) -> ToolMessage:
         earlier = None if self.repeat_calls else succeeded.get(_call_key(call))
         if earlier is None:

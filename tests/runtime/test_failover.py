@@ -85,3 +85,12 @@ async def test_least_loaded_dispatch_spreads_calls() -> None:
         for _ in range(6):
             await rt.run(one_call)
     assert len(a.seen) == len(b.seen) == 3
+
+
+async def test_finished_programs_are_kept_up_to_a_bound() -> None:
+    async with Runtime([ScriptedEngine("a")], keep_finished=2) as rt:
+        handles = [rt.submit(one_call) for _ in range(4)]
+        for h in handles:
+            await h
+    last_two = sorted(handles, key=lambda h: h.program.finished_at or 0)[2:]
+    assert set(rt.programs) == {h.id for h in last_two}

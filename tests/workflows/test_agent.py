@@ -75,7 +75,9 @@ async def test_repeated_identical_call_is_answered_from_the_earlier_result() -> 
     result = await Agent("x", tools=[add], max_turns=4).run(ctx, "go")
     assert [c.id for c in ctx.tool_calls] == ["c1", "c3"]  # c2 did not run the tool again
     repeated = result.turns[1].tool_results[0]
-    assert repeated.ok and repeated.error_kind == "repeated" and repeated.content.startswith("5 (you already called add")
+    assert (
+        repeated.ok and repeated.error_kind == "repeated" and repeated.content.startswith("5 (you already called add")
+    )
     # Opting out runs every call.
     ctx2 = FakeContext([tool_reply(call), tool_reply(again), LLMReply(text="5")])
     await Agent("x", tools=[add], max_turns=4, repeat_calls=True).run(ctx2, "go")
