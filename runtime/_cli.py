@@ -3,6 +3,9 @@
 agentrt demo                       an agent with tools answers a question on the demo model
 agentrt run MODULE:WORKFLOW ...    run any workflow once and print its result
 agentrt models prepare|list        build the local models (no hub access)
+
+demo and run export OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT is
+set, and write them as OTLP/JSON (loadable in Jaeger's UI) with --traces-out.
 """
 
 from __future__ import annotations
@@ -66,6 +69,36 @@ def _load_workflow(target: str) -> Any:
     if not isinstance(wf, Workflow):
         raise SystemExit(f"agentrt run: {target} is not a @workflow (got {type(wf).__name__})")
     return wf
+
+
+def _start_tracing(args: argparse.Namespace) -> Any:
+    """Configure tracing from the OTEL_* variables, plus a collector for --traces-out (returned)."""
+    import telemetry
+
+    collector = None
+    if args.traces_out:
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        collector = InMemorySpanExporter()
+    telemetry.configure(collector)
+    return collector
+
+
+def _finish_tracing(args: argparse.Namespace, collector: Any) -> None:
+    """Flush spans to the OTLP endpoint (blocking, after the event loop ended) and write --traces-out."""
+    import telemetry
+
+    enabled, otlp = telemetry.is_enabled(), telemetry.otlp_endpoint()
+    telemetry.shutdown()
+    if otlp is not None:
+        print(f"traces: exported to {otlp[0]} ({otlp[1]})", file=sys.stderr)
+    if collector is not None:
+        if not enabled:
+            print("traces: tracing is disabled (OTEL_SDK_DISABLED); nothing written", file=sys.stderr)
+            return
+        spans = collector.get_finished_spans()
+        path = telemetry.write_otlp_json(spans, args.traces_out)
+        print(f"traces: {len(spans)} spans written to {path} (OTLP/JSON)", file=sys.stderr)
 
 
 def _build_runtime(args: argparse.Namespace) -> Any:
@@ -140,6 +173,11 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--policy", default="vllm", choices=policy_names())
         p.add_argument("-v", "--verbose", action="store_true", help="show vLLM's own logs")
+        p.add_argument(
+            "--traces-out",
+            metavar="FILE",
+            help="write the run's OpenTelemetry spans to FILE as OTLP/JSON (Jaeger UI: Search > Upload)",
+        )
 
     demo = sub.add_parser("demo", help="an agent with tools answers a question on the demo model")
     engine_options(demo, DEFAULT_MODEL)
@@ -175,6 +213,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from ._errors import AgentRuntimeError
 
+    collector = _start_tracing(args)
     try:
         if args.command == "demo":
             return anyio.run(_run_demo, args, backend="asyncio")
@@ -184,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        _finish_tracing(args, collector)
 
 
 if __name__ == "__main__":

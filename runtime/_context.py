@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from telemetry import names, set_error
 from toolbridge import Tool, run_tool
 from workflows import (
     Agent,
@@ -35,6 +36,7 @@ from ._engines._base import ChatPrompt, SamplingOptions
 from ._events import StepFinished, StepStarted, ToolCallFinished, ToolCallStarted
 from ._program import Node, NodeKind, Program
 from ._toolcalls import ToolPrompt, parse_reply
+from ._tracing import agent_span, end_agent, end_tool, step_span, tool_span
 
 if TYPE_CHECKING:
     from ._runtime import Runtime
@@ -221,46 +223,49 @@ class RuntimeContext(Context):
             )
         )
         message: ToolMessage | None = None
-        try:
-            spec = specs.get(call.name)
-            if spec is None:
-                message = ToolMessage(
-                    call.id,
-                    call.name,
-                    f"error (unknown_tool): there is no tool {call.name!r}; tools: {', '.join(specs)}",
-                    ok=False,
-                    error_kind="unknown_tool",
-                )
-            else:
-                result = await run_tool(spec, call.arguments)
-                node.attributes["usage"] = result.usage
-                if result.ok:
-                    message = ToolMessage(call.id, call.name, render_tool_value(result.value), value=result.value)
-                else:
-                    assert result.error is not None
-                    message = ToolMessage(
-                        call.id,
-                        call.name,
-                        f"error ({result.error.kind}): {result.error.message}",
-                        ok=False,
-                        error_kind=result.error.kind,
+        with tool_span(call) as span:
+            try:
+                message = await self._execute_tool(call, specs, node)
+                end_tool(span, message, node.attributes.get("usage"))
+                return message
+            finally:
+                ok = message is not None and message.ok
+                self._close(node, ok=ok, error=None if ok else (message.content if message else "cancelled"))
+                program.emit(
+                    ToolCallFinished(
+                        program_id=program.id,
+                        t=program.elapsed(),
+                        node_id=node.id,
+                        name=call.name,
+                        call_id=call.id,
+                        ok=ok,
+                        duration_s=node.duration_s or 0.0,
+                        error_kind=message.error_kind if message else "cancelled",
                     )
-            return message
-        finally:
-            ok = message is not None and message.ok
-            self._close(node, ok=ok, error=None if ok else (message.content if message else "cancelled"))
-            program.emit(
-                ToolCallFinished(
-                    program_id=program.id,
-                    t=program.elapsed(),
-                    node_id=node.id,
-                    name=call.name,
-                    call_id=call.id,
-                    ok=ok,
-                    duration_s=node.duration_s or 0.0,
-                    error_kind=message.error_kind if message else "cancelled",
                 )
+
+    async def _execute_tool(self, call: ToolCall, specs: Mapping[str, Tool], node: Node) -> ToolMessage:
+        spec = specs.get(call.name)
+        if spec is None:
+            return ToolMessage(
+                call.id,
+                call.name,
+                f"error (unknown_tool): there is no tool {call.name!r}; tools: {', '.join(specs)}",
+                ok=False,
+                error_kind="unknown_tool",
             )
+        result = await run_tool(spec, call.arguments)
+        node.attributes["usage"] = result.usage
+        if result.ok:
+            return ToolMessage(call.id, call.name, render_tool_value(result.value), value=result.value)
+        assert result.error is not None
+        return ToolMessage(
+            call.id,
+            call.name,
+            f"error ({result.error.kind}): {result.error.message}",
+            ok=False,
+            error_kind=result.error.kind,
+        )
 
     async def run_step(self, call: StepCall[T]) -> T:
         step = call.step
@@ -268,58 +273,65 @@ class RuntimeContext(Context):
         node = self._open(NodeKind.STEP, step.name)
         timeout = step.timeout_s if step.timeout_s is not None else math.inf
         error: str | None = "cancelled"
-        try:
-            for attempt in range(1, step.retries + 2):
-                node.attempts = attempt
+        with step_span(step) as span:
+            try:
+                for attempt in range(1, step.retries + 2):
+                    node.attempts = attempt
+                    program.emit(
+                        StepStarted(
+                            program_id=program.id, t=program.elapsed(), node_id=node.id, name=step.name, attempt=attempt
+                        )
+                    )
+                    body = RuntimeContext(self._runtime, program, node)
+                    try:
+                        with anyio.fail_after(timeout):
+                            value: T = await step.fn(body, *call.args, **call.kwargs)
+                    except Exception as exc:
+                        cause = exc
+                        if isinstance(exc, TimeoutError) and not str(exc):
+                            cause = TimeoutError(f"timed out after {step.timeout_s} s")
+                            cause.__cause__ = exc
+                        error = f"{type(cause).__name__}: {cause}"
+                        if span.is_recording():
+                            span.add_event("attempt failed", {"attempt": attempt, "error": error})
+                        if attempt > step.retries or not isinstance(exc, step.retry_on):
+                            set_error(span, type(cause).__qualname__, error)  # the cause, not StepFailed
+                            raise StepFailed(step.name, attempt, cause) from cause
+                        await anyio.sleep(min(_RETRY_BACKOFF_S[0] * 2 ** (attempt - 1), _RETRY_BACKOFF_S[1]))
+                        continue
+                    error = None
+                    return value
+                raise AssertionError("unreachable")  # the loop returns or raises
+            finally:
+                span.set_attribute(names.AGENTRT_STEP_ATTEMPTS, node.attempts)
+                self._close(node, ok=error is None, error=error)
                 program.emit(
-                    StepStarted(
-                        program_id=program.id, t=program.elapsed(), node_id=node.id, name=step.name, attempt=attempt
+                    StepFinished(
+                        program_id=program.id,
+                        t=program.elapsed(),
+                        node_id=node.id,
+                        name=step.name,
+                        ok=error is None,
+                        duration_s=node.duration_s or 0.0,
+                        attempts=node.attempts,
+                        error=error,
                     )
                 )
-                body = RuntimeContext(self._runtime, program, node)
-                try:
-                    with anyio.fail_after(timeout):
-                        value: T = await step.fn(body, *call.args, **call.kwargs)
-                except Exception as exc:
-                    cause = exc
-                    if isinstance(exc, TimeoutError) and not str(exc):
-                        cause = TimeoutError(f"timed out after {step.timeout_s} s")
-                        cause.__cause__ = exc
-                    error = f"{type(cause).__name__}: {cause}"
-                    if attempt > step.retries or not isinstance(exc, step.retry_on):
-                        raise StepFailed(step.name, attempt, cause) from cause
-                    await anyio.sleep(min(_RETRY_BACKOFF_S[0] * 2 ** (attempt - 1), _RETRY_BACKOFF_S[1]))
-                    continue
-                error = None
-                return value
-            raise AssertionError("unreachable")  # the loop returns or raises
-        finally:
-            self._close(node, ok=error is None, error=error)
-            program.emit(
-                StepFinished(
-                    program_id=program.id,
-                    t=program.elapsed(),
-                    node_id=node.id,
-                    name=step.name,
-                    ok=error is None,
-                    duration_s=node.duration_s or 0.0,
-                    attempts=node.attempts,
-                    error=error,
-                )
-            )
 
     async def run_agent(self, agent: Agent, task: str | Sequence[Mapping[str, Any]]) -> AgentResult:
         node = self._open(NodeKind.AGENT, agent.name)
         ok = False
-        try:
-            result = await agent.execute(RuntimeContext(self._runtime, self.program, node), task)
-            node.usage = result.usage
-            node.attributes["turns"] = len(result.turns)
-            node.attributes["stopped"] = result.stopped
-            ok = True
-            return result
-        finally:
-            self._close(node, ok=ok, error=None if ok else "agent failed")
+        with agent_span(agent) as span:
+            try:
+                result = await agent.execute(RuntimeContext(self._runtime, self.program, node), task)
+                node.usage = result.usage
+                node.attributes["turns"] = len(result.turns)
+                node.attributes["stopped"] = result.stopped
+                end_agent(span, result)
+                ok = True
+                return result
+            finally:
+                self._close(node, ok=ok, error=None if ok else "agent failed")
 
 
 def tool_specs(cache: dict[object, Tool], tools: Sequence[object]) -> tuple[Tool, ...]:

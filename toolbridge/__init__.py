@@ -1,22 +1,71 @@
-"""Tools for agents: declaring them (``@tool``) and running them (``run_tool``).
+"""Tools for agents: declaring them (``@tool``), running them (``run_tool``), sandboxes, SQL.
 
 Layering: toolbridge imports ``telemetry`` only; never ``runtime`` or
 ``workflows``.
 
+- ``@tool(limits=Limits(memory="64M", cpu=0.5, pids=32, timeout_s=10),
+  isolation="process")``: each call runs in a child process placed in its
+  own cgroup before any tool code runs; ``shell()`` makes a shell-command tool.
+- ``await run_tool(tool, arguments)`` -> :class:`ToolResult` (``ok``,
+  ``value``, ``error.kind`` in oom/timeout/pids/exit/invalid_args/exception,
+  ``usage``).  Failures of a call are results, never exceptions.
+- Sandbox backends (:class:`SandboxDriver`): cgroup v2, cgroup v1, rlimits;
+  chosen at start by :func:`sandbox_driver`.
+- :data:`durations`: per-tool wall-time distributions (:class:`DurationPredictor`).
+- SQL: :func:`sql_tools` over :class:`SQLiteDatabase` / :class:`PostgresDatabase`,
+  read-only whatever SQL a model writes.
+
 Exceptions (see :mod:`toolbridge._errors`)::
 
     ToolbridgeError
-     ├── ToolDefinitionError
-     └── ToolArgumentsError
+     ├── ToolDefinitionError   a @tool declared wrongly (decoration time; also a TypeError)
+     ├── ToolArgumentsError    a model's arguments do not match the schema (also a ValueError)
+     └── SQLError              a database refused or failed a query (shown to the model)
+          └── ReadOnlyViolation  the SQL tried to write
+
+Sandbox set-up failures (no writable cgroup) are ``OSError`` from the
+backend constructors and make :func:`select_driver` fall back to the next one.
 """
 
-from ._errors import ToolArgumentsError, ToolbridgeError, ToolDefinitionError
+from ._cgroups import (
+    CgroupV1Driver,
+    CgroupV2Driver,
+    RlimitDriver,
+    Sandbox,
+    SandboxDriver,
+    SandboxStats,
+    sandbox_driver,
+    select_driver,
+    set_sandbox_driver,
+)
+from ._chinook import chinook_sqlite, load_chinook_postgres
+from ._errors import ReadOnlyViolation, SQLError, ToolArgumentsError, ToolbridgeError, ToolDefinitionError
+from ._limits import Limits
+from ._predict import DurationPredictor, durations
 from ._result import ErrorKind, ToolError, ToolResult, ToolUsage
 from ._run import run_tool
-from ._tool import Tool, as_tool, tool
+from ._shell import ShellTool, shell
+from ._sql import Database, PostgresDatabase, QueryResult, SQLiteDatabase, sql_tools
+from ._tool import Isolation, Tool, as_tool, tool
 
 __all__ = [
+    "CgroupV1Driver",
+    "CgroupV2Driver",
+    "Database",
+    "DurationPredictor",
     "ErrorKind",
+    "Isolation",
+    "Limits",
+    "PostgresDatabase",
+    "QueryResult",
+    "ReadOnlyViolation",
+    "RlimitDriver",
+    "SQLError",
+    "SQLiteDatabase",
+    "Sandbox",
+    "SandboxDriver",
+    "SandboxStats",
+    "ShellTool",
     "Tool",
     "ToolArgumentsError",
     "ToolDefinitionError",
@@ -25,7 +74,15 @@ __all__ = [
     "ToolUsage",
     "ToolbridgeError",
     "as_tool",
+    "chinook_sqlite",
+    "durations",
+    "load_chinook_postgres",
     "run_tool",
+    "sandbox_driver",
+    "select_driver",
+    "set_sandbox_driver",
+    "shell",
+    "sql_tools",
     "tool",
 ]
 

@@ -4,7 +4,9 @@ The tree::
 
     ToolbridgeError
      ├── ToolDefinitionError   a @tool declared wrongly (raised at decoration time)
-     └── ToolArgumentsError    arguments from a model do not match the tool's schema
+     ├── ToolArgumentsError    arguments from a model do not match the tool's schema
+     └── SQLError              a database refused or failed a query
+          └── ReadOnlyViolation  the SQL tried to write
 
 Failures of a tool *call* (timeouts, exceptions inside the tool) are not
 raised: :func:`run_tool` returns them in :class:`ToolResult` so they can be
@@ -13,7 +15,7 @@ shown to the model.
 
 from __future__ import annotations
 
-__all__ = ["ToolArgumentsError", "ToolDefinitionError", "ToolbridgeError"]
+__all__ = ["ReadOnlyViolation", "SQLError", "ToolArgumentsError", "ToolDefinitionError", "ToolbridgeError"]
 
 
 class ToolbridgeError(Exception):
@@ -26,3 +28,11 @@ class ToolDefinitionError(ToolbridgeError, TypeError):
 
 class ToolArgumentsError(ToolbridgeError, ValueError):
     """Arguments do not match a tool's schema; the message is written for the model to read."""
+
+
+class SQLError(ToolbridgeError):
+    """A database refused or failed a query; the message is the database's, for the model to read."""
+
+
+class ReadOnlyViolation(SQLError):
+    """The SQL tried to write to a database that tools may only read."""

@@ -10,7 +10,10 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from ._cgroups import SandboxDriver
 from ._errors import ToolArgumentsError
+from ._predict import DurationPredictor, durations
+from ._process import run_isolated
 from ._result import ToolError, ToolResult, ToolUsage
 from ._tool import Tool, as_tool
 
@@ -29,12 +32,22 @@ def _parse_arguments(arguments: Mapping[str, Any] | str) -> Mapping[str, Any]:
     return arguments
 
 
-async def run_tool(tool: Tool | object, arguments: Mapping[str, Any] | str) -> ToolResult:
+async def run_tool(
+    tool: Tool | object,
+    arguments: Mapping[str, Any] | str,
+    *,
+    driver: SandboxDriver | None = None,
+    predictor: DurationPredictor | None = durations,
+) -> ToolResult:
     """Validate ``arguments`` and run ``tool`` once; failures come back in the result.
 
-    ``arguments`` is a mapping or the JSON text a model produced.  Sync
-    functions run in a worker thread so they do not stall the event loop.
-    Cancellation of the caller is never turned into a result: it propagates.
+    ``arguments`` is a mapping or the JSON text a model produced.  Inline
+    sync functions run in a worker thread so they do not stall the event
+    loop; ``isolation="process"`` tools run in a child process in their own
+    sandbox (``driver``, default: the one chosen at start).  The wall time of
+    every call that ran is recorded in ``predictor`` (``None``: not recorded).
+    Cancellation of the caller is never turned into a result: it propagates
+    (after an isolated call's processes are killed and its cgroup removed).
     """
     spec = as_tool(tool)
     started = time.monotonic()
@@ -47,6 +60,24 @@ async def run_tool(tool: Tool | object, arguments: Mapping[str, Any] | str) -> T
         kwargs = spec.validate(_parse_arguments(arguments))
     except ToolArgumentsError as exc:
         return ToolResult(False, error=ToolError("invalid_args", str(exc)), usage=usage())
+    if spec.isolation == "process":
+        result = await run_isolated(
+            spec.fn,
+            kwargs,
+            name=spec.name,
+            is_async=spec.is_async,
+            limits=spec.limits,
+            what=spec.call_label(kwargs),
+            driver=driver,
+        )
+    else:
+        result = await _run_inline(spec, kwargs, usage)
+    if predictor is not None:
+        predictor.observe(spec.name, result.usage.wall_s)
+    return result
+
+
+async def _run_inline(spec: Tool, kwargs: dict[str, Any], usage: Any) -> ToolResult:
     try:
         with anyio.fail_after(spec.timeout_s if spec.timeout_s is not None else float("inf")):
             if spec.is_async:

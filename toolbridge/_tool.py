@@ -10,13 +10,18 @@ from __future__ import annotations
 import inspect
 import typing
 from collections.abc import Callable, Mapping
-from typing import Any, overload
+from typing import Any, Literal, TypeAlias, overload
 
 import pydantic
 
 from ._errors import ToolArgumentsError, ToolDefinitionError
+from ._limits import Limits
 
-__all__ = ["Tool", "as_tool", "tool"]
+#: ``"inline"``: trusted code in the runtime's process (sync code in a worker
+#: thread); ``"process"``: a child process in its own sandbox (cgroup).
+Isolation: TypeAlias = Literal["inline", "process"]
+
+__all__ = ["Isolation", "Tool", "as_tool", "tool"]
 
 
 def _first_paragraph(doc: str | None) -> str:
@@ -41,7 +46,9 @@ class Tool:
     ``parameters`` is the JSON schema of its arguments; :meth:`validate` turns
     a model's arguments into keyword arguments or raises
     :class:`ToolArgumentsError` with a message meant for the model.
-    ``timeout_s`` bounds one call in seconds.
+    ``timeout_s`` bounds one call in seconds (``limits.timeout_s`` when
+    limits are given).  ``limits`` (:class:`Limits`) apply to calls with
+    ``isolation="process"``; inline tools honour only the timeout.
     """
 
     def __init__(
@@ -51,6 +58,8 @@ class Tool:
         name: str | None = None,
         description: str | None = None,
         timeout_s: float | None = None,
+        limits: Limits | None = None,
+        isolation: Isolation = "inline",
     ) -> None:
         if not callable(fn):
             raise ToolDefinitionError(f"@tool must decorate a function, got {fn!r}")
@@ -63,7 +72,23 @@ class Tool:
         if not self.name.replace("_", "").replace("-", "").isalnum():
             raise ToolDefinitionError(f"@tool: name must be letters, digits, '_' or '-', got {self.name!r}")
         self.description: str = description if description is not None else _first_paragraph(fn.__doc__)
-        self.timeout_s = timeout_s
+        if isolation not in ("inline", "process"):
+            raise ToolDefinitionError(f"@tool: isolation must be 'inline' or 'process', got {isolation!r}")
+        if limits is not None and not isinstance(limits, Limits):
+            raise ToolDefinitionError(f"@tool: limits must be a toolbridge.Limits, got {limits!r}")
+        if limits is not None and timeout_s is not None and limits.timeout_s not in (None, timeout_s):
+            raise ToolDefinitionError("@tool: give the timeout once, as timeout_s or as limits.timeout_s")
+        self.limits = limits or Limits()
+        self.isolation: Isolation = isolation
+        self.timeout_s = timeout_s if timeout_s is not None else self.limits.timeout_s
+        if self.limits.timeout_s is None and timeout_s is not None:
+            self.limits = Limits(
+                memory=self.limits.memory,
+                memory_high=self.limits.memory_high,
+                cpu=self.limits.cpu,
+                pids=self.limits.pids,
+                timeout_s=timeout_s,
+            )
         self.is_async = inspect.iscoroutinefunction(fn)
         self._model = self._build_model(fn)
         self.parameters: dict[str, Any] = _strip_titles(self._model.model_json_schema())
@@ -109,6 +134,10 @@ class Tool:
             raise ToolArgumentsError(f"invalid arguments for {self.name}: {problems}") from None
         return {name: getattr(model, name) for name in self._model.model_fields}
 
+    def call_label(self, kwargs: Mapping[str, Any]) -> str:
+        """How error messages name one call (the tool's name; a shell tool names its command)."""
+        return self.name
+
     def openai_schema(self) -> dict[str, Any]:
         """The tool in OpenAI's ``tools=[...]`` format."""
         return {
@@ -126,7 +155,12 @@ def tool(fn: Callable[..., Any], /) -> Tool: ...
 
 @overload
 def tool(
-    *, name: str | None = None, description: str | None = None, timeout_s: float | None = None
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    timeout_s: float | None = None,
+    limits: Limits | None = None,
+    isolation: Isolation = "inline",
 ) -> Callable[[Callable[..., Any]], Tool]: ...
 
 
@@ -137,11 +171,17 @@ def tool(
     name: str | None = None,
     description: str | None = None,
     timeout_s: float | None = None,
+    limits: Limits | None = None,
+    isolation: Isolation = "inline",
 ) -> Tool | Callable[[Callable[..., Any]], Tool]:
-    """Declare a tool from a sync or async function; bare (``@tool``) or with options."""
+    """Declare a tool from a sync or async function; bare (``@tool``) or with options.
+
+    ``@tool(limits=Limits(memory="64M", cpu=0.5, pids=32, timeout_s=10),
+    isolation="process")`` runs each call in a child process in its own cgroup.
+    """
 
     def decorate(f: Callable[..., Any]) -> Tool:
-        return Tool(f, name=name, description=description, timeout_s=timeout_s)
+        return Tool(f, name=name, description=description, timeout_s=timeout_s, limits=limits, isolation=isolation)
 
     return decorate(fn) if fn is not None else decorate
 

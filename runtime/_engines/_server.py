@@ -170,7 +170,6 @@ class ServerEngine(RemoteEngine):
             name=name or f"server@{url_host}:{self.port}",
             # The served model id is the path or name as given to vllm serve.
             model=os.fspath(model),
-            connect_timeout_s=10.0,
         )
         self._model_arg = os.fspath(model)
         self._kv_cache_gib = kv_cache_gib
@@ -249,13 +248,14 @@ class ServerEngine(RemoteEngine):
                 await self._stop_process()
                 await self._close_session()
         self._watcher = asyncio.create_task(self._supervise(), name=f"{self.name} supervisor")
+        self._watcher.add_done_callback(self._supervisor_done)
 
     async def _aclose(self) -> None:
         watcher, self._watcher = self._watcher, None
         if watcher is not None:
             watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            # wait() rather than awaiting the task: its CancelledError is not ours to catch.
+            await asyncio.wait({watcher})
         self._down_reason = f"{self.name} is closed"
         try:
             await self._stop_process()
@@ -386,6 +386,14 @@ class ServerEngine(RemoteEngine):
                 break
             self._down_reason = None
             logger.info("%s: restarted (restart %d)", self.name, self._restarts)
+
+    def _supervisor_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        # A bug in the supervisor: without it nobody would notice a crash, so stop serving.
+        exc = task.exception()
+        logger.error("%s: supervisor failed", self.name, exc_info=exc)
+        self._down_reason = f"{self.name}: supervisor failed: {exc!r}"
 
     def _raise_if_down(self) -> None:
         reason = self._down_reason

@@ -1,0 +1,257 @@
+"""CHESS-style Text-to-SQL on Chinook: a DAG of LLM stages and read-only SQL tool calls.
+
+    python examples/text2sql.py "How many tracks are there?"       # demo model, SQLite Chinook
+    agentrt run examples/text2sql.py:text2sql --input 'question="How many albums?"'
+
+Stages (HEXGEN-TEXT2SQL's traces have the same shape):
+
+1. schema linking: introspect the database (tool calls), then the LLM picks
+   the tables the question needs (structured output: an enum of real table
+   names, so even a tiny model picks existing ones);
+2. ``n`` candidate SQL generations in parallel (``ctx.gather``), each with a
+   different temperature;
+3. execution-guided repair: each candidate runs through the read-only
+   ``sql_query`` tool; on an error or an empty result the LLM fixes it, at
+   most ``k`` rounds;
+4. selection: a vote over execution results (candidates whose rows agree),
+   the LLM breaking a tie between equally large groups.
+
+Structured output keeps every SQL reply a ``{"sql": "SELECT ..."}`` object.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from toolbridge import Database, PostgresDatabase, SQLiteDatabase, Tool, chinook_sqlite, sql_tools
+from workflows import Context, ToolCall, step, workflow
+
+__all__ = ["Candidate", "Text2SQLResult", "open_database", "text2sql"]
+
+#: The reply: one SELECT statement.  Its length is bounded by ``max_tokens``:
+#: xgrammar rejects ``pattern`` with ``maxLength`` and fails to compile a
+#: bounded repetition like ``{1,240}``.
+SQL_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"sql": {"type": "string", "pattern": "^SELECT [^;]+$"}},
+    "required": ["sql"],
+    "additionalProperties": False,
+}
+
+
+@dataclass
+class Candidate:
+    """One candidate's history: final ``sql``, whether it ran and returned rows, repair ``rounds``."""
+
+    sql: str
+    ok: bool
+    rows: list[list[Any]] = field(default_factory=list)
+    columns: list[str] = field(default_factory=list)
+    error: str | None = None
+    rounds: int = 0
+
+
+@dataclass
+class Text2SQLResult:
+    """The chosen ``sql`` and its rows; every candidate; the linked tables; the winning vote count."""
+
+    question: str
+    sql: str
+    ok: bool
+    columns: list[str]
+    rows: list[list[Any]]
+    tables: list[str]
+    candidates: list[Candidate]
+    votes: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_database(database: str = "") -> Database:
+    """``postgresql://...`` -> PostgreSQL; a path -> that SQLite file; empty -> Chinook in SQLite."""
+    if database.startswith(("postgres://", "postgresql://")):
+        return PostgresDatabase(database, max_rows=50)
+    return SQLiteDatabase(database or chinook_sqlite(), max_rows=50)
+
+
+class _Tools:
+    """The SQL tools of one database, called through ``ctx.call_tool`` so they are nodes of the DAG."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.query, self.list_tables, self.describe = sql_tools(db)
+        self.all: list[Tool] = [self.query, self.list_tables, self.describe]
+        self._ids = 0
+
+    async def call(self, ctx: Context, tool: Tool, **arguments: Any) -> Any:
+        self._ids += 1
+        message = await ctx.call_tool(ToolCall(f"sql-{self._ids}", tool.name, arguments), self.all)
+        if not message.ok:
+            raise _ToolFailed(message.content)
+        return message.value
+
+
+class _ToolFailed(Exception):
+    pass
+
+
+def _schema_text(schema: dict[str, list[dict[str, Any]]], tables: list[str]) -> str:
+    lines = []
+    for table in tables:
+        cols = ", ".join(
+            f"{c['name']} {c['type']}" + (f" -> {c['references']}" if c.get("references") else "")
+            for c in schema[table]
+        )
+        lines.append(f"{table}({cols})")
+    return "\n".join(lines)
+
+
+@step(retries=1, timeout_s=120)
+async def link_schema(ctx: Context, tools: _Tools, question: str) -> tuple[list[str], str]:
+    """Introspect, then let the LLM pick the tables; returns (tables, schema text for prompts)."""
+    names: list[str] = await tools.call(ctx, tools.list_tables)
+    described = await ctx.gather(*(tools.call(ctx, tools.describe, table=t) for t in names))
+    schema = dict(zip(names, described, strict=True))
+    pick_schema = {
+        "type": "object",
+        "properties": {"tables": {"type": "array", "items": {"enum": names}, "minItems": 1, "maxItems": 4}},
+        "required": ["tables"],
+        "additionalProperties": False,
+    }
+    prompt = (
+        f"Database schema ({tools.db.dialect}):\n{_schema_text(schema, names)}\n\n"
+        f"Question: {question}\nWhich tables are needed to answer it? Reply as JSON."
+    )
+    reply = await ctx.llm([{"role": "user", "content": prompt}], json_schema=pick_schema, max_tokens=64)
+    try:
+        picked = [t for t in json.loads(reply.text)["tables"] if t in schema]
+    except (ValueError, KeyError, TypeError):
+        picked = []
+    # Tables named in the question are always kept: a cheap recall guard for small models.
+    words = question.lower()
+    picked += [t for t in names if t in words and t not in picked]
+    if not picked:
+        picked = names
+    # Keep the tables the picked ones reference, so joins stay possible.
+    for table in list(picked):
+        for column in schema[table]:
+            target = (column.get("references") or "").split(".")[0]
+            if target and target not in picked:
+                picked.append(target)
+    return picked, _schema_text(schema, picked)
+
+
+@step(retries=1, timeout_s=120)
+async def generate_sql(ctx: Context, dialect: str, schema_text: str, question: str, temperature: float) -> str:
+    """One candidate SQL query."""
+    prompt = (
+        f"Schema ({dialect}):\n{schema_text}\n\nWrite one {dialect} SELECT query that answers: {question}\n"
+        'Reply as JSON: {"sql": "SELECT ..."}'
+    )
+    reply = await ctx.llm(
+        [{"role": "user", "content": prompt}], json_schema=SQL_SCHEMA, max_tokens=160, temperature=temperature
+    )
+    return _sql_of(reply.text)
+
+
+@step(retries=1, timeout_s=120)
+async def revise_sql(ctx: Context, dialect: str, schema_text: str, question: str, sql: str, problem: str) -> str:
+    """The LLM fixes a query given what went wrong when it ran."""
+    prompt = (
+        f"Schema ({dialect}):\n{schema_text}\n\nQuestion: {question}\nThis query:\n{sql}\n"
+        f"failed: {problem[:500]}\nWrite a corrected {dialect} SELECT query. "
+        'Reply as JSON: {"sql": "SELECT ..."}'
+    )
+    reply = await ctx.llm([{"role": "user", "content": prompt}], json_schema=SQL_SCHEMA, max_tokens=160)
+    return _sql_of(reply.text)
+
+
+def _sql_of(text: str) -> str:
+    """The SQL in a reply; a reply cut off by max_tokens still yields its partial SQL ("" if none)."""
+    try:
+        return str(json.loads(text)["sql"]).strip()
+    except (ValueError, KeyError, TypeError):
+        _, found, rest = text.partition('"sql":')
+        return rest.strip().lstrip('"').rstrip('"}').strip() if found else ""
+
+
+async def _execute_with_repair(
+    ctx: Context, tools: _Tools, schema_text: str, question: str, sql: str, k: int
+) -> Candidate:
+    problem = ""
+    for round_ in range(k + 1):
+        if round_:
+            sql = await revise_sql(ctx, tools.db.dialect, schema_text, question, sql, problem)
+        if not sql:
+            problem = "no SQL query was produced"
+            continue
+        try:
+            result = await tools.call(ctx, tools.query, sql=sql)
+        except _ToolFailed as exc:
+            problem = str(exc)
+            continue
+        if result["rows"]:
+            return Candidate(sql, True, result["rows"], result["columns"], None, round_)
+        problem = "the query ran but returned no rows"
+    return Candidate(sql, False, error=problem, rounds=k)
+
+
+def _result_key(candidate: Candidate) -> str:
+    # Candidates agree when their rows agree, whatever the column names or order.
+    return json.dumps(sorted(json.dumps(row, default=str) for row in candidate.rows))
+
+
+@step(retries=1, timeout_s=120)
+async def break_tie(ctx: Context, question: str, options: list[Candidate]) -> int:
+    """The LLM picks one of equally voted candidates; returns its index in ``options``."""
+    listing = "\n".join(f"{i}: {c.sql}\n   first rows: {c.rows[:3]}" for i, c in enumerate(options))
+    schema = {
+        "type": "object",
+        "properties": {"choice": {"type": "integer", "minimum": 0, "maximum": len(options) - 1}},
+        "required": ["choice"],
+        "additionalProperties": False,
+    }
+    prompt = f"Question: {question}\nCandidate queries and results:\n{listing}\nWhich answers it best? Reply as JSON."
+    reply = await ctx.llm([{"role": "user", "content": prompt}], json_schema=schema, max_tokens=16)
+    try:
+        choice = int(json.loads(reply.text)["choice"])
+    except (ValueError, KeyError, TypeError):
+        return 0
+    return choice if 0 <= choice < len(options) else 0
+
+
+@workflow(deadline_s=600)
+async def text2sql(ctx: Context, question: str, database: str = "", n: int = 3, k: int = 2) -> dict[str, Any]:
+    """Answer ``question`` with SQL on ``database`` (default: Chinook in SQLite): ``n`` candidates, ``k`` repairs."""
+    tools = _Tools(open_database(database))
+    tables, schema_text = await link_schema(ctx, tools, question)
+    temperatures = [0.0] + [0.7] * (n - 1)
+    drafts = await ctx.gather(*(generate_sql(ctx, tools.db.dialect, schema_text, question, t) for t in temperatures))
+    candidates = await ctx.gather(*(_execute_with_repair(ctx, tools, schema_text, question, sql, k) for sql in drafts))
+    groups: dict[str, list[Candidate]] = {}
+    for candidate in candidates:
+        if candidate.ok:
+            groups.setdefault(_result_key(candidate), []).append(candidate)
+    if not groups:
+        last = candidates[0]
+        chosen, votes = last, 0
+    else:
+        ranked = sorted(groups.values(), key=len, reverse=True)
+        top = [g for g in ranked if len(g) == len(ranked[0])]
+        votes = len(top[0])
+        chosen = top[0][0] if len(top) == 1 else top[await break_tie(ctx, question, [g[0] for g in top])][0]
+    return Text2SQLResult(
+        question, chosen.sql, chosen.ok, chosen.columns, chosen.rows, tables, list(candidates), votes
+    ).as_dict()
+
+
+if __name__ == "__main__":  # vLLM's engine core is a spawned process: keep the guard
+    from runtime import Runtime
+
+    asked = sys.argv[1] if len(sys.argv) > 1 else "How many tracks are there in the database?"
+    out = Runtime.run_sync(text2sql, question=asked)
+    print(json.dumps({key: out[key] for key in ("question", "sql", "ok", "columns", "rows", "votes")}, default=str))

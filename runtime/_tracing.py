@@ -1,0 +1,176 @@
+"""The runtime's spans: what a trace of one program shows, in GenAI names.
+
+One trace per program: ``invoke_workflow {name}`` at the root, ``step {name}``
+per step, ``invoke_agent {name}`` per agent loop, ``chat {model}`` per LLM call
+and ``execute_tool {name}`` per tool call, nested as the work was.  Span
+parenting follows the OpenTelemetry context (contextvars), which anyio copies
+into every task ``ctx.gather`` starts.  Each function returns a context
+manager from :func:`telemetry.span`; while tracing is off it yields the
+non-recording span and the ``is_recording()`` checks skip all attribute work.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING
+
+from opentelemetry.trace import SpanKind
+
+import telemetry
+from telemetry import names as n
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from toolbridge import ToolUsage
+    from workflows import Agent, AgentResult, Step, ToolCall, ToolMessage
+
+    from ._engines._base import Completion, SamplingOptions
+    from ._program import Program
+
+__all__ = [
+    "agent_span",
+    "chat_span",
+    "end_agent",
+    "end_chat",
+    "end_program",
+    "end_tool",
+    "program_span",
+    "step_span",
+    "tool_span",
+]
+
+
+def program_span(program: Program) -> AbstractContextManager[Span]:
+    """The root span of ``program``; starts at its submission."""
+    attributes: dict[str, str | int | float] = {
+        n.GEN_AI_OPERATION_NAME: n.OP_INVOKE_WORKFLOW,
+        n.GEN_AI_WORKFLOW_NAME: program.workflow,
+        n.GEN_AI_CONVERSATION_ID: program.id,
+        n.AGENTRT_PROGRAM_PRIORITY: program.priority,
+    }
+    if program.deadline_s is not None:
+        attributes[n.AGENTRT_PROGRAM_DEADLINE_S] = program.deadline_s
+    return telemetry.span(
+        f"{n.OP_INVOKE_WORKFLOW} {program.workflow}", attributes, root=True, start_time_s=program.submitted_wall
+    )
+
+
+def end_program(span: Span, program: Program) -> None:
+    if not span.is_recording():
+        return
+    span.set_attributes(
+        {
+            n.AGENTRT_PROGRAM_STATE: program.state.value,
+            n.AGENTRT_PROGRAM_LLM_CALLS: program.llm_calls,
+            n.AGENTRT_PROGRAM_TOOL_CALLS: program.tool_calls,
+            n.GEN_AI_USAGE_INPUT_TOKENS: program.usage.prompt_tokens,
+            n.GEN_AI_USAGE_OUTPUT_TOKENS: program.usage.completion_tokens,
+            n.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: program.usage.cached_tokens,
+        }
+    )
+    if program.error is not None:
+        telemetry.set_error(span, type(program.error).__qualname__, str(program.error))
+
+
+def step_span(step: Step[..., object]) -> AbstractContextManager[Span]:
+    attributes: dict[str, str | int | float] = {n.AGENTRT_STEP_NAME: step.name, n.AGENTRT_STEP_RETRIES: step.retries}
+    if step.timeout_s is not None:
+        attributes[n.AGENTRT_STEP_TIMEOUT_S] = step.timeout_s
+    return telemetry.span(f"step {step.name}", attributes)
+
+
+def agent_span(agent: Agent) -> AbstractContextManager[Span]:
+    return telemetry.span(
+        f"{n.OP_INVOKE_AGENT} {agent.name}",
+        {n.GEN_AI_OPERATION_NAME: n.OP_INVOKE_AGENT, n.GEN_AI_AGENT_NAME: agent.name},
+    )
+
+
+def end_agent(span: Span, result: AgentResult) -> None:
+    if span.is_recording():
+        span.set_attributes(
+            {
+                n.AGENTRT_AGENT_TURNS: len(result.turns),
+                n.AGENTRT_AGENT_STOPPED: str(result.stopped),
+                n.GEN_AI_USAGE_INPUT_TOKENS: result.usage.prompt_tokens,
+                n.GEN_AI_USAGE_OUTPUT_TOKENS: result.usage.completion_tokens,
+                n.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: result.usage.cached_tokens,
+            }
+        )
+
+
+def chat_span(program: Program, sampling: SamplingOptions, model: str) -> AbstractContextManager[Span]:
+    """``chat {model}``: ``model`` is the first candidate engine's; :func:`end_chat` records the one that served."""
+    if not telemetry.is_enabled():
+        return telemetry.span("chat")
+    attributes: dict[str, str | int | float] = {
+        n.GEN_AI_OPERATION_NAME: n.OP_CHAT,
+        n.GEN_AI_PROVIDER_NAME: n.PROVIDER_VLLM,
+        n.GEN_AI_REQUEST_MODEL: model,
+        n.GEN_AI_CONVERSATION_ID: program.id,
+        n.GEN_AI_REQUEST_MAX_TOKENS: sampling.max_tokens,
+        n.GEN_AI_REQUEST_TEMPERATURE: sampling.temperature,
+        n.GEN_AI_REQUEST_TOP_P: sampling.top_p,
+    }
+    if sampling.seed is not None:
+        attributes[n.GEN_AI_REQUEST_SEED] = sampling.seed
+    return telemetry.span(f"{n.OP_CHAT} {model}", attributes, kind=SpanKind.CLIENT)
+
+
+def end_chat(span: Span, completion: Completion, *, priority: int, attempts: int) -> None:
+    if not span.is_recording():
+        return
+    attributes: dict[str, str | int | float | list[str]] = {
+        n.GEN_AI_RESPONSE_ID: completion.request_id,
+        n.GEN_AI_RESPONSE_MODEL: completion.model,
+        n.GEN_AI_USAGE_INPUT_TOKENS: completion.prompt_tokens,
+        n.GEN_AI_USAGE_OUTPUT_TOKENS: completion.completion_tokens,
+        n.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: completion.cached_tokens,
+        n.GEN_AI_RESPONSE_FINISH_REASONS: [completion.finish_reason or "unknown"],
+        n.AGENTRT_ENGINE_NAME: completion.engine,
+        n.AGENTRT_REQUEST_PRIORITY: priority,
+        n.AGENTRT_LLM_ATTEMPTS: attempts,
+        n.AGENTRT_RESPONSE_E2E_S: completion.e2e_s,
+    }
+    if completion.ttft_s is not None:
+        attributes[n.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = completion.ttft_s
+    if completion.queued_s is not None:
+        attributes[n.AGENTRT_REQUEST_QUEUED_S] = completion.queued_s
+    span.set_attributes(attributes)
+
+
+def tool_span(call: ToolCall) -> AbstractContextManager[Span]:
+    if not telemetry.is_enabled():
+        return telemetry.span("execute_tool")
+    attributes: dict[str, str] = {
+        n.GEN_AI_OPERATION_NAME: n.OP_EXECUTE_TOOL,
+        n.GEN_AI_TOOL_NAME: call.name,
+        n.GEN_AI_TOOL_CALL_ID: call.id,
+        n.GEN_AI_TOOL_TYPE: "function",
+    }
+    if telemetry.capture_content():
+        attributes[n.GEN_AI_TOOL_CALL_ARGUMENTS] = json.dumps(call.arguments, default=str)
+    return telemetry.span(f"{n.OP_EXECUTE_TOOL} {call.name}", attributes)
+
+
+def end_tool(span: Span, message: ToolMessage, usage: ToolUsage | None) -> None:
+    if not span.is_recording():
+        return
+    if usage is not None:
+        span.set_attributes(
+            {
+                n.AGENTRT_TOOL_WALL_S: usage.wall_s,
+                n.AGENTRT_TOOL_CPU_S: usage.cpu_s,
+                n.AGENTRT_TOOL_OOM_KILLED: usage.oom_killed,
+            }
+        )
+        if usage.peak_memory_bytes is not None:
+            span.set_attribute(n.AGENTRT_TOOL_PEAK_MEMORY_BYTES, usage.peak_memory_bytes)
+    if telemetry.capture_content():
+        span.set_attribute(n.GEN_AI_TOOL_CALL_RESULT, message.content)
+    if not message.ok:
+        kind = message.error_kind or "error"
+        span.set_attribute(n.AGENTRT_TOOL_ERROR_KIND, kind)
+        telemetry.set_error(span, kind, message.content)
