@@ -160,13 +160,15 @@ def _jsonable(value: Any) -> Any:
 
 def _parser() -> argparse.ArgumentParser:
     from ._policy import policy_names
-    from ._runtime import DEFAULT_MODEL
+    from ._runtime import default_model
 
     parser = argparse.ArgumentParser(prog="agentrt", description="Run LLM agent workflows on vLLM engines.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def engine_options(p: argparse.ArgumentParser, default_model: str) -> None:
-        p.add_argument("--model", default=default_model, help="model name under .cache/models or a path")
+        p.add_argument(
+            "--model", default=default_model, help="model name under .cache/models or a path (default: $AGENTRT_MODEL)"
+        )
         p.add_argument("--engines", type=int, default=1, help="number of in-process engines")
         p.add_argument(
             "--engine", action="append", metavar="URL", help="use a running vLLM server (repeatable) instead"
@@ -180,7 +182,7 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     demo = sub.add_parser("demo", help="an agent with tools answers a question on the demo model")
-    engine_options(demo, DEFAULT_MODEL)
+    engine_options(demo, default_model())
     from ._demo import DEMO_QUESTION
 
     demo.add_argument("--question", default=DEMO_QUESTION)
@@ -188,7 +190,7 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a workflow once: agentrt run MODULE:WORKFLOW --input k=v")
     run.add_argument("target", help="MODULE:WORKFLOW or path/to/file.py:WORKFLOW")
     run.add_argument("--input", action="append", type=_parse_input, metavar="KEY=VALUE", help="JSON or plain text")
-    engine_options(run, DEFAULT_MODEL)
+    engine_options(run, default_model())
 
     models = sub.add_parser(
         "models",

@@ -33,13 +33,18 @@ from ._policy import Policy, get_policy
 from ._program import Node, Program, ProgramState
 from ._tracing import chat_span, end_chat, end_program, program_span
 
-__all__ = ["DEFAULT_MODEL", "Runtime"]
+__all__ = ["DEFAULT_MODEL", "Runtime", "default_model"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: The model ``Runtime.local()`` serves when none is named.
+#: The model ``Runtime.local()`` serves when none is named and ``AGENTRT_MODEL`` is unset.
 DEFAULT_MODEL = "smollm2-135m"
+
+
+def default_model() -> str:
+    """``$AGENTRT_MODEL`` if set, else :data:`DEFAULT_MODEL`."""
+    return os.environ.get("AGENTRT_MODEL") or DEFAULT_MODEL
 
 
 class Runtime:
@@ -74,7 +79,7 @@ class Runtime:
     @classmethod
     def local(
         cls,
-        model: str | os.PathLike[str] = DEFAULT_MODEL,
+        model: str | os.PathLike[str] | None = None,
         *,
         engines: int = 1,
         policy: str | Policy = "vllm",
@@ -85,13 +90,15 @@ class Runtime:
         """The embedded default: ``engines`` in-process vLLM engines serving ``model``.
 
         ``model`` is a name under the models directory (``smollm2-135m``,
-        ``tiny``) or a path.  Other keyword arguments go to
+        ``tiny``) or a path; by default ``$AGENTRT_MODEL``, else ``smollm2-135m``.  Other keyword arguments go to
         :class:`InProcessEngine`.
         """
         from ._engines._inprocess import InProcessEngine
 
         if engines < 1:
             raise ValueError(f"engines must be >= 1, got {engines}")
+        if model is None:
+            model = default_model()
         pool: list[Engine] = [
             InProcessEngine(
                 model, name=f"local-{i}", kv_cache_gib=kv_cache_gib, max_model_len=max_model_len, **engine_options

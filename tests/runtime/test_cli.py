@@ -53,3 +53,14 @@ def test_demo_runs_the_agent(tiny_model: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "answer:" in out.stdout and "turn 1:" in out.stdout
     assert "cached" in out.stdout and "demo-agent" in out.stdout
+
+
+@pytest.mark.engine
+def test_example_script_with_run_sync(tiny_model: Path) -> None:
+    """examples/summarize.py uses Runtime.run_sync on Runtime.local(); AGENTRT_MODEL picks the model."""
+    env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING", AGENTRT_MODEL="tiny")
+    out = subprocess.run(
+        [sys.executable, "examples/summarize.py"], capture_output=True, text=True, cwd=ROOT, env=env, timeout=600
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert len([line for line in out.stdout.splitlines() if line.startswith("- ")]) == 2
