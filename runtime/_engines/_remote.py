@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+import telemetry
+
 from .._errors import (
     EngineClosedError,
     EngineError,
@@ -443,8 +445,15 @@ class RemoteEngine(Engine):
         return payload
 
     def _request_headers(self, request: GenerateRequest) -> dict[str, str]:
-        """Extra HTTP headers for one generation request (telemetry adds ``traceparent``)."""
-        return {}
+        """Extra HTTP headers for one generation request.
+
+        While tracing is on this is the W3C ``traceparent`` of the current
+        ``chat`` span, so a vLLM server started with ``--otlp-traces-endpoint``
+        parents its ``llm_request`` span on it and both land in one trace.
+        """
+        headers: dict[str, str] = {}
+        telemetry.inject_trace_headers(headers)
+        return headers
 
     # -- requests ----------------------------------------------------------
 

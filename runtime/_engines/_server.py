@@ -23,6 +23,8 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
+import telemetry
+
 from .._errors import EngineStartError, EngineUnavailableError
 from ._base import Completion, GenerateRequest, TokenDelta, monotonic
 from ._remote import RemoteEngine
@@ -232,6 +234,10 @@ class ServerEngine(RemoteEngine):
             args += ["--max-model-len", str(self._max_model_len)]
         if self._max_num_seqs is not None:
             args += ["--max-num-seqs", str(self._max_num_seqs)]
+        if (otlp := telemetry.otlp_endpoint()) is not None:
+            # vLLM's own spans (llm_request) go to our collector and join our
+            # traces through the traceparent header RemoteEngine sends.
+            args += ["--otlp-traces-endpoint", otlp[0]]
         return [*args, *self._extra_args]
 
     # -- lifecycle -----------------------------------------------------------
@@ -277,6 +283,8 @@ class ServerEngine(RemoteEngine):
             "PYTHONUNBUFFERED": "1",  # so the log tail is current when we quote it
             **self._env,
         }
+        if (otlp := telemetry.otlp_endpoint()) is not None:
+            env.setdefault("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", otlp[1])
         command = self.command()
         with _open_log(self.log_path, f"--- agentrt: starting {' '.join(command)}") as log:
             proc = await self._spawn(command, env, log)

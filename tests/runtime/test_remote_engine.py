@@ -51,14 +51,12 @@ from runtime._errors import (
     EngineStartError,
     EngineUnavailableError,
 )
-from runtime._models import MARKER_NAME, models_dir
 
 #: Tokens the shared server's context holds: 8x the tiny model's 4,096
 #: positions (meaningless for random weights), so that a filler request keeps
 #: a slot busy for minutes whatever the load on this machine.
 MAX_MODEL_LEN = 32768
 #: Seconds to wait for another process to finish preparing the tiny model.
-MODEL_WAIT_S = 15 * 60
 
 
 def chat(text: str) -> ChatPrompt:
@@ -409,15 +407,9 @@ async def test_remote_engine_server_gone(fake_server: str) -> None:
 
 
 @pytest_asyncio.fixture(scope="module")
-async def server() -> AsyncIterator[ServerEngine]:
-    model = models_dir() / "tiny"
-    deadline = time.monotonic() + MODEL_WAIT_S
-    while not (model / MARKER_NAME).exists():  # another process may be preparing it
-        if time.monotonic() > deadline:
-            pytest.skip(f"tiny model not prepared at {model}")
-        await asyncio.sleep(5)
+async def server(tiny_model: Path) -> AsyncIterator[ServerEngine]:
     engine = ServerEngine(
-        model,
+        tiny_model,
         max_model_len=MAX_MODEL_LEN,
         max_num_seqs=2,
         env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},  # beyond the model's max_position_embeddings
