@@ -167,7 +167,7 @@ def _plot(report: dict[str, Any], path: Path) -> None:
     if "cgroup_minus_plain_median_ms" in report:
         title += f"\ncgroup - plain (median) = {report['cgroup_minus_plain_median_ms']:.2f} ms"
     ax.set_title(title, fontsize=10)
-    ax.legend()
+    ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

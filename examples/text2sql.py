@@ -29,7 +29,10 @@ from typing import Any
 from toolbridge import Database, PostgresDatabase, SQLiteDatabase, Tool, chinook_sqlite, sql_tools
 from workflows import Context, ToolCall, step, workflow
 
-__all__ = ["Candidate", "Text2SQLResult", "open_database", "text2sql"]
+__all__ = ["DEMO_QUESTION", "Candidate", "Text2SQLResult", "describe_result", "open_database", "run_demo", "text2sql"]
+
+#: The question ``agentrt demo`` asks of Chinook.
+DEMO_QUESTION = "How many tracks are there in the database?"
 
 #: The reply: one SELECT statement.  Its length is bounded by ``max_tokens``:
 #: xgrammar rejects ``pattern`` with ``maxLength`` and fails to compile a
@@ -249,9 +252,25 @@ async def text2sql(ctx: Context, question: str, database: str = "", n: int = 3, 
     ).as_dict()
 
 
+def describe_result(out: dict[str, Any]) -> str:
+    """A few lines for a terminal: the linked tables, each candidate, the chosen SQL and its rows."""
+    lines = [f"question: {out['question']}", f"linked tables: {', '.join(out['tables'])}"]
+    for i, c in enumerate(out["candidates"]):
+        status = f"{len(c['rows'])} row(s)" if c["ok"] else f"failed ({(c['error'] or '')[:80]})"
+        lines.append(f"candidate {i}: {c['sql'][:100]!r} after {c['rounds']} repair(s): {status}")
+    verdict = f"chosen by {out['votes']} vote(s)" if out["ok"] else "no candidate ran successfully"
+    lines.append(f"sql: {out['sql'][:200]} ({verdict})")
+    if out["ok"]:
+        lines.append(f"rows: {out['columns']} {out['rows'][:5]}")
+    return "\n".join(lines)
+
+
+async def run_demo(rt: Any, question: str = DEMO_QUESTION) -> str:
+    """Run one question on Chinook in ``rt`` (a ``runtime.Runtime``); what ``agentrt demo`` prints."""
+    return describe_result(await rt.run(text2sql, question=question))
+
+
 if __name__ == "__main__":  # vLLM's engine core is a spawned process: keep the guard
     from runtime import Runtime
 
-    asked = sys.argv[1] if len(sys.argv) > 1 else "How many tracks are there in the database?"
-    out = Runtime.run_sync(text2sql, question=asked)
-    print(json.dumps({key: out[key] for key in ("question", "sql", "ok", "columns", "rows", "votes")}, default=str))
+    print(describe_result(Runtime.run_sync(text2sql, question=sys.argv[1] if len(sys.argv) > 1 else DEMO_QUESTION)))

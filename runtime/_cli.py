@@ -129,7 +129,28 @@ async def _run_demo(args: argparse.Namespace) -> int:
                 print(f"   -> {r.name}: {r.content}")
         print(f"\nanswer: {result.answer}\n")
         print(program_report(handle.program))
+        if not args.no_sql:
+            await _run_text2sql_demo(rt)
     return 0
+
+
+#: The Text-to-SQL example, run by ``agentrt demo`` from a source checkout.
+_TEXT2SQL_EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "text2sql.py"
+
+
+async def _run_text2sql_demo(rt: Any) -> None:
+    from ._report import program_report
+
+    if not _TEXT2SQL_EXAMPLE.is_file():
+        print(f"\n(Text-to-SQL demo skipped: {_TEXT2SQL_EXAMPLE} is part of the source checkout)")
+        return
+    wf = _load_workflow(f"{_TEXT2SQL_EXAMPLE}:text2sql")
+    example = sys.modules[_TEXT2SQL_EXAMPLE.stem]
+    print("\n--- Text-to-SQL on Chinook (SQLite, read-only) ---")
+    handle = rt.submit(wf, question=example.DEMO_QUESTION)
+    print(example.describe_result(await handle))
+    print()
+    print(program_report(handle.program))
 
 
 async def _run_workflow(args: argparse.Namespace) -> int:
@@ -186,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
     from ._demo import DEMO_QUESTION
 
     demo.add_argument("--question", default=DEMO_QUESTION)
+    demo.add_argument("--no-sql", action="store_true", help="skip the Text-to-SQL part of the demo")
 
     run = sub.add_parser("run", help="run a workflow once: agentrt run MODULE:WORKFLOW --input k=v")
     run.add_argument("target", help="MODULE:WORKFLOW or path/to/file.py:WORKFLOW")

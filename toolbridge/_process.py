@@ -87,7 +87,11 @@ async def run_isolated(
     driver = driver or sandbox_driver()
     what = what or name
     payload = cloudpickle.dumps((fn, kwargs, is_async))
-    sandbox: Sandbox = driver.create(f"{os.getpid()}-{next(_counter)}-{name}"[:200], limits)
+    try:
+        sandbox: Sandbox = driver.create(f"{os.getpid()}-{next(_counter)}-{name}"[:200], limits)
+    except OSError as exc:
+        # The host's problem, not the model's; still a result, so an agent loop goes on.
+        return ToolResult(False, error=ToolError("exception", f"cannot create a sandbox for {what}: {exc}"))
     started = time.monotonic()
     answer = bytearray()
     stderr = bytearray()
@@ -103,7 +107,13 @@ async def run_isolated(
             stderr=subprocess.PIPE,
             start_new_session=True,
         )
-        sandbox.attach(process.pid)
+        try:
+            sandbox.attach(process.pid)
+        except OSError as exc:
+            # Never run the call unconfined: the child has read nothing yet, so it dies harmlessly.
+            process.kill()
+            await process.wait()
+            return ToolResult(False, error=ToolError("exception", f"cannot place {what} in its sandbox: {exc}"))
         header = json.dumps({"sys_path": sys.path, "rlimits": sandbox.runner_setup().rlimits}).encode()
         assert process.stdin is not None
         async with anyio.create_task_group() as tg:

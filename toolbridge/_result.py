@@ -9,7 +9,8 @@ __all__ = ["ErrorKind", "ToolError", "ToolResult", "ToolUsage"]
 
 #: Why a call failed: ``invalid_args`` (the model's arguments do not match the
 #: schema), ``timeout``, ``exception`` (the tool raised), and for tools run in
-#: a child process ``oom``, ``pids`` and ``exit``.
+#: a child process ``oom`` (memory limit), ``pids`` (process/thread limit) and
+#: ``exit`` (the child died without an answer, or a shell command exited non-zero).
 ErrorKind: TypeAlias = Literal["oom", "timeout", "pids", "exit", "invalid_args", "exception"]
 
 
@@ -25,8 +26,14 @@ class ToolError:
 class ToolUsage:
     """Resources one call used: seconds of wall and CPU time, peak memory in bytes.
 
+    For ``isolation="process"`` tools these are the call's cgroup's figures
+    for its whole process tree: ``cpu_s`` from cpuacct/cpu.stat,
+    ``peak_memory_bytes`` the highest memory charge (memory the interpreter
+    mapped before the child entered the cgroup is not charged), and
+    ``oom_killed`` whether the kernel killed a process of the tree for memory.
+    Under the rlimit fallback they are the child's own rusage.
     ``peak_memory_bytes`` is ``None`` when it cannot be measured (inline tools
-    share the runtime's process).
+    share the runtime's process, so ``cpu_s`` is then the whole process's).
     """
 
     wall_s: float = 0.0

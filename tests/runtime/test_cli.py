@@ -53,6 +53,7 @@ def test_demo_runs_the_agent(tiny_model: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     assert "answer:" in out.stdout and "turn 1:" in out.stdout
     assert "cached" in out.stdout and "demo-agent" in out.stdout
+    assert "Text-to-SQL on Chinook" in out.stdout and "linked tables:" in out.stdout and "text2sql" in out.stdout
 
 
 @pytest.mark.engine

@@ -216,3 +216,18 @@ async def test_rlimit_fallback() -> None:
     assert oom.error is not None and oom.error.kind == "oom" and "limit 64.0 MiB" in oom.error.message
     slow = await run_tool(busy, {"seconds": 30.0}, driver=fallback)
     assert slow.error is not None and slow.error.kind == "timeout"
+
+
+async def test_sandbox_failures_are_results() -> None:
+    from toolbridge import Sandbox
+    from toolbridge._limits import Limits as L
+
+    class Broken(SandboxDriver):
+        name = "broken"
+
+        def create(self, name: str, limits: L) -> Sandbox:
+            raise PermissionError("cgroup.procs: permission denied")
+
+    result = await run_tool(crunch, {"n": 1}, driver=Broken())
+    assert result.error is not None and result.error.kind == "exception"
+    assert "cannot create a sandbox for crunch" in result.error.message

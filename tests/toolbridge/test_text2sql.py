@@ -41,7 +41,8 @@ async def test_text2sql_end_to_end_on_tiny_model(rt: Any) -> None:
     assert out["ok"] == (out["votes"] > 0)
     if out["ok"]:
         assert out["rows"]
-    print({k: out[k] for k in ("sql", "ok", "votes", "tables")}, [c["rounds"] for c in out["candidates"]])
+    print(example.describe_result(out))
+    assert example.describe_result(out).startswith("question: How many tracks")
     # The DAG holds the introspection and query tool calls and the LLM stages.
     names = [node.name for node in handle.program.nodes.values()]
     assert {"list_tables", "describe_table", "link_schema", "generate_sql", "sql_query"} <= set(names)
