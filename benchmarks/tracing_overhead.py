@@ -30,7 +30,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -42,33 +42,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM logs every engine step at INFO
 
 import telemetry  # noqa: E402
-from runtime import Completion, Engine, GenerateRequest, Runtime, TokenDelta  # noqa: E402
+from runtime import Runtime  # noqa: E402
+from runtime.testing import ScriptedEngine  # noqa: E402
 from workflows import Context, step, workflow  # noqa: E402
 
 MODES = ("off", "on-drop", "on-otlp")
-
-
-class InstantEngine(Engine):
-    """Answers every request at once with one token: no engine time to drown the runtime's."""
-
-    def __init__(self) -> None:
-        super().__init__("instant-0", "instant")
-
-    async def _start(self) -> None:
-        pass
-
-    async def _stream(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta | Completion, None]:
-        yield TokenDelta("ok", (1,))
-        yield Completion(request.request_id, self.name, self.model, "ok", (1,), "stop", 12, 1, 0, 1e-5, 2e-5, 0.0)
-
-    async def _abort(self, request_id: str) -> None:
-        pass
-
-    async def _check_health(self) -> None:
-        pass
-
-    async def _aclose(self) -> None:
-        pass
 
 
 CALLS_PER_STEP = 10
@@ -165,7 +143,7 @@ async def _measure(rt: Runtime, programs: int, calls: int, trials: int, endpoint
 
 
 async def bench_instant(programs: int, calls: int, trials: int, endpoint: str) -> Results:
-    async with Runtime([InstantEngine()]) as rt:
+    async with Runtime([ScriptedEngine("instant-0", prompt_tokens=12)]) as rt:
         await _trial(rt, 20, calls)  # warm-up: imports, caches
         return await _measure(rt, programs, calls, trials, endpoint)
 

@@ -1,53 +1,16 @@
 """Engine failover and dispatch in the Runtime (pure logic: scripted engines).
 
-Real engine deaths are exercised in test_remote_engine.py (a `vllm serve`
+Real engine deaths are exercised in test_engine_death.py and test_remote_engine.py (a `vllm serve`
 process killed mid-request); this test pins down what the runtime does next.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
-
 import pytest
 
-from runtime import (
-    Completion,
-    Engine,
-    EngineUnavailableError,
-    GenerateRequest,
-    NoEngineError,
-    Runtime,
-    TokenDelta,
-)
+from runtime import EngineUnavailableError, NoEngineError, Runtime
+from runtime.testing import ScriptedEngine
 from workflows import Context, workflow
-
-
-class ScriptedEngine(Engine):
-    """Answers every request with ``text``, or fails like a dead engine."""
-
-    def __init__(self, name: str, *, dies: bool = False) -> None:
-        super().__init__(name, "scripted")
-        self.dies = dies
-        self.seen: list[GenerateRequest] = []
-
-    async def _start(self) -> None:
-        pass
-
-    async def _stream(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta | Completion, None]:
-        self.seen.append(request)
-        if self.dies:
-            raise EngineUnavailableError(f"{self.name} died")
-        yield TokenDelta("ok", (1,))
-        yield Completion(request.request_id, self.name, "scripted", "ok", (1,), "stop", 3, 1, 0, 0.01, 0.02)
-
-    async def _abort(self, request_id: str) -> None:
-        pass
-
-    async def _check_health(self) -> None:
-        pass
-
-    async def _aclose(self) -> None:
-        pass
 
 
 @workflow(priority=3)

@@ -16,8 +16,8 @@ from opentelemetry.trace import StatusCode
 from pydantic import Field
 
 from runtime import Runtime
+from runtime.testing import ScriptedEngine
 from telemetry import names as n
-from tests.runtime.test_failover import ScriptedEngine
 from workflows import Agent, Context, StepFailed, ToolCall, step, workflow
 
 
