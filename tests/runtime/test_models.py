@@ -255,7 +255,7 @@ def test_tiny_config(tiny_builds: tuple[Path, Path]) -> None:
     assert config["dtype"] == "bfloat16"
     assert config["head_dim"] == 64  # vLLM's CPU attention needs >= 32
     assert config["hidden_size"] == 128 and config["num_hidden_layers"] == 2
-    assert config["max_position_embeddings"] == 4096
+    assert config["max_position_embeddings"] == 32768
     assert config["eos_token_id"] == 2
     assert "quantization_config" not in config
     assert 2000 <= config["vocab_size"] <= 4096

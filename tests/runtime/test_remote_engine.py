@@ -412,7 +412,6 @@ async def server(tiny_model: Path) -> AsyncIterator[ServerEngine]:
         tiny_model,
         max_model_len=MAX_MODEL_LEN,
         max_num_seqs=2,
-        env={"VLLM_ALLOW_LONG_MAX_MODEL_LEN": "1"},  # beyond the model's max_position_embeddings
         startup_timeout_s=600,
     )
     t0 = time.monotonic()

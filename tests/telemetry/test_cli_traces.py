@@ -16,7 +16,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.engine
-async def test_demo_exports_one_complete_trace(tiny_model: Path, receiver: Receiver, tmp_path: Path) -> None:
+async def test_demo_exports_one_complete_trace_per_program(
+    tiny_model: Path, receiver: Receiver, tmp_path: Path
+) -> None:
     out_file = tmp_path / "trace.json"
     env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING", OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url)
     for var in ("OTEL_SDK_DISABLED", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_PROTOCOL"):
@@ -33,19 +35,27 @@ async def test_demo_exports_one_complete_trace(tiny_model: Path, receiver: Recei
     assert "spans written to" in stderr
 
     received = receiver.spans()
-    by_id = {s.span_id: s for _, s in received}
-    (root,) = (s for s in by_id.values() if s.name == "invoke_workflow demo_workflow")
     assert {service for service, _ in received} == {"agentrt"}
-    assert all(s.trace_id == root.trace_id for s in by_id.values())  # one program, one trace
+    by_id = {s.span_id: s for _, s in received}
+    roots = {s.name: s for s in by_id.values() if not s.parent_span_id}
+    # The demo runs two programs (the agent, then Text-to-SQL): one trace each.
+    assert set(roots) == {"invoke_workflow demo_workflow", "invoke_workflow text2sql"}
+    traces = {root.trace_id: root for root in roots.values()}
+    assert len(traces) == 2 and all(s.trace_id in traces for s in by_id.values())
+    root = roots["invoke_workflow demo_workflow"]
     (agent,) = (s for s in by_id.values() if s.name == "invoke_agent demo-agent")
     assert agent.parent_span_id == root.span_id
-    chats = [s for s in by_id.values() if s.name == "chat tiny"]
-    tools = [s for s in by_id.values() if s.name.startswith("execute_tool ")]
+    chats = [s for s in by_id.values() if s.name == "chat tiny" and s.trace_id == root.trace_id]
+    tools = [s for s in by_id.values() if s.name.startswith("execute_tool ") and s.trace_id == root.trace_id]
     assert chats and all(s.parent_span_id == agent.span_id for s in chats + tools)
-    # Well formed: every parent is in the trace, no child outlives its parent.
+    sql_root = roots["invoke_workflow text2sql"]
+    sql_steps = {s.name for s in by_id.values() if s.parent_span_id == sql_root.span_id}
+    assert {"step link_schema", "step generate_sql"} <= sql_steps
+    # Well formed: every parent is in its trace, no child outlives its parent.
     for s in by_id.values():
-        if s is not root:
+        if s.parent_span_id:
             parent = by_id[s.parent_span_id]
+            assert parent.trace_id == s.trace_id
             assert parent.start_time_unix_nano <= s.start_time_unix_nano
             assert s.end_time_unix_nano <= parent.end_time_unix_nano
 
@@ -53,4 +63,4 @@ async def test_demo_exports_one_complete_trace(tiny_model: Path, receiver: Recei
     doc = json.loads(out_file.read_text())
     spans = [s for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
     assert sorted(s["name"] for s in spans) == sorted(s.name for s in by_id.values())
-    assert {s["traceId"] for s in spans} == {root.trace_id.hex()}
+    assert {s["traceId"] for s in spans} == {t.hex() for t in traces}
