@@ -412,6 +412,10 @@ async def server(tiny_model: Path) -> AsyncIterator[ServerEngine]:
         tiny_model,
         max_model_len=MAX_MODEL_LEN,
         max_num_seqs=2,
+        # Four tokens per SSE event: with one event per token, two long
+        # fillers keep the API server so busy on 2 cores that /metrics stops
+        # answering for a minute (seen in CI runs).
+        extra_args=("--stream-interval", "4"),
         startup_timeout_s=600,
     )
     t0 = time.monotonic()
@@ -524,14 +528,14 @@ async def test_priority_reaches_the_scheduler(server: ServerEngine) -> None:
             # when the API server or this process stalls for seconds.
             sampling = SamplingOptions(max_tokens=MAX_MODEL_LEN - 8, ignore_eos=True)
             tg.create_task(run(GenerateRequest(rid, TokenPrompt((5, 6, 7)), sampling, priority=10)))
-        await eventually(lambda: asyncio.sleep(0, len(first_token) == 2), 60, "both fillers to run", timeline)
+        await eventually(lambda: asyncio.sleep(0, len(first_token) == 2), 180, "both fillers to run", timeline)
         tg.create_task(run(GenerateRequest("low", TokenPrompt((9, 10, 11)), short, priority=10)))
-        await eventually(lambda: waiting_is(1), 60, "L to wait", timeline)
+        await eventually(lambda: waiting_is(1), 180, "L to wait", timeline)
         tg.create_task(run(GenerateRequest("high", TokenPrompt((12, 13, 14)), short, priority=-10)))
-        await eventually(lambda: waiting_is(2), 60, "H to wait", timeline)
+        await eventually(lambda: waiting_is(2), 180, "H to wait", timeline)
         assert "low" not in first_token and "high" not in first_token
         await server.abort("filler-1")
-        await eventually(lambda: asyncio.sleep(0, "high" in first_token), 60, "H to run", timeline)
+        await eventually(lambda: asyncio.sleep(0, "high" in first_token), 180, "H to run", timeline)
         await server.abort("filler-2")
     assert first_token["high"] < first_token["low"], "\n".join(timeline)
 
