@@ -28,7 +28,6 @@ from workflows import (
     ToolCall,
     ToolChoice,
     ToolMessage,
-    Usage,
     render_tool_value,
 )
 
@@ -163,8 +162,7 @@ class RuntimeContext(Context):
             completion = await self._runtime._generate(
                 self.program, node, ChatPrompt.of(chat), sampling, requested_priority=priority
             )
-            usage = Usage(completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens)
-            node.usage = usage
+            usage = node.usage  # recorded by the runtime as the completion arrived
             text, error = completion.text, None
             calls: tuple[ToolCall, ...] = ()
             if tool_prompt is not None:

@@ -318,9 +318,8 @@ class Runtime:
         async with aclosing(engine.stream(request)) as chunks:
             async for chunk in chunks:
                 if isinstance(chunk, Completion):
-                    program.usage = program.usage + Usage(
-                        chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens
-                    )
+                    node.usage = Usage(chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens)
+                    program.usage = program.usage + node.usage
                     node.attributes.update(ttft_s=chunk.ttft_s, queued_s=chunk.queued_s, priority=request.priority)
                     program.emit(
                         LLMCallFinished(
