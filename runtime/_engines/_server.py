@@ -144,7 +144,8 @@ class ServerEngine(RemoteEngine):
     included.  With ``restart``, a server that exits on its own is started
     again, after 1, 2, 4 ... seconds, at most ``max_restarts`` times over the
     engine's life.  Server output goes to ``log_path`` (default: a temporary
-    file, removed on a clean close).
+    file, removed on a clean close).  ``connect_timeout_s`` is the client's
+    bound on connecting and on control requests (see :class:`RemoteEngine`).
     """
 
     def __init__(
@@ -163,6 +164,7 @@ class ServerEngine(RemoteEngine):
         max_restarts: int = 3,
         name: str | None = None,
         log_path: Path | None = None,
+        connect_timeout_s: float = 10.0,
     ) -> None:
         self.host = host
         self.port = port if port is not None else _free_port(host)
@@ -172,6 +174,7 @@ class ServerEngine(RemoteEngine):
             name=name or f"server@{url_host}:{self.port}",
             # The served model id is the path or name as given to vllm serve.
             model=os.fspath(model),
+            connect_timeout_s=connect_timeout_s,
         )
         self._model_arg = os.fspath(model)
         self._kv_cache_gib = kv_cache_gib

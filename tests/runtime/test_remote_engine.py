@@ -63,9 +63,15 @@ def chat(text: str) -> ChatPrompt:
     return ChatPrompt.of([{"role": "user", "content": text}])
 
 
+#: Output tokens of a request that must still be running when the test acts
+#: on it: minutes of decoding on the tiny model (900 tokens took under 3 s and
+#: finished before an abort could land on a loaded CI machine).
+LONG_TOKENS = MAX_MODEL_LEN - 8
+
+
 def long_request(request_id: str) -> GenerateRequest:
-    """A request that keeps generating for many seconds (ignores EOS, 900 tokens)."""
-    return GenerateRequest(request_id, TokenPrompt((5, 6, 7)), SamplingOptions(max_tokens=900, ignore_eos=True))
+    """A request that keeps generating for minutes (ignores EOS, ``LONG_TOKENS`` tokens)."""
+    return GenerateRequest(request_id, TokenPrompt((5, 6, 7)), SamplingOptions(max_tokens=LONG_TOKENS, ignore_eos=True))
 
 
 def group_alive(pgid: int) -> list[int]:
@@ -417,6 +423,10 @@ async def server(tiny_model: Path) -> AsyncIterator[ServerEngine]:
         # answering for a minute (seen in CI runs).
         extra_args=("--stream-interval", "4"),
         startup_timeout_s=600,
+        # Two engine cores decoding on 2 cores can starve this process for
+        # more than the default 10 s; a connect timing out then is the load,
+        # not the server (seen in CI).
+        connect_timeout_s=60,
     )
     t0 = time.monotonic()
     await engine.start()
@@ -526,7 +536,7 @@ async def test_priority_reaches_the_scheduler(server: ServerEngine) -> None:
         for rid in ("filler-1", "filler-2"):
             # Minutes of decoding: far longer than the checks below take, even
             # when the API server or this process stalls for seconds.
-            sampling = SamplingOptions(max_tokens=MAX_MODEL_LEN - 8, ignore_eos=True)
+            sampling = SamplingOptions(max_tokens=LONG_TOKENS, ignore_eos=True)
             tg.create_task(run(GenerateRequest(rid, TokenPrompt((5, 6, 7)), sampling, priority=10)))
         await eventually(lambda: asyncio.sleep(0, len(first_token) == 2), 180, "both fillers to run", timeline)
         tg.create_task(run(GenerateRequest("low", TokenPrompt((9, 10, 11)), short, priority=10)))
@@ -582,7 +592,7 @@ async def test_abort_ends_stream(server: ServerEngine) -> None:
     await asyncio.wait_for(task, 10)
     final = received[-1]
     assert isinstance(final, Completion) and final.finish_reason == "abort"
-    assert 0 < final.completion_tokens < 900
+    assert 0 < final.completion_tokens < LONG_TOKENS
     await eventually(lambda: running_is_zero(server), 10, "the server to drop the aborted request")
 
 
