@@ -31,7 +31,7 @@ from workflows import (
     render_tool_value,
 )
 
-from ._engines._base import ChatPrompt, SamplingOptions
+from ._engines._base import ChatPrompt, Completion, SamplingOptions, TokenPrompt
 from ._events import StepFinished, StepStarted, ToolCallFinished, ToolCallStarted
 from ._program import Node, NodeKind, Program
 from ._toolcalls import ToolPrompt, parse_reply
@@ -183,6 +183,35 @@ class RuntimeContext(Context):
                 ttft_s=completion.ttft_s,
                 latency_s=completion.e2e_s,
             )
+        finally:
+            self._close(node, ok=ok, error=None if ok else "llm call failed")
+
+    async def llm_tokens(
+        self,
+        prompt_token_ids: Sequence[int],
+        *,
+        max_tokens: int,
+        ignore_eos: bool = False,
+        temperature: float = 0.0,
+        priority: int | None = None,
+    ) -> Completion:
+        """One LLM call on a prompt given as token ids; returns the engine's :class:`Completion`.
+
+        The token-level twin of :meth:`llm`, through the same policy,
+        dispatch, failover and bookkeeping; the completion carries the
+        generated ``token_ids``.  Trace replay drives engines with it.
+        """
+        if not prompt_token_ids:
+            raise ValueError("ctx.llm_tokens: the prompt must not be empty")
+        sampling = SamplingOptions(max_tokens=max_tokens, temperature=temperature, ignore_eos=ignore_eos)
+        node = self._open(NodeKind.LLM, "chat")
+        ok = False
+        try:
+            completion = await self._runtime._generate(
+                self.program, node, TokenPrompt(tuple(prompt_token_ids)), sampling, requested_priority=priority
+            )
+            ok = True
+            return completion
         finally:
             self._close(node, ok=ok, error=None if ok else "llm call failed")
 

@@ -21,6 +21,7 @@ import anyio
 
 from workflows import Usage
 
+from ._clock import now
 from ._events import Event, ProgramFinished
 
 __all__ = ["Node", "NodeKind", "Program", "ProgramState"]
@@ -72,7 +73,7 @@ class Program:
     """One run of a workflow: identity, deadline, state and DAG.
 
     ``deadline_s`` is relative to submission (``None``: no deadline).
-    ``submitted_at`` is a ``time.monotonic()`` reading; ``submitted_wall`` a
+    ``submitted_at`` is a reading of the runtime's clock (:func:`runtime._clock.now`); ``submitted_wall`` a
     ``time.time()`` one.
     """
 
@@ -90,7 +91,7 @@ class Program:
         self.inputs = inputs
         self.deadline_s = deadline_s
         self.priority = priority
-        self.submitted_at = time.monotonic()
+        self.submitted_at = now()
         self.submitted_wall = time.time()
         self.finished_at: float | None = None
         self.state = ProgramState.PENDING
@@ -108,7 +109,7 @@ class Program:
 
     def elapsed(self) -> float:
         """Seconds since submission (until finish, once finished)."""
-        end = self.finished_at if self.finished_at is not None else time.monotonic()
+        end = self.finished_at if self.finished_at is not None else now()
         return end - self.submitted_at
 
     def slack_s(self) -> float | None:

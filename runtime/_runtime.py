@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import enum
 import os
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import aclosing
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
@@ -24,6 +24,7 @@ from telemetry import names
 from toolbridge import Tool
 from workflows import Usage, Workflow
 
+from ._clock import now
 from ._context import RuntimeContext, tool_specs
 from ._engines._base import Completion, Engine, EngineStats, GenerateRequest, Prompt, SamplingOptions
 from ._errors import AgentRuntimeError, EngineUnavailableError, NoEngineError
@@ -37,6 +38,13 @@ __all__ = ["DEFAULT_MODEL", "Runtime", "default_model"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+class _Unset(enum.Enum):
+    UNSET = enum.auto()
+
+
+_UNSET = _Unset.UNSET
 
 #: The model ``Runtime.local()`` serves when none is named and ``AGENTRT_MODEL`` is unset.
 DEFAULT_MODEL = "smollm2-135m"
@@ -172,12 +180,43 @@ class Runtime:
 
     def submit(self, workflow: Workflow[P, R], /, *args: P.args, **inputs: P.kwargs) -> ProgramHandle[R]:
         """Start a program; inputs are validated now (``WorkflowInputError``), before anything runs."""
+        if not isinstance(workflow, Workflow):
+            raise TypeError(f"expected a function decorated with @workflow, got {workflow!r}")
+        return self.start_program(workflow, workflow.validate_inputs(*args, **inputs))
+
+    def start_program(
+        self,
+        workflow: Workflow[..., R],
+        inputs: Mapping[str, Any],
+        *,
+        program_id: str | None = None,
+        deadline_s: float | _Unset | None = _UNSET,
+        priority: int | None = None,
+    ) -> ProgramHandle[R]:
+        """The explicit form of :meth:`submit`: inputs by name, per-run program options.
+
+        ``program_id`` names the program (default: a fresh ``prog-...`` id); no
+        running program may have it, and a finished one that has it is
+        forgotten.  ``deadline_s`` and ``priority`` override the
+        workflow's for this run (``deadline_s=None``: no deadline).  Trace
+        replay uses it to give each program its id, SLO and user priority.
+        """
         if self._tg is None:
             raise AgentRuntimeError("the runtime is not running: use `async with Runtime(...) as rt:`")
         if not isinstance(workflow, Workflow):
             raise TypeError(f"expected a function decorated with @workflow, got {workflow!r}")
-        values = workflow.validate_inputs(*args, **inputs)
-        program = Program(workflow.name, values, deadline_s=workflow.deadline_s, priority=workflow.priority)
+        if program_id is not None and program_id in self.programs and not self.programs[program_id].state.finished:
+            raise AgentRuntimeError(f"program id {program_id!r} is in use by a running program")
+        values = workflow.validate_inputs(**inputs)
+        program = Program(
+            workflow.name,
+            values,
+            deadline_s=workflow.deadline_s if isinstance(deadline_s, _Unset) else deadline_s,
+            priority=workflow.priority if priority is None else priority,
+            program_id=program_id,
+        )
+        if program.id in self.programs:
+            self._finished.remove(program.id)
         self.programs[program.id] = program
         handle: ProgramHandle[R] = ProgramHandle(program)
         self._tg.start_soon(self._run_program, workflow, handle, name=f"program {program.id}")
@@ -233,7 +272,7 @@ class Runtime:
         finally:
             if not program.state.finished:
                 program.state = ProgramState.CANCELLED
-            program.finished_at = time.monotonic()
+            program.finished_at = now()
             error = program.error
             program.emit(
                 ProgramFinished(

@@ -50,11 +50,14 @@ async def run_tool(
     (after an isolated call's processes are killed and its cgroup removed).
     """
     spec = as_tool(tool)
-    started = time.monotonic()
+    # The event loop's clock (time.monotonic() on a normal loop) so that inline
+    # tools timed under a virtual-time loop (trace replay in the simulator)
+    # report, and teach the duration predictor, virtual seconds.
+    started = anyio.current_time()
     cpu_started = time.process_time()
 
     def usage() -> ToolUsage:
-        return ToolUsage(wall_s=time.monotonic() - started, cpu_s=time.process_time() - cpu_started)
+        return ToolUsage(wall_s=anyio.current_time() - started, cpu_s=time.process_time() - cpu_started)
 
     try:
         kwargs = spec.validate(_parse_arguments(arguments))

@@ -1,0 +1,50 @@
+"""Token ids for synthetic prompts: a model's vocabulary without its special tokens.
+
+Trace replay and calibration build prompts from pseudo-random token ids; an
+id the tokenizer reserves (BOS, EOS, padding, chat markers) would change how
+the engine treats the prompt, and one past the embedding table is rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Vocabulary", "model_vocabulary"]
+
+
+@dataclass(frozen=True, slots=True)
+class Vocabulary:
+    """The token ids a replay may draw: ``[0, size)`` minus ``special``."""
+
+    size: int
+    special: frozenset[int] = frozenset()
+
+    def __post_init__(self) -> None:
+        if self.size - len(self.special) < 2:
+            raise ValueError(f"a vocabulary of {self.size} ids with {len(self.special)} special ones is too small")
+
+    def draw(self, rng: random.Random, n: int) -> list[int]:
+        """``n`` pseudo-random non-special ids from ``rng``."""
+        out: list[int] = []
+        while len(out) < n:
+            token = rng.randrange(self.size)
+            if token not in self.special:
+                out.append(token)
+        return out
+
+
+def model_vocabulary(model_dir: str | os.PathLike[str]) -> Vocabulary:
+    """The replayable ids of a local model: its tokenizer's vocabulary minus special tokens."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(os.fspath(model_dir))
+    size = len(tokenizer)
+    config = Path(model_dir) / "config.json"
+    if config.is_file():
+        # Ids past the embedding table would be rejected by the engine.
+        size = min(size, int(json.loads(config.read_text()).get("vocab_size", size)))
+    return Vocabulary(size, frozenset(int(i) for i in tokenizer.all_special_ids))

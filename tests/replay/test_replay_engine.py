@@ -1,0 +1,84 @@
+"""Trace replay on the real tiny vLLM engine, through the runtime's own path.
+
+Uses the session's shared runtime (one in-process engine): the replay is
+submitted to it as programs, like any workflow.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from runtime._replay import replay_trace
+from runtime._results import ReplayResult, load_result, summarize
+from runtime._tokens import model_vocabulary
+from runtime._trace import TraceCall, TraceProgram, dump_trace, load_trace
+from runtime._workloads import generate_workload
+
+
+def chain(pid: str, arrival: float, *, tool_s: float) -> TraceProgram:
+    """Three turns of one conversation: each inherits the previous call's full context."""
+    calls = [
+        TraceCall(id="c0", new_tokens=40, output_tokens=8, tool="bash", tool_s=tool_s, tool_output_tokens=30),
+        TraceCall(id="c1", new_tokens=20, output_tokens=8, tool="read", tool_s=tool_s, tool_output_tokens=140),
+        TraceCall(id="c2", new_tokens=10, output_tokens=6),
+    ]
+    return TraceProgram(id=pid, arrival_s=arrival, app="coder", system_tokens=300, slo_s=120.0, calls=calls)
+
+
+async def test_replay_on_the_real_engine(rt: Any, tiny_model: Path, tmp_path: Path) -> None:
+    programs = [chain("p0", 0.0, tool_s=0.3), chain("p1", 0.5, tool_s=0.3)]
+    trace = dump_trace(programs, tmp_path / "chain.jsonl")
+    programs = load_trace(trace)
+
+    run = await replay_trace(programs, rt, vocabulary=model_vocabulary(tiny_model), seed=3)
+
+    assert [p.id for p in run.programs] == ["p0", "p1"]
+    for program in run.programs:
+        assert program.error is None and program.jct_s is not None and program.finish_s is not None
+        assert [c.id for c in program.calls] == ["c0", "c1", "c2"]
+        # Two tool pauses of 0.3 s lie on the program's critical path.
+        assert program.jct_s >= 0.6
+        assert abs(program.finish_s - program.arrival_s - program.jct_s) < 1e-9
+        c0, c1, c2 = program.calls
+        # Prompts grow exactly as the contract says: inherited full context + fresh tokens.
+        assert c0.prompt_tokens == 300 + 40
+        assert c1.prompt_tokens == c0.prompt_tokens + 8 + 30 + 20
+        assert c2.prompt_tokens == c1.prompt_tokens + 8 + 140 + 10
+        # The inherited context uses the tokens the engine generated: whole
+        # 128-token blocks of it are prefix-cache hits.
+        assert c1.cached_tokens >= 256 and c2.cached_tokens >= 384
+        assert all(c.engine == 0 and c.ttft_s is not None and c.e2e_s is not None for c in program.calls)
+    # The second program shares the app's 300-token system prefix: two full blocks hit.
+    assert run.programs[1].calls[0].cached_tokens >= 256
+    # Every call ran through the runtime as a program node with its tool.
+    program = rt.programs["p0"]
+    kinds = [n.kind.value for n in program.nodes.values()]
+    assert kinds.count("llm") == 3 and kinds.count("tool") == 2
+
+    result = ReplayResult(
+        policy="vllm",
+        engine="vllm",
+        engines=1,
+        trace=trace.name,
+        summary=summarize(run.programs, **run.totals),
+        programs=run.programs,
+    )
+    out = result.write(tmp_path / "result.json")
+    document = json.loads(out.read_text())
+    assert set(document) >= {"policy", "engine", "engines", "trace", "summary", "programs"}
+    assert document["summary"]["completed"] == 2 and document["summary"]["failed"] == 0
+    assert document["summary"]["slo_attainment"] == 1.0
+    assert document["summary"]["cached_prompt_tokens"] > 0
+    assert load_result(out).summary == result.summary
+
+
+async def test_generated_agent_trace_replays(rt: Any, tiny_model: Path, tmp_path: Path) -> None:
+    programs = generate_workload("agent", programs=2, rate=1.0, seed=5, scale=0.01, tool_scale=0.01)
+    trace = dump_trace(programs, tmp_path / "agent.jsonl")
+    run = await replay_trace(load_trace(trace), rt, vocabulary=model_vocabulary(tiny_model), seed=0)
+    assert all(p.error is None for p in run.programs), [p.error for p in run.programs]
+    assert [len(p.calls) for p in run.programs] == [len(p.calls) for p in programs]
+    summary = summarize(run.programs, **run.totals)
+    assert summary.completed == 2 and summary.cached_token_ratio is not None and summary.cached_token_ratio > 0.3
