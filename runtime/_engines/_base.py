@@ -10,6 +10,7 @@ state) in one place so every backend reports the same statistics.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping, Sequence
@@ -142,6 +143,13 @@ class EngineStats:
     ``waiting``, ``running`` and ``kv_usage`` (fraction of KV blocks in use,
     0..1) come from the engine's own scheduler when the backend reports them,
     else ``None``.  Token totals are since the engine started.
+
+    The pin counters come from backends that keep a finished request's KV
+    blocks referenced for its program's next turn (the simulator): ``pins``
+    created, ``pin_hits`` (a program's next request admitted while its pin was
+    live), ``pins_expired`` (TTL ran out) and ``pins_released_pressure``
+    (released early because other requests needed the blocks); ``None`` when
+    the backend does not report them.
     """
 
     name: str
@@ -156,6 +164,10 @@ class EngineStats:
     running: int | None = None
     kv_usage: float | None = None
     preemptions: int | None = None
+    pins: int | None = None
+    pin_hits: int | None = None
+    pins_expired: int | None = None
+    pins_released_pressure: int | None = None
 
 
 class Engine(ABC):
@@ -319,5 +331,14 @@ class Engine(ABC):
 
 
 def monotonic() -> float:
-    """The clock every engine uses for request timings (seconds)."""
-    return time.monotonic()
+    """The clock every engine uses for request timings (seconds).
+
+    Inside a running event loop this is ``loop.time()``, so timings follow a
+    virtual clock (:func:`runtime._vclock.run_virtual`); asyncio's default
+    ``loop.time()`` is ``time.monotonic()``, which is used outside a loop.
+    """
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return time.monotonic()
+    return loop.time()

@@ -1,0 +1,239 @@
+"""``SimEngine``: an :class:`~runtime.Engine` backed by the discrete-event simulator.
+
+The engine runs one background task, the engine loop, that plans a step with
+the :class:`~._scheduler.Scheduler`, sleeps the step's modelled duration in
+loop time, applies the step and wakes the requests it advanced; it idles on
+an event while nothing is queued.  Under :func:`runtime._vclock.run_virtual`
+the sleeps take no wall time, so hours of serving simulate in seconds; on a
+normal loop the engine behaves like a (slow or fast) real one.
+
+A stream yields one :class:`TokenDelta` with the first token and then the
+:class:`Completion`, never one item per token: the simulator must stay cheap
+per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Any
+
+from .._engines._base import Completion, Engine, GenerateRequest, TokenDelta, TokenPrompt, monotonic
+from .._errors import EngineRequestError, EngineUnavailableError
+from ._cost import CostProfile
+from ._scheduler import SchedulePolicy, Scheduler, SimRequest, output_ids
+
+__all__ = ["SimEngine"]
+
+
+@dataclass(slots=True, eq=False)
+class _Waiter:
+    """Futures a stream waits on, resolved by the engine loop."""
+
+    first_token: asyncio.Future[None]
+    done: asyncio.Future[None]
+
+
+class SimEngine(Engine):
+    """A simulated vLLM engine: one model on one device, described by a cost profile.
+
+    ``profile`` is a :class:`CostProfile`, the name of a bundled profile
+    (``h100-llama3-8b``) or a path to a JSON profile.  ``kv_blocks``,
+    ``max_num_seqs`` and ``max_num_batched_tokens`` override the profile's.
+    ``policy`` orders the waiting queue: ``"priority"`` (lower ``priority``
+    first, then arrival; vLLM's ``--scheduling-policy priority``) or
+    ``"fcfs"``.  Generated token ids are pseudo-random in
+    ``[first_token_id, vocab_size)``, fixed by ``seed`` and the request id.
+
+    Only :class:`TokenPrompt` requests are accepted (there is no tokenizer).
+    A request whose metadata has ``program_id`` and ``pin_ttl_s`` (seconds)
+    keeps its KV blocks pinned for that long after it finishes, for the
+    program's next request; see :meth:`unpin`.
+    """
+
+    def __init__(
+        self,
+        profile: CostProfile | str | os.PathLike[str],
+        *,
+        name: str = "sim-0",
+        model: str | None = None,
+        kv_blocks: int | None = None,
+        max_num_seqs: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        policy: SchedulePolicy = "priority",
+        vocab_size: int = 32000,
+        first_token_id: int = 3,
+        seed: int = 0,
+    ) -> None:
+        self.profile = profile if isinstance(profile, CostProfile) else CostProfile.load(profile)
+        super().__init__(name, model or self.profile.model)
+        if not 0 <= first_token_id < vocab_size:
+            raise ValueError(f"need 0 <= first_token_id < vocab_size, got {first_token_id} and {vocab_size}")
+        self.scheduler = Scheduler(
+            self.profile,
+            kv_blocks=kv_blocks,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            policy=policy,
+        )
+        self.vocab_size = vocab_size
+        self.first_token_id = first_token_id
+        self.seed = seed
+        self._waiters: dict[str, _Waiter] = {}
+        self._wake: asyncio.Event | None = None
+        self._loop_task: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def _start(self) -> None:
+        self._wake = asyncio.Event()
+        self._loop_task = asyncio.get_running_loop().create_task(self._run(), name=f"{self.name} engine loop")
+
+    async def _aclose(self) -> None:
+        task, self._loop_task = self._loop_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for request_id in list(self._waiters):
+            self._fail(request_id, EngineUnavailableError(f"engine {self.name} was closed"))
+
+    async def _run(self) -> None:
+        sched = self.scheduler
+        assert self._wake is not None
+        try:
+            while True:
+                step = sched.schedule(monotonic())
+                if step is None:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                await asyncio.sleep(step.duration)
+                result = sched.complete(step, monotonic())
+                waiters = self._waiters
+                for req in result.first_tokens:
+                    w = waiters.get(req.request_id)
+                    if w is not None and not w.first_token.done():
+                        w.first_token.set_result(None)
+                for req in result.finished:
+                    w = waiters.get(req.request_id)
+                    if w is not None and not w.done.done():
+                        w.done.set_result(None)
+        except Exception as exc:
+            # A bug in the simulator: fail every request rather than hang them.
+            self._failure = exc
+            for request_id in list(self._waiters):
+                self._fail(request_id, EngineUnavailableError(f"simulator {self.name} failed: {exc!r}"))
+            raise
+
+    def _fail(self, request_id: str, exc: BaseException) -> None:
+        w = self._waiters.get(request_id)
+        if w is None:
+            return
+        for fut in (w.first_token, w.done):
+            if not fut.done():
+                fut.set_exception(exc)
+                # Retrieved by the stream; this keeps asyncio quiet if it never is.
+                fut.exception()
+
+    # -- requests ----------------------------------------------------------
+
+    async def _stream(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta | Completion, None]:
+        if not isinstance(request.prompt, TokenPrompt):
+            raise EngineRequestError(
+                f"engine {self.name} is a simulator and has no tokenizer: send a TokenPrompt, not chat messages"
+            )
+        self._require_running()
+        prompt = request.prompt.token_ids
+        max_tokens = request.sampling.max_tokens
+        meta = request.metadata
+        ttl = meta.get("pin_ttl_s")
+        program = meta.get("program_id")
+        if ttl is not None and not isinstance(ttl, int | float):
+            raise EngineRequestError(f"metadata pin_ttl_s must be a number of seconds, got {ttl!r}")
+        tokens = list(prompt)
+        tokens += output_ids(self.seed, request.request_id, max_tokens, self.first_token_id, self.vocab_size)
+        started = monotonic()
+        req = SimRequest(
+            request_id=request.request_id,
+            prompt_len=len(prompt),
+            tokens=tokens,
+            max_tokens=max_tokens,
+            arrival=started,
+            priority=request.priority,
+            program_id=None if program is None else str(program),
+            pin_ttl_s=None if ttl is None else float(ttl),
+        )
+        try:
+            self.scheduler.add(req)
+        except ValueError as exc:
+            raise EngineRequestError(f"engine {self.name} rejected request {request.request_id!r}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), loop.create_future())
+        self._waiters[request.request_id] = waiter
+        assert self._wake is not None
+        self._wake.set()
+        try:
+            await waiter.first_token
+            first = req.tokens[req.prompt_len]
+            yield TokenDelta("", (first,))
+            await waiter.done
+            out = tuple(req.output_token_ids)
+            assert req.first_token_time is not None and req.finish_time is not None
+            yield Completion(
+                request_id=request.request_id,
+                engine=self.name,
+                model=self.model,
+                text="",
+                token_ids=out,
+                finish_reason="length",
+                prompt_tokens=req.prompt_len,
+                completion_tokens=len(out),
+                cached_tokens=req.cached_tokens or 0,
+                ttft_s=req.first_token_time - started,
+                e2e_s=req.finish_time - started,
+                queued_s=req.queued_s,
+                prompt_token_ids=prompt,
+            )
+        finally:
+            del self._waiters[request.request_id]
+            if not req.finished and self.scheduler.abort(request.request_id):
+                self._wake.set()
+
+    async def _abort(self, request_id: str) -> None:
+        if self.scheduler.abort(request_id):
+            self._fail(request_id, EngineRequestError(f"request {request_id!r} was aborted"))
+
+    def _require_running(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            detail = f": {self._failure!r}" if self._failure is not None else ""
+            raise EngineUnavailableError(f"simulator {self.name} is not running{detail}")
+
+    async def _check_health(self) -> None:
+        self._require_running()
+
+    def _available(self) -> bool:
+        return self._loop_task is not None and not self._loop_task.done()
+
+    async def _engine_stats(self) -> dict[str, Any]:
+        sched = self.scheduler
+        kv = sched.kv
+        kv.expire_pins(monotonic())
+        return {
+            "waiting": sched.num_waiting,
+            "running": len(sched.running),
+            "kv_usage": kv.num_used / kv.num_blocks,
+            "preemptions": sched.preemptions,
+            "pins": kv.pins,
+            "pin_hits": kv.pin_hits,
+            "pins_expired": kv.pins_expired,
+            "pins_released_pressure": kv.pins_released_pressure,
+        }
+
+    def unpin(self, program_id: str) -> bool:
+        """Release ``program_id``'s pinned KV blocks now; False if it holds none."""
+        return self.scheduler.unpin(program_id)

@@ -1,0 +1,414 @@
+"""A discrete-event model of one vLLM v1 engine's scheduler.
+
+Each step follows vLLM v1's ``Scheduler.schedule``: running requests first
+(a decoding request computes one token, a request still in chunked prefill
+takes what is left of the token budget), then waiting requests in queue order
+while ``max_num_seqs`` and the per-step token budget allow, skipping prompt
+tokens found in the prefix cache.  When a running request needs a block and
+none is free even after releasing pins, the lowest-priority running request
+(largest ``(priority, arrival)``, or the last admitted under FCFS) is preempted
+by recompute: its blocks go back to the cache, its computed tokens reset to 0,
+and it returns to the waiting queue.  No waiting request is admitted in a step
+that preempted.
+
+Time is the caller's: :meth:`Scheduler.schedule` plans a step and prices it
+with the :class:`~._cost.CostProfile`; the caller lets that much time pass and
+calls :meth:`Scheduler.complete`, which applies the step and reports first
+tokens and finished requests.  Output token ids are known up front (the
+simulated requests ignore EOS and generate exactly ``max_tokens``), so the
+blocks they fill are hash-chained like prompt blocks and the next turn of a
+program hits them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ._cost import CostProfile
+from ._kv import BlockManager, chain_hashes
+
+__all__ = ["SchedulePolicy", "Scheduler", "SimRequest", "Step", "StepResult", "output_ids"]
+
+SchedulePolicy = Literal["fcfs", "priority"]
+
+
+def output_ids(seed: int, request_id: str, count: int, first_id: int, vocab_size: int) -> list[int]:
+    """``count`` deterministic pseudo-random token ids in ``[first_id, vocab_size)`` for one request."""
+    rng = random.Random(f"{seed}:{request_id}")
+    return rng.choices(range(first_id, vocab_size), k=count)
+
+
+@dataclass(slots=True, eq=False)
+class SimRequest:
+    """One request inside the simulator; times are the scheduler's clock (seconds)."""
+
+    request_id: str
+    prompt_len: int
+    tokens: list[int]
+    max_tokens: int
+    arrival: float
+    priority: int = 0
+    program_id: str | None = None
+    pin_ttl_s: float | None = None
+    hashes: list[int] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
+    num_registered: int = 0
+    num_computed: int = 0
+    generated: int = 0
+    cached_tokens: int | None = None
+    first_scheduled: float | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    preemptions: int = 0
+    aborted: bool = False
+    seq: int = 0
+    #: Prompt tokens plus the output tokens generated so far.
+    num_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.num_tokens = self.prompt_len + self.generated
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.tokens[self.prompt_len : self.prompt_len + self.generated]
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_time is not None
+
+    @property
+    def queued_s(self) -> float | None:
+        """Seconds from arrival to first being scheduled."""
+        return None if self.first_scheduled is None else self.first_scheduled - self.arrival
+
+
+@dataclass(slots=True)
+class Step:
+    """One planned engine step: requests, the tokens each computes, and the step's duration in seconds."""
+
+    requests: list[SimRequest]
+    tokens: list[int]
+    duration: float
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What a completed step produced."""
+
+    first_tokens: list[SimRequest]
+    finished: list[SimRequest]
+
+
+class Scheduler:
+    """Continuous batching over a :class:`BlockManager` (see the module docstring)."""
+
+    def __init__(
+        self,
+        profile: CostProfile,
+        *,
+        kv_blocks: int | None = None,
+        max_num_seqs: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        policy: SchedulePolicy = "priority",
+    ) -> None:
+        if policy not in ("fcfs", "priority"):
+            raise ValueError(f"unknown scheduling policy {policy!r}; known: fcfs, priority")
+        self.profile = profile
+        self.kv = BlockManager(kv_blocks or profile.kv_blocks, profile.block_size)
+        self.max_num_seqs = max_num_seqs or profile.max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens or profile.max_num_batched_tokens
+        self.policy: SchedulePolicy = policy
+        self.running: list[SimRequest] = []
+        self._fifo: deque[SimRequest] = deque()
+        self._heap: list[tuple[int, float, int, SimRequest]] = []
+        self._requests: dict[str, SimRequest] = {}
+        self._num_waiting = 0
+        self._seq = 0
+        self.preemptions = 0
+
+    # -- queue -------------------------------------------------------------
+
+    @property
+    def num_waiting(self) -> int:
+        return self._num_waiting
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running) or self._num_waiting > 0
+
+    def _push_waiting(self, req: SimRequest, *, front: bool) -> None:
+        self._num_waiting += 1
+        if self.policy == "priority":
+            heapq.heappush(self._heap, (req.priority, req.arrival, req.seq, req))
+        elif front:
+            self._fifo.appendleft(req)
+        else:
+            self._fifo.append(req)
+
+    def _peek_waiting(self) -> SimRequest | None:
+        """The next live waiting request, dropping aborted ones on the way."""
+        if self.policy == "priority":
+            while self._heap:
+                req = self._heap[0][3]
+                if not req.aborted:
+                    return req
+                heapq.heappop(self._heap)
+            return None
+        while self._fifo:
+            req = self._fifo[0]
+            if not req.aborted:
+                return req
+            self._fifo.popleft()
+        return None
+
+    def _pop_waiting(self) -> None:
+        self._num_waiting -= 1
+        if self.policy == "priority":
+            heapq.heappop(self._heap)
+        else:
+            self._fifo.popleft()
+
+    # -- requests ----------------------------------------------------------
+
+    def add(self, req: SimRequest) -> None:
+        """Queue a request; raise ValueError if it could never fit in the KV cache or its id is taken."""
+        if req.request_id in self._requests:
+            raise ValueError(f"request id {req.request_id!r} is already in the simulator")
+        if req.prompt_len < 1 or req.max_tokens < 1:
+            raise ValueError("a request needs at least one prompt token and max_tokens >= 1")
+        if len(req.tokens) != req.prompt_len + req.max_tokens:
+            raise ValueError("tokens must hold the prompt and all max_tokens output ids")
+        needed = self.kv.blocks_for(req.prompt_len + req.max_tokens - 1)
+        if needed > self.kv.num_blocks:
+            raise ValueError(
+                f"request {req.request_id!r} needs {needed} KV blocks "
+                f"({req.prompt_len} prompt + {req.max_tokens} output tokens) but the cache has {self.kv.num_blocks}"
+            )
+        self._seq += 1
+        req.seq = self._seq
+        req.hashes = chain_hashes(req.tokens, self.kv.block_size)
+        self._requests[req.request_id] = req
+        self._push_waiting(req, front=False)
+
+    def abort(self, request_id: str) -> bool:
+        """Drop a request wherever it is and release its blocks; False if unknown or finished."""
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            return False
+        req.aborted = True
+        if req in self.running:
+            self.running.remove(req)
+            self.kv.release(req.blocks)
+            req.blocks = []
+        else:
+            self._num_waiting -= 1
+        return True
+
+    def unpin(self, program_id: str) -> bool:
+        """Release a program's pin early; False if it has none."""
+        return self.kv.unpin(program_id)
+
+    # -- steps -------------------------------------------------------------
+
+    def _preempt(self, victim: SimRequest) -> None:
+        self.running.remove(victim)
+        self.kv.release(victim.blocks)
+        victim.blocks = []
+        victim.num_registered = 0
+        victim.num_computed = 0
+        victim.preemptions += 1
+        self.preemptions += 1
+        self._push_waiting(victim, front=True)
+
+    def _victim(self) -> SimRequest:
+        if self.policy == "priority":
+            return max(self.running, key=lambda r: (r.priority, r.arrival, r.seq))
+        return self.running[-1]
+
+    def schedule(self, now: float) -> Step | None:
+        """Plan the next step at time ``now`` (seconds); None when there is nothing to run."""
+        kv = self.kv
+        kv.expire_pins(now)
+        if not self.has_work:
+            return None
+        plan = _Plan(self.max_num_batched_tokens)
+        preempted_before = self.preemptions
+        self._schedule_running(plan)
+        if self.preemptions == preempted_before:
+            self._admit(now, plan)
+        duration = self.profile.step_time(plan.prefill, plan.decode_batch, plan.decode_context)
+        return Step(plan.requests, plan.tokens, duration)
+
+    def _schedule_running(self, plan: _Plan) -> None:
+        """Running requests in admission order.
+
+        A request short of a block first gets pins released, then preempts
+        the lowest-priority running request (possibly one already planned
+        this step, or itself).
+        """
+        kv = self.kv
+        bs = kv.block_size
+        running = self.running
+        requests = plan.requests
+        tokens = plan.tokens
+        # The common case, a decode that fits in its last block, is inlined:
+        # this loop runs once per running request per step.
+        decode_batch = 0
+        decode_context = 0
+        budget = plan.budget
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            computed = req.num_computed
+            n = req.num_tokens - computed
+            if n == 1 and req.generated and computed < len(req.blocks) * bs:
+                requests.append(req)
+                tokens.append(1)
+                budget -= 1
+                decode_batch += 1
+                decode_context += computed + 1
+                i += 1
+                continue
+            if n > budget:
+                n = budget
+            plan.budget = budget
+            lost = False
+            need = -(-(computed + n) // bs) - len(req.blocks)
+            while need > 0:
+                got = kv.allocate(need)
+                if got is not None:
+                    req.blocks.extend(got)
+                    break
+                kv.release_pins_under_pressure(need)
+                if kv.num_free >= need:
+                    continue
+                victim = self._victim()
+                if running.index(victim) < i:
+                    i -= 1
+                plan.drop(victim)
+                self._preempt(victim)
+                if victim is req:
+                    lost = True
+                    break
+            if not lost:  # else the next request moved into slot i
+                plan.add(req, n)
+                i += 1
+            budget = plan.budget
+        plan.budget = budget
+        plan.decode_batch += decode_batch
+        plan.decode_context += decode_context
+
+    def _admit(self, now: float, plan: _Plan) -> None:
+        """Admit waiting requests in queue order while sequence slots, token budget and blocks allow."""
+        kv = self.kv
+        bs = kv.block_size
+        while plan.budget > 0 and len(self.running) < self.max_num_seqs:
+            req = self._peek_waiting()
+            if req is None:
+                return
+            total = req.num_tokens
+            hit = kv.cached_prefix(req.hashes, total)
+            computed = len(hit) * bs
+            n = min(total - computed, plan.budget)
+            need = -(-(computed + n) // bs) - len(hit)
+            reused = kv.evictable_among(hit)
+            if kv.num_free - reused < need:
+                kv.release_pins_under_pressure(need + reused)
+                # Releasing pins may have dropped some of the hit blocks to the free LRU.
+                reused = kv.evictable_among(hit)
+                if kv.num_free - reused < need:
+                    return
+            self._pop_waiting()
+            kv.touch(hit)
+            got = kv.allocate(need)
+            if got is None:  # pragma: no cover - excluded by the check above
+                raise AssertionError("allocation failed after a successful capacity check")
+            req.blocks = hit + got
+            req.num_computed = computed
+            req.num_registered = len(hit)
+            if req.cached_tokens is None:
+                req.cached_tokens = computed
+                req.first_scheduled = now
+            if req.program_id is not None:
+                kv.consume_pin(req.program_id)
+            self.running.append(req)
+            plan.add(req, n)
+
+    def complete(self, step: Step, now: float) -> StepResult:
+        """Apply a planned step that ended at time ``now``: advance requests, finish or pin them."""
+        kv = self.kv
+        bs = kv.block_size
+        first: list[SimRequest] = []
+        finished: list[SimRequest] = []
+        for req, n in zip(step.requests, step.tokens, strict=True):
+            if req.aborted:  # while the step ran
+                continue
+            computed = req.num_computed + n
+            req.num_computed = computed
+            full = computed // bs
+            if full > req.num_registered:
+                for j in range(req.num_registered, full):
+                    kv.register(req.blocks[j], req.hashes[j])
+                req.num_registered = full
+            if computed == req.num_tokens:
+                generated = req.generated + 1
+                req.generated = generated
+                req.num_tokens = computed + 1
+                if req.first_token_time is None:
+                    req.first_token_time = now
+                    first.append(req)
+                if generated == req.max_tokens:
+                    req.finish_time = now
+                    finished.append(req)
+        if finished:
+            self.running = [r for r in self.running if r.finish_time is None]
+            for req in finished:
+                del self._requests[req.request_id]
+                if req.pin_ttl_s is not None and req.pin_ttl_s > 0 and req.program_id is not None:
+                    kv.pin(req.program_id, req.blocks, now + req.pin_ttl_s)
+                else:
+                    kv.release(req.blocks)
+                req.blocks = []
+        return StepResult(first, finished)
+
+
+class _Plan:
+    """A step being planned: what each request computes, what is left of the token budget, the cost inputs."""
+
+    __slots__ = ("budget", "decode_batch", "decode_context", "prefill", "requests", "tokens")
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.requests: list[SimRequest] = []
+        self.tokens: list[int] = []
+        self.prefill: list[tuple[int, int]] = []
+        self.decode_batch = 0
+        self.decode_context = 0
+
+    def add(self, req: SimRequest, n: int) -> None:
+        self.requests.append(req)
+        self.tokens.append(n)
+        self.budget -= n
+        if n == 1 and req.generated and req.num_computed + 1 == req.num_tokens:
+            self.decode_batch += 1
+            self.decode_context += req.num_tokens
+        else:
+            self.prefill.append((req.num_computed, n))
+
+    def drop(self, req: SimRequest) -> None:
+        """Take back a planned request about to be preempted (its computed tokens not yet reset)."""
+        for k, planned in enumerate(self.requests):
+            if planned is req:
+                n = self.tokens.pop(k)
+                del self.requests[k]
+                self.budget += n
+                if n == 1 and req.generated and req.num_computed + 1 == req.num_tokens:
+                    self.decode_batch -= 1
+                    self.decode_context -= req.num_tokens
+                else:
+                    self.prefill.remove((req.num_computed, n))
+                return
