@@ -3,6 +3,8 @@
 agentrt demo                       an agent with tools answers a question on the demo model
 agentrt run MODULE:WORKFLOW ...    run any workflow once and print its result
 agentrt models prepare|list        build the local models (no hub access)
+agentrt workload KIND ...          write a synthetic trace (agent, text2sql, bfcl)
+agentrt bench compare A.json ...   compare replay results: a table and a plot
 
 demo and run export OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT is
 set, and write them as OTLP/JSON (loadable in Jaeger's UI) with --traces-out.
@@ -220,7 +222,80 @@ def _parser() -> argparse.ArgumentParser:
         description="agentrt models [--models-dir DIR] {prepare NAME... [--force] | list}",
     )
     models.add_argument("models_args", nargs=argparse.REMAINDER)
+    workload = sub.add_parser("workload", help="write a synthetic workload trace (JSON Lines)")
+    workload.add_argument("kind", choices=["agent", "text2sql", "bfcl"])
+    workload.add_argument("--programs", type=int, required=True, help="number of programs")
+    workload.add_argument("--rate", type=float, required=True, help="Poisson arrival rate, programs/s")
+    workload.add_argument("--seed", type=int, required=True)
+    workload.add_argument("--scale", type=float, default=1.0, help="multiply every token count (default 1)")
+    workload.add_argument("--tool-scale", type=float, default=1.0, help="multiply every tool duration (default 1)")
+    workload.add_argument("--slo-scale", type=float, help="give each program slo_s = F x its unloaded duration")
+    workload.add_argument("--out", type=Path, required=True, metavar="TRACE.jsonl")
+
+    bench = sub.add_parser("bench", help="compare replay results")
+    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
+    compare = bench_sub.add_parser("compare", help="a table of results side by side, and a plot")
+    compare.add_argument("results", nargs="+", type=Path, metavar="RESULT.json")
+    compare.add_argument("--png", type=Path, help="plot file (default: compare.png beside the first result)")
     return parser
+
+
+def _workload(args: argparse.Namespace) -> int:
+    from ._trace import dump_trace
+    from ._workloads import generate_workload
+
+    programs = generate_workload(
+        args.kind,
+        programs=args.programs,
+        rate=args.rate,
+        seed=args.seed,
+        scale=args.scale,
+        tool_scale=args.tool_scale,
+        slo_scale=args.slo_scale,
+    )
+    path = dump_trace(programs, args.out)
+    calls = [c for p in programs for c in p.calls]
+    print(
+        f"{path}: {len(programs)} {args.kind} programs, {len(calls)} calls, "
+        f"{sum(_prompt_tokens(p) for p in programs)} prompt tokens, "
+        f"{sum(c.output_tokens for c in calls)} output tokens, "
+        f"arrivals {programs[0].arrival_s:.3f}-{programs[-1].arrival_s:.3f} s"
+    )
+    return 0
+
+
+def _prompt_tokens(program: Any) -> int:
+    """Prompt tokens of all the program's calls: app prefix + inherited context + fresh tokens."""
+    full: dict[str, int] = {}
+    total = 0
+    for call in program.calls:  # contexts precede their calls in generated traces
+        prompt = (full[call.context] if call.context is not None else program.system_tokens) + call.new_tokens
+        full[call.id] = prompt + call.output_tokens + call.tool_output_tokens
+        total += prompt
+    return total
+
+
+def _bench_compare(args: argparse.Namespace) -> int:
+    from ._bench import compare
+
+    png = args.png if args.png is not None else args.results[0].parent / "compare.png"
+    print(compare(args.results, png=png))
+    print(f"plot: {png}", file=sys.stderr)
+    return 0
+
+
+def _offline_command(args: argparse.Namespace) -> int:
+    """Commands that start no engine: bad input is a message and exit code 2, not a traceback."""
+    from ._results import ResultError
+    from ._trace import TraceError
+
+    try:
+        if args.command == "workload":
+            return _workload(args)
+        return _bench_compare(args)
+    except (TraceError, ResultError, ValueError, RuntimeError, OSError) as exc:
+        print(f"agentrt {args.command}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -229,6 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._models import main as models_main
 
         return models_main(args.models_args)
+    if args.command in ("workload", "bench"):
+        return _offline_command(args)
     _quiet_vllm(args.verbose)
 
     import anyio
