@@ -3,6 +3,8 @@
 agentrt demo                       an agent with tools answers a question on the demo model
 agentrt run MODULE:WORKFLOW ...    run any workflow once and print its result
 agentrt models prepare|list        build the local models (no hub access)
+agentrt replay TRACE.jsonl ...     replay a workload trace on vLLM or the simulator
+agentrt calibrate                  measure an engine: the simulator's cost profile
 agentrt workload KIND ...          write a synthetic trace (agent, text2sql, bfcl)
 agentrt bench compare A.json ...   compare replay results: a table and a plot
 
@@ -222,6 +224,10 @@ def _parser() -> argparse.ArgumentParser:
         description="agentrt models [--models-dir DIR] {prepare NAME... [--force] | list}",
     )
     models.add_argument("models_args", nargs=argparse.REMAINDER)
+    from ._replay_cli import add_parsers as add_replay_parsers
+
+    add_replay_parsers(sub)
+
     workload = sub.add_parser("workload", help="write a synthetic workload trace (JSON Lines)")
     workload.add_argument("kind", choices=["agent", "text2sql", "bfcl"])
     workload.add_argument("--programs", type=int, required=True, help="number of programs")
@@ -307,6 +313,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command in ("workload", "bench"):
         return _offline_command(args)
     _quiet_vllm(args.verbose)
+    if args.command in ("replay", "calibrate"):
+        from ._replay_cli import run_calibrate, run_replay
+
+        return run_replay(args) if args.command == "replay" else run_calibrate(args)
 
     import anyio
 

@@ -10,7 +10,8 @@ curves, stored as JSON (bundled profiles live in ``profiles/``)::
      "step_overhead_s": 0.001,
      "prefill_tokens_per_s": [[context_tokens, tokens_per_s], ...],
      "decode_step_s": [[batch_size, seconds], ...],
-     "decode_s_per_context_token": 0.0}
+     "decode_s_per_context_token": 0.0,
+     "request_latency_s": 0.0}
 
 One step costs ``step_overhead_s``, plus for every prefill chunk
 ``chunk_tokens / prefill_tokens_per_s(context_before + chunk_tokens / 2)``
@@ -18,7 +19,10 @@ One step costs ``step_overhead_s``, plus for every prefill chunk
 clamped at the ends), plus, when any sequence decodes,
 ``decode_step_s(batch)`` (interpolated linearly, extrapolated linearly past
 the last point) and ``decode_s_per_context_token`` times the context tokens
-the decoding sequences attend to.
+the decoding sequences attend to.  ``request_latency_s`` (optional, default
+0) is the time every request spends outside the engine loop, in the frontend
+and between processes: half of it before the request reaches the scheduler,
+half before its first token and its completion reach the caller.
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ class CostProfile(BaseModel):
     prefill_tokens_per_s: list[tuple[float, float]] = Field(min_length=1)
     decode_step_s: list[tuple[float, float]] = Field(min_length=1)
     decode_s_per_context_token: float = Field(ge=0)
+    request_latency_s: float = Field(default=0.0, ge=0)
 
     _prefill: _Curve = PrivateAttr()
     _decode: _Curve = PrivateAttr()

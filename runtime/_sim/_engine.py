@@ -158,6 +158,12 @@ class SimEngine(Engine):
         tokens = list(prompt)
         tokens += output_ids(self.seed, request.request_id, max_tokens, self.first_token_id, self.vocab_size)
         started = monotonic()
+        # The frontend and inter-process path (profile.request_latency_s):
+        # half on the way in, half on the way out.
+        half_latency = self.profile.request_latency_s / 2
+        if half_latency:
+            await asyncio.sleep(half_latency)
+            self._require_running()
         req = SimRequest(
             request_id=request.request_id,
             prompt_len=len(prompt),
@@ -179,11 +185,14 @@ class SimEngine(Engine):
         self._wake.set()
         try:
             await waiter.first_token
+            assert req.first_token_time is not None
+            await self._until(req.first_token_time + half_latency)
             first = req.tokens[req.prompt_len]
             yield TokenDelta("", (first,))
             await waiter.done
             out = tuple(req.output_token_ids)
             assert req.first_token_time is not None and req.finish_time is not None
+            await self._until(req.finish_time + half_latency)
             yield Completion(
                 request_id=request.request_id,
                 engine=self.name,
@@ -194,8 +203,8 @@ class SimEngine(Engine):
                 prompt_tokens=req.prompt_len,
                 completion_tokens=len(out),
                 cached_tokens=req.cached_tokens or 0,
-                ttft_s=req.first_token_time - started,
-                e2e_s=req.finish_time - started,
+                ttft_s=req.first_token_time + half_latency - started,
+                e2e_s=req.finish_time + half_latency - started,
                 queued_s=req.queued_s,
                 prompt_token_ids=prompt,
             )
@@ -203,6 +212,12 @@ class SimEngine(Engine):
             del self._waiters[request.request_id]
             if not req.finished and self.scheduler.abort(request.request_id):
                 self._wake.set()
+
+    @staticmethod
+    async def _until(when: float) -> None:
+        delay = when - monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
 
     async def _abort(self, request_id: str) -> None:
         if self.scheduler.abort(request_id):
