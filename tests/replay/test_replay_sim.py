@@ -1,0 +1,161 @@
+"""Trace replay on simulated engines, in virtual time, through the runtime's own path."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runtime._replay import replay_trace
+from runtime._results import load_result, summarize
+from runtime._runtime import Runtime
+from runtime._sim import CostProfile, SimEngine
+from runtime._tokens import Vocabulary
+from runtime._trace import TraceCall, TraceProgram, dump_trace
+from runtime._vclock import run_virtual
+from runtime._workloads import generate_workload
+
+ROOT = Path(__file__).resolve().parents[2]
+
+#: A small CPU-like profile with round numbers: 10 ms per step plus 1 ms per
+#: decoding sequence, 10,000 prefill tokens/s, 20 ms of request latency.
+PROFILE: dict[str, Any] = {
+    "name": "test-cpu",
+    "model": "test-model",
+    "device": "cpu",
+    "source": "round numbers for tests",
+    "block_size": 128,
+    "kv_blocks": 512,
+    "max_num_seqs": 16,
+    "max_num_batched_tokens": 2048,
+    "step_overhead_s": 0.01,
+    "request_latency_s": 0.02,
+    "prefill_tokens_per_s": [[0, 10000.0]],
+    "decode_step_s": [[1, 0.001], [16, 0.016]],
+    "decode_s_per_context_token": 0.0,
+}
+
+
+def agentrt(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runtime._cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ),
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def profile_path(tmp_path: Path) -> Path:
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(PROFILE))
+    return path
+
+
+def replay_in_virtual_time(programs: list[TraceProgram], *, engines: int = 1, seed: int = 0) -> Any:
+    profile = CostProfile.model_validate(PROFILE)
+
+    async def main() -> Any:
+        pool = [SimEngine(profile, name=f"sim-{i}", seed=seed, vocab_size=4096) for i in range(engines)]
+        async with Runtime(pool) as rt:
+            return await replay_trace(programs, rt, vocabulary=Vocabulary(4096, frozenset({0, 1, 2})), seed=seed)
+
+    return run_virtual(main)
+
+
+def test_one_call_costs_what_the_profile_says() -> None:
+    # 256 fresh prompt tokens: one step of 10 ms + 256/10,000 s prefill, which
+    # yields the first token; 3 more decode steps of 11 ms; 10 ms of request
+    # latency on the way in, 10 ms on the way out.
+    program = TraceProgram(id="p", arrival_s=1.0, calls=[TraceCall(id="c", new_tokens=256, output_tokens=4)])
+    run = replay_in_virtual_time([program])
+    (result,) = run.programs
+    (call,) = result.calls
+    assert call.ttft_s == pytest.approx(0.01 + 0.0256 + 0.02, abs=1e-6)
+    assert call.e2e_s == pytest.approx(0.01 + 0.0256 + 3 * 0.011 + 0.02, abs=1e-6)
+    assert result.jct_s == pytest.approx(call.e2e_s, abs=1e-6)
+    assert result.finish_s == pytest.approx(1.0 + call.e2e_s, abs=1e-6)
+
+
+def test_tool_pauses_and_context_inheritance_in_virtual_time() -> None:
+    calls = [
+        TraceCall(id="a", new_tokens=300, output_tokens=10, tool="bash", tool_s=30.0, tool_output_tokens=200),
+        TraceCall(id="b", new_tokens=50, output_tokens=10),
+    ]
+    program = TraceProgram(id="p", arrival_s=0.0, app="x", system_tokens=100, slo_s=31.0, calls=calls)
+    started = time.perf_counter()
+    run = replay_in_virtual_time([program])
+    assert time.perf_counter() - started < 10  # 30 virtual seconds of tool time, not real ones
+    (result,) = run.programs
+    a, b = result.calls
+    assert a.prompt_tokens == 400 and b.prompt_tokens == 400 + 10 + 200 + 50
+    # The engine computed a's prompt and output (410 tokens), not the tool's
+    # output: three full 128-token blocks of b's prompt are cache hits.
+    assert b.cached_tokens == 384
+    assert 30.0 < result.jct_s < 31.0 and result.slo_met is True
+
+
+def test_same_seed_same_result() -> None:
+    programs = generate_workload("text2sql", programs=6, rate=0.5, seed=3, scale=0.05, tool_scale=0.1)
+    first = replay_in_virtual_time(programs, engines=2, seed=1)
+    second = replay_in_virtual_time(programs, engines=2, seed=1)
+    assert [p.model_dump() for p in first.programs] == [p.model_dump() for p in second.programs]
+    summary = summarize(first.programs, **first.totals)
+    assert summary.completed == 6 and summary.failed == 0
+    assert {c.engine for p in first.programs for c in p.calls} == {0, 1}  # least-loaded dispatch uses both
+    # Every call of the DAG ran (parallel candidates, repair rounds, evaluations).
+    for spec, result in zip(programs, first.programs, strict=True):
+        assert len(result.calls) == len(spec.calls)
+
+
+def test_cli_replay_on_the_simulator(tmp_path: Path, profile_path: Path) -> None:
+    trace = dump_trace(
+        generate_workload("agent", programs=8, rate=1.0, seed=2, scale=0.02, tool_scale=0.05), tmp_path / "a.jsonl"
+    )
+    outs = []
+    for name in ("r1.json", "r2.json"):
+        out = tmp_path / name
+        done = agentrt(
+            "replay", str(trace), "--engine", "sim", "--engines", "2", "--profile", str(profile_path),
+            "--policy", "vllm", "--out", str(out), "--seed", "4",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "8 (8 completed, 0 failed)" in done.stdout
+        outs.append(load_result(out))
+    first, second = outs
+    assert first.engine == "sim" and first.engines == 2 and first.policy == "vllm" and first.trace == "a.jsonl"
+    assert first.summary.cached_token_ratio is not None and first.summary.cached_token_ratio > 0.5
+    assert first.model_dump(exclude={"wall_s"}) == second.model_dump(exclude={"wall_s"})
+
+
+def test_cli_rejects_a_bad_trace_before_starting(tmp_path: Path, profile_path: Path) -> None:
+    trace = tmp_path / "bad.jsonl"
+    good = {"id": "p0", "arrival_s": 0, "calls": [{"id": "c0", "new_tokens": 5, "output_tokens": 5}]}
+    bad = {"id": "p1", "arrival_s": 1, "calls": [{"id": "c0", "new_tokens": 5, "output_tokens": 5, "after": ["zz"]}]}
+    trace.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    done = agentrt("replay", str(trace), "--engine", "vllm", "--out", str(tmp_path / "r.json"))
+    assert done.returncode == 2
+    assert "line 2" in done.stderr and "calls[0].after" in done.stderr and "zz" in done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "r.json").exists()
+
+
+def test_cli_rejects_a_trace_longer_than_the_engine_context(tmp_path: Path) -> None:
+    program = TraceProgram(id="p", arrival_s=0, calls=[TraceCall(id="c", new_tokens=5000, output_tokens=10)])
+    trace = dump_trace([program], tmp_path / "long.jsonl")
+    done = agentrt("replay", str(trace), "--engine", "vllm", "--max-model-len", "4096", "--out", str(tmp_path / "r"))
+    assert done.returncode == 2 and "needs 5010 tokens" in done.stderr and "--max-model-len 4096" in done.stderr
+
+
+def test_cli_sim_without_a_profile_says_how_to_get_one(tmp_path: Path) -> None:
+    program = TraceProgram(id="p", arrival_s=0, calls=[TraceCall(id="c", new_tokens=5, output_tokens=5)])
+    trace = dump_trace([program], tmp_path / "t.jsonl")
+    done = agentrt("replay", str(trace), "--engine", "sim", "--model", "no-such-model", "--out", str(tmp_path / "r"))
+    assert done.returncode == 2 and "agentrt calibrate --model no-such-model" in done.stderr
