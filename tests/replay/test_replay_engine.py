@@ -82,3 +82,32 @@ async def test_generated_agent_trace_replays(rt: Any, tiny_model: Path, tmp_path
     assert [len(p.calls) for p in run.programs] == [len(p.calls) for p in programs]
     summary = summarize(run.programs, **run.totals)
     assert summary.completed == 2 and summary.cached_token_ratio is not None and summary.cached_token_ratio > 0.3
+
+
+async def test_calibrate_measures_a_profile_the_simulator_loads(rt: Any, tiny_model: Path) -> None:
+    from runtime._calibrate import calibrate_engine
+    from runtime._sim import CostProfile
+
+    (engine,) = rt.engines
+    profile = await calibrate_engine(
+        engine,
+        name="tiny-test",
+        vocabulary=model_vocabulary(tiny_model),
+        kv_blocks=1000,
+        contexts=(0, 256),
+        chunk=256,
+        batches=(1, 2, 4),
+        decode_tokens=12,
+        long_context=512,
+        repeats=1,
+    )
+    loaded = CostProfile.model_validate(profile)
+    assert loaded.block_size == 128 and loaded.kv_blocks == 1000 and loaded.model == engine.model
+    assert loaded.max_num_seqs == 4  # the shared engine's setting, read from vLLM's config
+    assert [x for x, _ in loaded.prefill_tokens_per_s] == [128.0, 384.0]
+    assert [x for x, _ in loaded.decode_step_s] == [1, 2, 4]
+    # Physically plausible for a 2-layer model on a CPU: thousands of prefill
+    # tokens per second, steps of milliseconds, not zero and not seconds.
+    assert all(100 < rate < 1e6 for _, rate in loaded.prefill_tokens_per_s)
+    assert 1e-4 <= loaded.step_overhead_s < 0.5 and 0 <= loaded.request_latency_s < 1
+    assert loaded.step_time([], 4, 64) < 1
