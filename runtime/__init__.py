@@ -1,4 +1,4 @@
-"""Executing agent programs: ``Runtime``, engines, policies.
+"""Executing agent programs: ``Runtime``, engines, policies, trace replay and the simulator.
 
 Layering: ``runtime`` imports ``workflows``, ``toolbridge`` and
 ``telemetry``; none of them imports ``runtime``.  Everything lives in private
@@ -16,7 +16,10 @@ Exceptions (see :mod:`runtime._errors`)::
      │    ├── EngineRequestError
      │    └── EngineClosedError
      ├── NoEngineError
-     └── ProgramCancelledError
+     ├── ProgramCancelledError
+     ├── TraceError
+     ├── ResultError
+     └── ProfileError
 """
 
 from __future__ import annotations
@@ -62,7 +65,14 @@ from ._handle import ProgramHandle
 from ._models import KNOWN_MODELS, models_dir, prepare_model, resolve_model
 from ._policy import Policy, VLLMPolicy, get_policy, policy_names, register_policy
 from ._program import Node, NodeKind, Program, ProgramState
+from ._replay import ReplayRun, replay_trace
+from ._results import CallResult, ProgramResult, ReplayResult, ResultError, load_result
 from ._runtime import DEFAULT_MODEL, Runtime
+from ._sim import CostProfile, ProfileError, SimEngine
+from ._tokens import Vocabulary, model_vocabulary
+from ._trace import TraceCall, TraceError, TraceProgram, dump_trace, load_trace
+from ._vclock import run_virtual
+from ._workloads import generate_workload
 
 if TYPE_CHECKING:
     from ._engines._inprocess import InProcessEngine
@@ -73,8 +83,10 @@ __all__ = [
     "DEFAULT_MODEL",
     "KNOWN_MODELS",
     "AgentRuntimeError",
+    "CallResult",
     "ChatPrompt",
     "Completion",
+    "CostProfile",
     "Engine",
     "EngineClosedError",
     "EngineError",
@@ -93,17 +105,23 @@ __all__ = [
     "Node",
     "NodeKind",
     "Policy",
+    "ProfileError",
     "Program",
     "ProgramCancelledError",
     "ProgramFinished",
     "ProgramHandle",
+    "ProgramResult",
     "ProgramStarted",
     "ProgramState",
     "Prompt",
     "RemoteEngine",
+    "ReplayResult",
+    "ReplayRun",
+    "ResultError",
     "Runtime",
     "SamplingOptions",
     "ServerEngine",
+    "SimEngine",
     "StepFinished",
     "StepStarted",
     "TokenDelta",
@@ -111,13 +129,24 @@ __all__ = [
     "TokenPrompt",
     "ToolCallFinished",
     "ToolCallStarted",
+    "TraceCall",
+    "TraceError",
+    "TraceProgram",
     "VLLMPolicy",
+    "Vocabulary",
+    "dump_trace",
+    "generate_workload",
     "get_policy",
+    "load_result",
+    "load_trace",
+    "model_vocabulary",
     "models_dir",
     "policy_names",
     "prepare_model",
     "register_policy",
+    "replay_trace",
     "resolve_model",
+    "run_virtual",
 ]
 
 # Engine backends load on first use: importing `runtime` must not import vLLM.

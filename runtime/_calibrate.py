@@ -6,16 +6,16 @@ attends to, and decode step time as a function of batch size (plus a per
 context token term).  This module measures exactly those quantities on an
 :class:`InProcessEngine`, through the engine API the runtime uses:
 
-- decode: ``b`` concurrent requests with short prompts generating ``n``
-  tokens; step time = (e2e - TTFT) / (n - 1), median over requests and
-  repeats.  The step overhead is the intercept of step time against ``b``;
+- decode: ``b`` concurrent requests with cached ``c``-token prompts
+  generating ``n`` tokens; step time = (e2e - TTFT) / (n - 1), median over
+  requests and repeats, on a grid of ``b`` and ``c``, fitted to
+  overhead + per_sequence * b + per_context * b * c (least squares);
 - request latency: time to first token of a prompt the prefix cache holds in
   full (one near-empty step) minus the step overhead: the frontend and
   inter-process path every request pays once;
 - prefill: a prompt of ``c`` cached tokens (warmed first, a multiple of the
   block size) plus ``chunk`` fresh ones; throughput = chunk / (its TTFT -
   the fully cached TTFT);
-- per context token: decode of one request at a long context minus a short one.
 
 Times are medians over ``repeats`` runs, each on fresh random tokens.
 """
@@ -78,6 +78,11 @@ class _Prober:
     async def decode_steps(self, batch: int, context: int, n: int) -> list[float]:
         """Per-request decode step times of ``batch`` concurrent requests at ``context`` tokens."""
         prompts = [self.tokens(context) for _ in range(batch)]
+        if context > CPU_BLOCK_SIZE:
+            # Cache the prompts first: otherwise the first requests' decode
+            # steps also carry the later ones' prefill chunks.
+            for prompt in prompts:
+                await self.run(prompt, 1)
         steps: list[float] = []
 
         async def one(prompt: list[int]) -> None:
@@ -110,20 +115,20 @@ async def calibrate_engine(
     probe = _Prober(engine, vocabulary, seed)
     await probe.run(probe.tokens(64), 4)  # warm-up: first-step costs are not representative
 
-    progress("decode steps")
-    decode_measured: list[tuple[int, float]] = []
-    for batch in batches:
-        steps: list[float] = []
-        for _ in range(repeats):
-            steps += await probe.decode_steps(batch, 16, decode_tokens)
-        decode_measured.append((batch, statistics.median(steps)))
-    # The fixed cost of a step is the intercept of step time against batch
-    # size (least squares over the smallest batches); the profile's decode
-    # times are what each batch adds to it.
-    xs, ys = zip(*decode_measured[:3], strict=True)
-    slope = statistics.covariance(xs, ys) / statistics.variance(xs) if len(xs) > 1 else 0.0
-    overhead = max(statistics.fmean(ys) - slope * statistics.fmean(xs), 1e-4)
-    decode = [[batch, round(max(step - overhead, 1e-6), 6)] for batch, step in decode_measured]
+    # Decode steps over a grid of batch sizes and contexts, fitted by least
+    # squares to  step = overhead + per_sequence * b + per_context * b * context:
+    # single points are noisy on a busy machine, and attention's share
+    # only shows at long contexts and large batches.
+    rows: list[tuple[int, int, float]] = []
+    for context in sorted({16, long_context // 2, long_context}):
+        for batch in batches:
+            progress(f"decode of {batch} sequences at context {context}")
+            steps: list[float] = []
+            for _ in range(repeats):
+                steps += await probe.decode_steps(batch, context, decode_tokens)
+            rows.append((batch, context, statistics.median(steps)))
+    overhead, per_sequence, per_context = _fit_decode(rows)
+    decode = [[batch, round(per_sequence * batch, 7)] for batch in batches]
 
     progress("request latency")
     cached: list[float] = []
@@ -147,12 +152,6 @@ async def calibrate_engine(
         seconds = max(statistics.median(times) - ttft_cached, 1e-6)
         prefill.append([context + chunk / 2, round(chunk / seconds, 1)])
 
-    progress(f"decode at context {long_context}")
-    long_steps: list[float] = []
-    for _ in range(repeats):
-        long_steps += await probe.decode_steps(1, long_context, decode_tokens)
-    per_context = max(statistics.median(long_steps) - decode_measured[0][1], 0.0) / (long_context - 16)
-
     scheduler = engine.vllm.vllm_config.scheduler_config
     return {
         "name": name,
@@ -172,6 +171,18 @@ async def calibrate_engine(
         "decode_step_s": decode,
         "decode_s_per_context_token": per_context,
     }
+
+
+def _fit_decode(rows: Sequence[tuple[int, int, float]]) -> tuple[float, float, float]:
+    """Least-squares ``(overhead, per_sequence, per_context)`` of decode steps; each kept physical (> 0)."""
+    import numpy as np
+
+    batch = np.array([b for b, _, _ in rows], dtype=float)
+    context = np.array([c for _, c, _ in rows], dtype=float)
+    seconds = np.array([s for _, _, s in rows], dtype=float)
+    design = np.column_stack([np.ones_like(batch), batch, batch * context])
+    (overhead, per_sequence, per_context), *_ = np.linalg.lstsq(design, seconds, rcond=None)
+    return max(float(overhead), 1e-4), max(float(per_sequence), 1e-7), max(float(per_context), 0.0)
 
 
 def _vllm_version() -> str:

@@ -11,7 +11,14 @@ The tree::
      │    ├── EngineRequestError     the engine rejected one request (bad params, too long)
      │    └── EngineClosedError      the engine was closed by us
      ├── NoEngineError               the runtime has no healthy engine to dispatch to
-     └── ProgramCancelledError       awaiting the result of a cancelled program
+     ├── ProgramCancelledError       awaiting the result of a cancelled program
+     ├── TraceError                  a workload trace breaks the trace format (line, field)
+     ├── ResultError                 a replay result document cannot be read
+     └── ProfileError                a simulator cost profile is missing or malformed
+
+``TraceError``, ``ResultError`` and ``ProfileError`` are also ``ValueError``s;
+they live beside the code that raises them (``_trace.py``, ``_results.py``,
+``_sim/_cost.py``).
 
 Low-level exceptions (aiohttp, vLLM's own) are converted in one place per
 backend, so callers only ever need to catch these.

@@ -37,12 +37,14 @@ from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
+from .._errors import AgentRuntimeError
+
 __all__ = ["CostProfile", "ProfileError", "bundled_profiles"]
 
 _BUNDLED = "profiles"
 
 
-class ProfileError(ValueError):
+class ProfileError(AgentRuntimeError, ValueError):
     """A cost profile could not be found or is invalid."""
 
 
