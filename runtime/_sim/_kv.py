@@ -22,20 +22,109 @@ from __future__ import annotations
 import heapq
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import cast
 
-__all__ = ["BlockManager", "Pin", "chain_hashes"]
+__all__ = ["BlockManager", "ChainHashCache", "Pin", "PrefixMemo", "chain_hashes"]
+
+# Prefix-cache walks look this many hashes up at once (in C, with map).
+_WALK_CHUNK = 256
+# Evicted hashes kept for PrefixMemo checks; older memos are checked in full.
+_EVICTION_LOG = 1 << 16
 
 
-def chain_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
-    """Hashes of the full blocks of ``token_ids``, each chained over its parent's."""
-    hashes: list[int] = []
-    parent = 0
-    ids = tuple(token_ids)
-    for start in range(0, len(ids) - block_size + 1, block_size):
-        parent = hash((parent, ids[start : start + block_size]))
-        hashes.append(parent)
+def chain_hashes(token_ids: Sequence[int], block_size: int, *, prefix: Sequence[int] = ()) -> list[int]:
+    """Hashes of the full blocks of ``token_ids``, each chained over its parent's.
+
+    ``prefix`` may hold the already known hashes of the first blocks (those of
+    a sequence that ``token_ids`` continues); only the blocks after them are
+    hashed.
+    """
+    hashes = list(prefix)
+    parent = hashes[-1] if hashes else 0
+    append = hashes.append
+    # zip over one iterator yields the blocks as tuples, with no per-block slicing.
+    it = iter(token_ids[len(hashes) * block_size :] if hashes else token_ids)
+    for block in zip(*[it] * block_size, strict=False):  # a partial last block is not hashed
+        parent = hash((parent, block))
+        append(parent)
     return hashes
+
+
+class ChainHashCache:
+    """Chain hashes of recently hashed sequences, so a sequence that continues one is only hashed past it.
+
+    A replayed program's next prompt is its previous call's prompt and output
+    plus a few hundred new tokens: hashing each prompt from scratch costs a
+    Python step per block (thousands per call), most of it repeating work.
+    Entries are keyed by a sequence's full-block count and the ids of its last
+    full block; a new sequence probes its last ``max_scan_blocks`` block ends
+    for a match and confirms it by comparing the token ids, so the hashes are
+    exactly those :func:`chain_hashes` computes.  The cache keeps references to
+    at most ``max_tokens`` tokens, least recently used dropped first.
+    """
+
+    def __init__(self, max_tokens: int = 1 << 25, max_scan_blocks: int = 1024) -> None:
+        self.max_tokens = max_tokens
+        self.max_scan_blocks = max_scan_blocks
+        self._entries: OrderedDict[tuple[int, int, tuple[int, ...]], tuple[Sequence[int], list[int]]] = OrderedDict()
+        self._held = 0
+        self.hits = 0
+        self.misses = 0
+
+    def hashes(self, token_ids: Sequence[int], block_size: int) -> list[int]:
+        """:func:`chain_hashes` of ``token_ids``, which must not be modified afterwards (the cache keeps them)."""
+        entries = self._entries
+        full = len(token_ids) // block_size
+        prefix: list[int] = []
+        for f in range(full, max(0, full - self.max_scan_blocks), -1):
+            key = (block_size, f, tuple(token_ids[(f - 1) * block_size : f * block_size]))
+            entry = entries.get(key)
+            if entry is None:
+                continue
+            known_ids, known_hashes = entry
+            n = f * block_size
+            # Usually the whole known sequence is a prefix (a previous call's
+            # prompt and output): then only one side needs slicing.
+            k = len(known_ids)
+            if (k <= len(token_ids) and token_ids[:k] == known_ids) or known_ids[:n] == token_ids[:n]:
+                # The continuation's own entry supersedes this one, which is
+                # only needed again if another sequence continues it too:
+                # make it the first to go.
+                entries.move_to_end(key, last=False)
+                prefix = known_hashes[:f]
+                break
+        if prefix:
+            self.hits += 1
+        else:
+            self.misses += 1
+        hashes = chain_hashes(token_ids, block_size, prefix=prefix)
+        if full and len(token_ids) <= self.max_tokens:
+            key = (block_size, full, tuple(token_ids[(full - 1) * block_size : full * block_size]))
+            old = entries.pop(key, None)
+            if old is not None:
+                self._held -= len(old[0])
+            entries[key] = (token_ids, hashes)
+            self._held += len(token_ids)
+            while self._held > self.max_tokens:
+                _, (dropped, _) = entries.popitem(last=False)
+                self._held -= len(dropped)
+        return hashes
+
+
+@dataclass(slots=True)
+class PrefixMemo:
+    """A waiting sequence's cached prefix as last found, and :attr:`BlockManager.evictions` then.
+
+    Only an eviction removes a hash from the prefix-cache map (registering
+    never replaces one), so while no block has been evicted the blocks found
+    are still cached and a new walk may start where the last one stopped.
+    """
+
+    blocks: list[int] = field(default_factory=list)
+    evictions: int = 0
+    #: The sequence's hashes as a set, built when first needed to test evictions against.
+    watched: set[int] | None = None
 
 
 @dataclass(slots=True)
@@ -74,6 +163,11 @@ class BlockManager:
         self.pin_hits = 0
         self.pins_expired = 0
         self.pins_released_pressure = 0
+        #: Hashed blocks evicted so far (it invalidates :class:`PrefixMemo` walks).
+        self.evictions = 0
+        # The hashes of the latest evictions; the first was eviction number _log_start.
+        self._evicted: list[int] = []
+        self._log_start = 0
 
     # -- capacity ----------------------------------------------------------
 
@@ -93,33 +187,76 @@ class BlockManager:
 
     # -- prefix cache ------------------------------------------------------
 
-    def cached_prefix(self, hashes: Sequence[int], num_tokens: int) -> list[int]:
+    def cached_prefix(self, hashes: Sequence[int], num_tokens: int, memo: PrefixMemo | None = None) -> list[int]:
         """Cached blocks covering the longest computed prefix of a sequence of ``num_tokens`` tokens.
 
         ``hashes`` are the sequence's full-block hashes (:func:`chain_hashes`).
         As in vLLM, the last token is never served from the cache, so at most
         ``(num_tokens - 1) // block_size`` blocks are returned.
+
+        With ``memo`` (the same sequence's, whose ``num_tokens`` never
+        shrinks), the walk resumes where the last one stopped: a waiting
+        request is looked up every step until it fits, and re-walking
+        thousands of blocks each time dominated the simulator.  The returned
+        list is then the memo's own and must not be modified.
         """
         limit = min(len(hashes), (num_tokens - 1) // self.block_size)
         cached = self.cached
-        hit: list[int] = []
-        for i in range(limit):
-            block = cached.get(hashes[i])
-            if block is None:
+        if memo is None:
+            hit: list[int] = []
+        else:
+            hit = memo.blocks
+            if memo.evictions != self.evictions:
+                since = memo.evictions - self._log_start
+                memo.evictions = self.evictions
+                if hit:
+                    if memo.watched is None:
+                        memo.watched = set(hashes)
+                    # Usually none of the few hashes evicted since is the
+                    # sequence's; else (or if the log no longer reaches back)
+                    # keep the part of the memo whose blocks still hold their hashes.
+                    if since < 0 or not memo.watched.isdisjoint(self._evicted[since:]):
+                        held = list(map(self.block_hash.__getitem__, hit))
+                        if held != hashes[: len(held)]:
+                            keep = next(i for i, (h, want) in enumerate(zip(held, hashes, strict=False)) if h != want)
+                            del hit[keep:]
+            if len(hit) > limit:  # pragma: no cover - num_tokens only grows
+                return hit[:limit]
+        # Look the hashes up a chunk at a time in C, stopping at the first miss.
+        i = len(hit)
+        get = cached.get
+        while i < limit:
+            found = list(map(get, hashes[i : min(i + _WALK_CHUNK, limit)]))
+            if None in found:
+                hit += cast("list[int]", found[: found.index(None)])
                 break
-            hit.append(block)
+            hit += cast("list[int]", found)
+            i += len(found)
         return hit
 
     def evictable_among(self, blocks: Sequence[int]) -> int:
         """How many of ``blocks`` are free (counted in :attr:`num_free`) and would stop being so if reused."""
-        ref = self.ref
-        return sum(1 for b in blocks if ref[b] == 0)
+        return list(map(self.ref.__getitem__, blocks)).count(0)
 
     def register(self, block: int, block_hash: int) -> None:
         """Record that ``block`` now holds the full block ``block_hash``; first computed copy wins."""
         if block_hash not in self.cached:
             self.cached[block_hash] = block
             self.block_hash[block] = block_hash
+
+    def register_many(self, blocks: Sequence[int], hashes: Sequence[int]) -> None:
+        """:meth:`register` each of ``blocks`` with the hash at the same index of ``hashes``."""
+        cached = self.cached
+        block_hash = self.block_hash
+        if cached.keys().isdisjoint(hashes):  # the usual case: nothing computed twice
+            cached.update(zip(hashes, blocks, strict=True))
+            for block, h in zip(blocks, hashes, strict=True):
+                block_hash[block] = h
+            return
+        for block, h in zip(blocks, hashes, strict=True):
+            if h not in cached:
+                cached[h] = block
+                block_hash[block] = h
 
     # -- references --------------------------------------------------------
 
@@ -128,28 +265,47 @@ class BlockManager:
         ref = self.ref
         evictable = self._evictable
         for b in blocks:
-            if ref[b] == 0:
+            count = ref[b]
+            if not count:
                 del evictable[b]
-            ref[b] += 1
+            ref[b] = count + 1
 
     def allocate(self, count: int) -> list[int] | None:
         """``count`` new blocks, referenced once, evicting cached free blocks if needed; None if too few."""
         if count > self.num_free:
             return None
-        out: list[int] = []
         fresh = self._fresh
         ref = self.ref
-        for _ in range(count):
-            if fresh:
-                block = fresh.pop()
-            else:
-                block, _ = self._evictable.popitem(last=False)
-                old = self.block_hash[block]
-                if old is not None:
-                    del self.cached[old]
-                    self.block_hash[block] = None
+        # Never-used blocks first, popped from the end of the list.
+        take = min(count, len(fresh))
+        out = fresh[len(fresh) - take :]
+        out.reverse()
+        del fresh[len(fresh) - take :]
+        for block in out:
             ref[block] = 1
-            out.append(block)
+        evict = count - take
+        if evict:
+            # Then the least recently freed cached blocks, whose hashes are dropped
+            # (every block in the LRU holds one: unhashed free blocks are fresh).
+            popitem = self._evictable.popitem
+            block_hash = self.block_hash
+            cached = self.cached
+            append = out.append
+            log = self._evicted
+            if len(log) > _EVICTION_LOG:
+                log.clear()
+                self._log_start = self.evictions
+            log_append = log.append
+            for _ in range(evict):
+                block = popitem(last=False)[0]
+                old = block_hash[block]
+                assert old is not None
+                del cached[old]
+                log_append(old)
+                block_hash[block] = None
+                ref[block] = 1
+                append(block)
+            self.evictions += evict
         return out
 
     def release(self, blocks: Sequence[int]) -> None:
@@ -160,16 +316,19 @@ class BlockManager:
         """
         ref = self.ref
         block_hash = self.block_hash
+        fresh = self._fresh
+        evictable = self._evictable
         for b in reversed(blocks):
             count = ref[b] - 1
-            if count < 0:
-                raise AssertionError(f"block {b} released more often than referenced")
             ref[b] = count
-            if count == 0:
+            if not count:
                 if block_hash[b] is None:
-                    self._fresh.append(b)
+                    fresh.append(b)
                 else:
-                    self._evictable[b] = None
+                    evictable[b] = None
+            elif count < 0:
+                ref[b] = 0
+                raise AssertionError(f"block {b} released more often than referenced")
 
     # -- pins --------------------------------------------------------------
 

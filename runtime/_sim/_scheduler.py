@@ -29,11 +29,15 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from ._cost import CostProfile
-from ._kv import BlockManager, chain_hashes
+from ._kv import BlockManager, ChainHashCache, PrefixMemo
 
 __all__ = ["SchedulePolicy", "Scheduler", "SimRequest", "Step", "StepResult", "output_ids"]
 
 SchedulePolicy = Literal["fcfs", "priority"]
+
+# Shared by every scheduler of the process: a program's next call may go to
+# another engine, and the hashes of a token sequence do not depend on one.
+_CHAIN_HASHES = ChainHashCache()
 
 
 def output_ids(seed: int, request_id: str, count: int, first_id: int, vocab_size: int) -> list[int]:
@@ -55,6 +59,8 @@ class SimRequest:
     program_id: str | None = None
     pin_ttl_s: float | None = None
     hashes: list[int] = field(default_factory=list)
+    #: The cached prefix found while waiting, kept between steps (see :class:`PrefixMemo`).
+    prefix: PrefixMemo = field(default_factory=PrefixMemo)
     blocks: list[int] = field(default_factory=list)
     num_registered: int = 0
     num_computed: int = 0
@@ -190,7 +196,7 @@ class Scheduler:
             )
         self._seq += 1
         req.seq = self._seq
-        req.hashes = chain_hashes(req.tokens, self.kv.block_size)
+        req.hashes = _CHAIN_HASHES.hashes(req.tokens, self.kv.block_size)
         self._requests[req.request_id] = req
         self._push_waiting(req, front=False)
 
@@ -311,23 +317,32 @@ class Scheduler:
             if req is None:
                 return
             total = req.num_tokens
-            hit = kv.cached_prefix(req.hashes, total)
+            hit = kv.cached_prefix(req.hashes, total, req.prefix)
             computed = len(hit) * bs
             n = min(total - computed, plan.budget)
             need = -(-(computed + n) // bs) - len(hit)
-            reused = kv.evictable_among(hit)
-            if kv.num_free - reused < need:
-                kv.release_pins_under_pressure(need + reused)
-                # Releasing pins may have dropped some of the hit blocks to the free LRU.
+            free = kv.num_free
+            # Counting the free blocks among the hit ones takes a pass over
+            # thousands of blocks: skip it when the bounds 0 <= reused <=
+            # len(hit) already decide (the pins are only released when the
+            # exact check fails, and there are none to release).
+            if free - len(hit) < need and (free >= need or kv.num_pins):
                 reused = kv.evictable_among(hit)
-                if kv.num_free - reused < need:
-                    return
+                if free - reused < need:
+                    kv.release_pins_under_pressure(need + reused)
+                    # Releasing pins may have dropped some of the hit blocks to the free LRU.
+                    reused = kv.evictable_among(hit)
+                    if kv.num_free - reused < need:
+                        return
+            elif free < need:
+                return
             self._pop_waiting()
             kv.touch(hit)
             got = kv.allocate(need)
             if got is None:  # pragma: no cover - excluded by the check above
                 raise AssertionError("allocation failed after a successful capacity check")
             req.blocks = hit + got
+            req.prefix = PrefixMemo()  # admitted: the blocks are the request's now
             req.num_computed = computed
             req.num_registered = len(hit)
             if req.cached_tokens is None:
@@ -350,9 +365,9 @@ class Scheduler:
             computed = req.num_computed + n
             req.num_computed = computed
             full = computed // bs
-            if full > req.num_registered:
-                for j in range(req.num_registered, full):
-                    kv.register(req.blocks[j], req.hashes[j])
+            registered = req.num_registered
+            if full > registered:
+                kv.register_many(req.blocks[registered:full], req.hashes[registered:full])
                 req.num_registered = full
             if computed == req.num_tokens:
                 generated = req.generated + 1
