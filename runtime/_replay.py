@@ -97,8 +97,15 @@ class _ProgramReplayer:
         self._tools = tools
         self._engine_index = engine_index
         self.calls: dict[str, CallResult] = {}
-        # The full context of each finished call: prompt + output + tool output.
-        self._contexts: dict[str, list[int]] = {}
+        # The full context of each finished call (prompt + output + tool
+        # output), kept only until the last call that continues it has
+        # started: at published sizes a context is ~40K ids, and keeping
+        # every call's would hold gigabytes over a long replay.
+        self._contexts: dict[str, tuple[int, ...]] = {}
+        self._readers: dict[str, int] = {}
+        for c in spec.calls:
+            if c.context is not None:
+                self._readers[c.context] = self._readers.get(c.context, 0) + 1
         self._done: dict[str, anyio.Event] = {c.id: anyio.Event() for c in spec.calls}
 
     def _fresh(self, call_id: str, what: str, n: int) -> list[int]:
@@ -114,20 +121,24 @@ class _ProgramReplayer:
         for dep in call.parents:
             await self._done[dep].wait()
         if call.context is not None:
-            prompt = list(self._contexts[call.context])  # begins with the app prefix already
+            inherited = self._contexts[call.context]  # begins with the app prefix already
+            self._readers[call.context] -= 1
+            if not self._readers[call.context]:
+                del self._contexts[call.context]
         else:
-            prompt = self._app_prefix(self.spec.app, self.spec.system_tokens)
-        prompt += self._fresh(call.id, "prompt", call.new_tokens)
+            inherited = tuple(self._app_prefix(self.spec.app, self.spec.system_tokens))
+        prompt = inherited + tuple(self._fresh(call.id, "prompt", call.new_tokens))
         completion = await ctx.llm_tokens(prompt, max_tokens=call.output_tokens, ignore_eos=True)
-        context = prompt + list(completion.token_ids)
+        tool_output: tuple[int, ...] = ()
         if call.tool is not None:
             message = await ctx.call_tool(
                 ToolCall(f"{call.id}-tool", call.tool, {"seconds": call.tool_s}), [self._tools(call.tool)]
             )
             if not message.ok:
                 raise RuntimeError(f"replayed tool {call.tool} of call {call.id} failed: {message.content}")
-            context += self._fresh(call.id, "tool", call.tool_output_tokens)
-        self._contexts[call.id] = context
+            tool_output = tuple(self._fresh(call.id, "tool", call.tool_output_tokens))
+        if self._readers.get(call.id):
+            self._contexts[call.id] = prompt + completion.token_ids + tool_output
         self.calls[call.id] = CallResult(
             id=call.id,
             engine=self._engine_index[completion.engine],
