@@ -247,7 +247,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _workload(args: argparse.Namespace) -> int:
-    from ._trace import dump_trace
+    from ._trace import dump_trace, prompt_lengths
     from ._workloads import generate_workload
 
     programs = generate_workload(
@@ -263,22 +263,11 @@ def _workload(args: argparse.Namespace) -> int:
     calls = [c for p in programs for c in p.calls]
     print(
         f"{path}: {len(programs)} {args.kind} programs, {len(calls)} calls, "
-        f"{sum(_prompt_tokens(p) for p in programs)} prompt tokens, "
+        f"{sum(sum(prompt_lengths(p).values()) for p in programs)} prompt tokens, "
         f"{sum(c.output_tokens for c in calls)} output tokens, "
         f"arrivals {programs[0].arrival_s:.3f}-{programs[-1].arrival_s:.3f} s"
     )
     return 0
-
-
-def _prompt_tokens(program: Any) -> int:
-    """Prompt tokens of all the program's calls: app prefix + inherited context + fresh tokens."""
-    full: dict[str, int] = {}
-    total = 0
-    for call in program.calls:  # contexts precede their calls in generated traces
-        prompt = (full[call.context] if call.context is not None else program.system_tokens) + call.new_tokens
-        full[call.id] = prompt + call.output_tokens + call.tool_output_tokens
-        total += prompt
-    return total
 
 
 def _bench_compare(args: argparse.Namespace) -> int:

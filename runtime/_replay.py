@@ -33,7 +33,7 @@ from ._handle import ProgramHandle
 from ._results import CallResult, ProgramResult
 from ._runtime import Runtime
 from ._tokens import Vocabulary
-from ._trace import TraceCall, TraceProgram, topological_order
+from ._trace import TraceCall, TraceProgram, prompt_lengths, topological_order
 
 __all__ = ["ReplayRun", "longest_context", "replay_trace"]
 
@@ -41,18 +41,14 @@ __all__ = ["ReplayRun", "longest_context", "replay_trace"]
 def longest_context(programs: Sequence[TraceProgram]) -> tuple[int, str, str]:
     """The largest prompt + output of any call, in tokens, with its program and call ids.
 
-    A call's prompt is its context call's full length (prompt, output, tool
-    output) or the app prefix, plus its fresh tokens; checked before a replay
-    so that a trace too long for the engines fails before anything runs.
+    Checked before a replay, so that a trace too long for the engines fails
+    before anything runs.
     """
     best = (0, "", "")
     for program in programs:
-        full: dict[str, int] = {}
-        for call in topological_order(program):
-            base = full[call.context] if call.context is not None else program.system_tokens
-            prompt = base + call.new_tokens
-            full[call.id] = prompt + call.output_tokens + (call.tool_output_tokens if call.tool else 0)
-            best = max(best, (prompt + call.output_tokens, program.id, call.id))
+        lengths = prompt_lengths(program)
+        for call in program.calls:
+            best = max(best, (lengths[call.id] + call.output_tokens, program.id, call.id))
     return best
 
 

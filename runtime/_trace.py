@@ -423,3 +423,18 @@ def dump_trace(programs: Iterable[TraceProgram], path: str | Path) -> Path:
     lines = [json.dumps(program_to_json(p), separators=(",", ":")) for p in programs]
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
     return path
+
+
+def prompt_lengths(program: TraceProgram) -> dict[str, int]:
+    """Each call's prompt length in tokens, by call id.
+
+    A prompt is the full context of the call it continues (that call's
+    prompt, output and tool output) or the app prefix, plus fresh tokens.
+    """
+    full: dict[str, int] = {}
+    lengths: dict[str, int] = {}
+    for call in topological_order(program):
+        prompt = (full[call.context] if call.context is not None else program.system_tokens) + call.new_tokens
+        lengths[call.id] = prompt
+        full[call.id] = prompt + call.output_tokens + (call.tool_output_tokens if call.tool else 0)
+    return lengths
