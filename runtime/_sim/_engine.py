@@ -24,7 +24,7 @@ from typing import Any
 from .._engines._base import Completion, Engine, GenerateRequest, TokenDelta, TokenPrompt, monotonic
 from .._errors import EngineRequestError, EngineUnavailableError
 from ._cost import CostProfile
-from ._scheduler import SchedulePolicy, Scheduler, SimRequest, output_ids
+from ._scheduler import DecodeRun, SchedulePolicy, Scheduler, SimRequest, Step, output_ids
 
 __all__ = ["SimEngine"]
 
@@ -86,6 +86,9 @@ class SimEngine(Engine):
         self._wake: asyncio.Event | None = None
         self._loop_task: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        # The decode run in progress (see _run) and the future its sleep waits on.
+        self._decode_run: DecodeRun | None = None
+        self._run_wake: asyncio.Future[bool] | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -105,6 +108,7 @@ class SimEngine(Engine):
     async def _run(self) -> None:
         sched = self.scheduler
         assert self._wake is not None
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 step = sched.schedule(monotonic())
@@ -112,7 +116,16 @@ class SimEngine(Engine):
                     self._wake.clear()
                     await self._wake.wait()
                     continue
-                await asyncio.sleep(step.duration)
+                run = sched.decode_run(step, monotonic())
+                if run is None:
+                    await asyncio.sleep(step.duration)
+                else:
+                    # A run of identical decode steps: one sleep instead of one
+                    # per step, woken early only by a request arriving or
+                    # aborted (_interrupt), which applies the boundaries passed
+                    # so far and cuts the run after the step in flight, so the
+                    # newcomer is admitted at the boundary it would have been.
+                    step = await self._decode(loop, run)
                 result = sched.complete(step, monotonic())
                 waiters = self._waiters
                 for req in result.first_tokens:
@@ -129,6 +142,52 @@ class SimEngine(Engine):
             for request_id in list(self._waiters):
                 self._fail(request_id, EngineUnavailableError(f"simulator {self.name} failed: {exc!r}"))
             raise
+
+    async def _decode(self, loop: asyncio.AbstractEventLoop, run: DecodeRun) -> Step:
+        """Sleep through a decode run; returns its last step (ended now), to complete as usual."""
+        # Resolved True by the timer at the run's end, False by _interrupt.
+        wake: asyncio.Future[bool] = loop.create_future()
+        # call_at, not a relative sleep: the run's end times accumulate the
+        # step durations exactly as the one-sleep-per-step loop's clock did.
+        timer = loop.call_at(run.ends[-1], _resolve, wake, True)
+        self._decode_run = run
+        self._run_wake = wake
+        try:
+            elapsed = await wake
+        finally:
+            timer.cancel()
+            self._decode_run = None
+            self._run_wake = None
+        if elapsed:  # the whole run
+            self.scheduler.advance(run, run.ends[-2])
+            return run.step()
+        # Cut short: _interrupt applied the boundaries passed; wait for the step in flight.
+        step = run.step()
+        end = run.end
+        if end > monotonic():
+            done: asyncio.Future[bool] = loop.create_future()
+            timer = loop.call_at(end, _resolve, done, True)
+            try:
+                await done
+            finally:
+                timer.cancel()
+        return step
+
+    def _catch_up(self) -> None:
+        """Bring the scheduler's state up to now within a decode run, before anything reads or changes it."""
+        run = self._decode_run
+        if run is not None:
+            self.scheduler.advance(run, monotonic())
+
+    def _interrupt(self) -> None:
+        """A request arrives or is aborted: the next plan must see it, so a decode run ends with its step in flight."""
+        run = self._decode_run
+        if run is not None:
+            self.scheduler.advance(run, monotonic())
+            run.cut()
+            wake = self._run_wake
+            if wake is not None and not wake.done():
+                wake.set_result(False)
 
     def _fail(self, request_id: str, exc: BaseException) -> None:
         w = self._waiters.get(request_id)
@@ -174,6 +233,7 @@ class SimEngine(Engine):
             program_id=None if program is None else str(program),
             pin_ttl_s=None if ttl is None else float(ttl),
         )
+        self._interrupt()
         try:
             self.scheduler.add(req)
         except ValueError as exc:
@@ -210,8 +270,10 @@ class SimEngine(Engine):
             )
         finally:
             del self._waiters[request.request_id]
-            if not req.finished and self.scheduler.abort(request.request_id):
-                self._wake.set()
+            if not req.finished:
+                self._interrupt()
+                if self.scheduler.abort(request.request_id):
+                    self._wake.set()
 
     @staticmethod
     async def _until(when: float) -> None:
@@ -220,6 +282,7 @@ class SimEngine(Engine):
             await asyncio.sleep(delay)
 
     async def _abort(self, request_id: str) -> None:
+        self._interrupt()
         if self.scheduler.abort(request_id):
             self._fail(request_id, EngineRequestError(f"request {request_id!r} was aborted"))
 
@@ -235,6 +298,7 @@ class SimEngine(Engine):
         return self._loop_task is not None and not self._loop_task.done()
 
     async def _engine_stats(self) -> dict[str, Any]:
+        self._catch_up()
         sched = self.scheduler
         kv = sched.kv
         kv.expire_pins(monotonic())
@@ -251,4 +315,10 @@ class SimEngine(Engine):
 
     def unpin(self, program_id: str) -> bool:
         """Release ``program_id``'s pinned KV blocks now; False if it holds none."""
+        self._catch_up()
         return self.scheduler.unpin(program_id)
+
+
+def _resolve(fut: asyncio.Future[bool], value: bool) -> None:
+    if not fut.done():
+        fut.set_result(value)

@@ -20,6 +20,7 @@ evicted.
 from __future__ import annotations
 
 import heapq
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -364,6 +365,10 @@ class BlockManager:
             self.pin_hits += 1
             return True
         return False
+
+    def next_expiry(self) -> float:
+        """The earliest queued pin expiry (possibly a replaced pin's, which releases nothing); inf if none."""
+        return self._expiries[0][0] if self._expiries else math.inf
 
     def expire_pins(self, now: float) -> int:
         """Release every pin whose expiry is at or before ``now``; returns how many."""

@@ -31,7 +31,7 @@ from typing import Literal
 from ._cost import CostProfile
 from ._kv import BlockManager, ChainHashCache, PrefixMemo
 
-__all__ = ["SchedulePolicy", "Scheduler", "SimRequest", "Step", "StepResult", "output_ids"]
+__all__ = ["DecodeRun", "SchedulePolicy", "Scheduler", "SimRequest", "Step", "StepResult", "output_ids"]
 
 SchedulePolicy = Literal["fcfs", "priority"]
 
@@ -99,6 +99,8 @@ class Step:
     requests: list[SimRequest]
     tokens: list[int]
     duration: float
+    #: The context the decoding sequences attend to when the step is decode-only; -1 if it prefills.
+    decode_context: int = -1
 
 
 @dataclass(slots=True)
@@ -107,6 +109,46 @@ class StepResult:
 
     first_tokens: list[SimRequest]
     finished: list[SimRequest]
+
+
+@dataclass(slots=True, eq=False)
+class DecodeRun:
+    """Steps 1..k that repeat a decode-only step's batch, planned at once (see :meth:`Scheduler.decode_run`).
+
+    Step ``j`` ends at ``ends[j - 1]`` and lasts ``durations[j - 1]``.  The
+    boundaries (a step's end: its completion, then the next step's plan) are
+    applied lazily by :meth:`Scheduler.advance`; the last step, or the one in
+    flight when the run is cut short, is completed as an ordinary
+    :class:`Step` (:meth:`DecodeRun.step`), so finishes go the usual way.
+    """
+
+    requests: list[SimRequest]
+    ends: list[float]
+    durations: list[float]
+    #: Each request's ``num_computed`` before step 1.
+    base: list[int]
+    #: Block bookkeeping at boundaries, in the order the one-step-at-a-time
+    #: scheduler does it: ``(boundary, 0, i)`` registers request i's newly
+    #: full block, ``(boundary, 1, i)`` allocates its next block.
+    events: list[tuple[int, int, int]]
+    next_event: int = 0
+    #: Boundaries applied so far: steps 1..done are complete, step done + 1 is planned.
+    done: int = 0
+    #: The last boundary the run may apply: len(ends) - 1, or ``done`` once cut short.
+    limit: int = 0
+
+    def step(self) -> Step:
+        """The step in flight after the applied boundaries, as an ordinary step."""
+        return Step(list(self.requests), [1] * len(self.requests), self.durations[self.done])
+
+    @property
+    def end(self) -> float:
+        """When the step in flight ends."""
+        return self.ends[self.done]
+
+    def cut(self) -> None:
+        """Apply no more boundaries: the step in flight becomes the run's last."""
+        self.limit = self.done
 
 
 class Scheduler:
@@ -247,7 +289,120 @@ class Scheduler:
         if self.preemptions == preempted_before:
             self._admit(now, plan)
         duration = self.profile.step_time(plan.prefill, plan.decode_batch, plan.decode_context)
-        return Step(plan.requests, plan.tokens, duration)
+        return Step(plan.requests, plan.tokens, duration, -1 if plan.prefill else plan.decode_context)
+
+    def decode_run(self, step: Step, now: float) -> DecodeRun | None:
+        """The run of steps that repeat ``step``, just planned at ``now``, if it has at least 2; else None.
+
+        While a decode-only step runs the whole batch and nothing waiting could
+        be admitted, the next step has the same batch, each context one token
+        longer, until a request finishes, a pin expires or the free blocks run
+        out: the run ends with the step that finishes the first request, with
+        the step that ends at or after the next pin expiry (its boundary would
+        release the pin before planning), or before the step whose plan needs
+        one block more than are free (that would release pins or preempt).
+        A request arriving or aborted meanwhile must cut the run
+        (:meth:`DecodeRun.cut`) after :meth:`advance` to the time it happens.
+        The steps' durations are priced as :meth:`schedule` would price them.
+        """
+        ctx = step.decode_context
+        reqs = step.requests
+        batch = len(reqs)
+        if ctx < 0 or batch != len(self.running):
+            return None
+        # A waiting request is admitted by the next plan unless the sequence
+        # slots or the token budget are full, and stay so while the batch does.
+        if self._num_waiting and batch < self.max_num_seqs and batch < self.max_num_batched_tokens:
+            return None
+        k = min(r.max_tokens - r.generated for r in reqs)
+        if k < 2:
+            return None
+        expiry = self.kv.next_expiry()
+        profile = self.profile
+        no_prefill: list[tuple[int, int]] = []
+        d = step.duration
+        t = now
+        ends: list[float] = []
+        durations: list[float] = []
+        # t accumulates like the loop clock does, one step's duration at a time.
+        for j in range(1, k + 1):
+            t += d
+            ends.append(t)
+            durations.append(d)
+            if j == k or t >= expiry:
+                break
+            ctx += batch
+            d = profile.step_time(no_prefill, batch, ctx)
+        k = len(ends)
+        if k < 2:
+            return None
+        # Block bookkeeping at boundaries 1..k-1: boundary b completes step b
+        # (a request whose computed tokens reach a block end registers it)
+        # and plans step b + 1 (a request whose computed tokens fill its
+        # blocks allocates one).
+        bs = self.kv.block_size
+        base = [r.num_computed for r in reqs]
+        allocs: list[tuple[int, int, int]] = []
+        events: list[tuple[int, int, int]] = []
+        for i, r in enumerate(reqs):
+            c0 = base[i]
+            events += [(b, 0, i) for b in range(bs - c0 % bs, k, bs)]
+            allocs += [(b, 1, i) for b in range(len(r.blocks) * bs - c0, k, bs)]
+        free = self.kv.num_free
+        if len(allocs) > free:
+            allocs.sort()
+            # The plan of step b + 1 would find no free block: end the run with step b.
+            k = allocs[free][0]
+            if k < 2:
+                return None
+            del ends[k:], durations[k:]
+            events = [e for e in events if e[0] < k]
+            del allocs[free:]
+            allocs = [e for e in allocs if e[0] < k]
+        events += allocs
+        events.sort()
+        return DecodeRun(list(reqs), ends, durations, base, events, limit=k - 1)
+
+    def advance(self, run: DecodeRun, now: float) -> None:
+        """Apply the run's boundaries up to ``now`` (at most ``run.limit``), as complete + schedule would.
+
+        No request finishes or gets its first token at these boundaries (the
+        run ends before), no pin expires, and every allocation succeeds.
+        """
+        ends = run.ends
+        old = done = run.done
+        while done < run.limit and ends[done] <= now:
+            done += 1
+        if done == old:
+            return
+        run.done = done
+        kv = self.kv
+        bs = kv.block_size
+        reqs = run.requests
+        base = run.base
+        events = run.events
+        e = run.next_event
+        while e < len(events) and events[e][0] <= done:
+            b, kind, i = events[e]
+            e += 1
+            req = reqs[i]
+            if kind:
+                got = kv.allocate(1)
+                if got is None:  # pragma: no cover - decode_run counted the free blocks
+                    raise AssertionError("a decode run ran out of blocks")
+                req.blocks += got
+            else:
+                full = (base[i] + b) // bs
+                registered = req.num_registered
+                if full > registered:
+                    kv.register_many(req.blocks[registered:full], req.hashes[registered:full])
+                    req.num_registered = full
+        run.next_event = e
+        steps = done - old
+        for req in reqs:
+            req.num_computed += steps
+            req.generated += steps
+            req.num_tokens += steps
 
     def _schedule_running(self, plan: _Plan) -> None:
         """Running requests in admission order.
