@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
@@ -156,9 +156,7 @@ class RuntimeContext(Context):
             ignore_eos=ignore_eos,
             json_schema=schema,
         )
-        node = self._open(NodeKind.LLM, "chat")
-        ok = False
-        try:
+        with self._llm_node() as node:
             completion = await self._runtime._generate(
                 self.program, node, ChatPrompt.of(chat), sampling, requested_priority=priority
             )
@@ -170,7 +168,6 @@ class RuntimeContext(Context):
                     completion.text, finish_reason=completion.finish_reason, call_id_prefix=f"call-{node.id}"
                 )
                 text, calls, error = parsed.text, parsed.tool_calls, parsed.error
-            ok = True
             return LLMReply(
                 text=text,
                 tool_calls=calls,
@@ -183,8 +180,6 @@ class RuntimeContext(Context):
                 ttft_s=completion.ttft_s,
                 latency_s=completion.e2e_s,
             )
-        finally:
-            self._close(node, ok=ok, error=None if ok else "llm call failed")
 
     async def llm_tokens(
         self,
@@ -204,14 +199,19 @@ class RuntimeContext(Context):
         if not prompt_token_ids:
             raise ValueError("ctx.llm_tokens: the prompt must not be empty")
         sampling = SamplingOptions(max_tokens=max_tokens, temperature=temperature, ignore_eos=ignore_eos)
+        with self._llm_node() as node:
+            return await self._runtime._generate(
+                self.program, node, TokenPrompt(tuple(prompt_token_ids)), sampling, requested_priority=priority
+            )
+
+    @contextlib.contextmanager
+    def _llm_node(self) -> Iterator[Node]:
+        """The DAG node of one LLM call: opened now, closed as failed unless the block completes."""
         node = self._open(NodeKind.LLM, "chat")
         ok = False
         try:
-            completion = await self._runtime._generate(
-                self.program, node, TokenPrompt(tuple(prompt_token_ids)), sampling, requested_priority=priority
-            )
+            yield node
             ok = True
-            return completion
         finally:
             self._close(node, ok=ok, error=None if ok else "llm call failed")
 

@@ -134,14 +134,11 @@ def _replay_sim(args: argparse.Namespace, programs: list[Any]) -> int:
         profile = CostProfile.load(source)
     except (ProfileError, OSError) as exc:
         return _usage_error(str(exc))
-    engines: list[Engine] = []
-    sims: list[SimEngine] = []
-    for i in range(args.engines):
-        sim = SimEngine(
-            profile, name=f"sim-{i}", kv_blocks=args.kv_blocks, max_num_seqs=args.max_num_seqs, seed=args.seed
-        )
-        sims.append(sim)
-        engines.append(sim)
+    sims = [
+        SimEngine(profile, name=f"sim-{i}", kv_blocks=args.kv_blocks, max_num_seqs=args.max_num_seqs, seed=args.seed)
+        for i in range(args.engines)
+    ]
+    engines: list[Engine] = list(sims)
     vocabulary = Vocabulary(sims[0].vocab_size, frozenset(range(sims[0].first_token_id)))
 
     async def main() -> int:

@@ -180,9 +180,11 @@ class Runtime:
 
     def submit(self, workflow: Workflow[P, R], /, *args: P.args, **inputs: P.kwargs) -> ProgramHandle[R]:
         """Start a program; inputs are validated now (``WorkflowInputError``), before anything runs."""
-        if not isinstance(workflow, Workflow):
-            raise TypeError(f"expected a function decorated with @workflow, got {workflow!r}")
-        return self.start_program(workflow, workflow.validate_inputs(*args, **inputs))
+        self._check_can_start(workflow)
+        values = workflow.validate_inputs(*args, **inputs)
+        return self._start(
+            workflow, values, program_id=None, deadline_s=workflow.deadline_s, priority=workflow.priority
+        )
 
     def start_program(
         self,
@@ -201,20 +203,35 @@ class Runtime:
         workflow's for this run (``deadline_s=None``: no deadline).  Trace
         replay uses it to give each program its id, SLO and user priority.
         """
+        self._check_can_start(workflow)
+        if program_id is not None and program_id in self.programs and not self.programs[program_id].state.finished:
+            raise AgentRuntimeError(f"program id {program_id!r} is in use by a running program")
+        return self._start(
+            workflow,
+            workflow.validate_inputs(**inputs),
+            program_id=program_id,
+            deadline_s=workflow.deadline_s if isinstance(deadline_s, _Unset) else deadline_s,
+            priority=workflow.priority if priority is None else priority,
+        )
+
+    def _check_can_start(self, workflow: object) -> None:
         if self._tg is None:
             raise AgentRuntimeError("the runtime is not running: use `async with Runtime(...) as rt:`")
         if not isinstance(workflow, Workflow):
             raise TypeError(f"expected a function decorated with @workflow, got {workflow!r}")
-        if program_id is not None and program_id in self.programs and not self.programs[program_id].state.finished:
-            raise AgentRuntimeError(f"program id {program_id!r} is in use by a running program")
-        values = workflow.validate_inputs(**inputs)
-        program = Program(
-            workflow.name,
-            values,
-            deadline_s=workflow.deadline_s if isinstance(deadline_s, _Unset) else deadline_s,
-            priority=workflow.priority if priority is None else priority,
-            program_id=program_id,
-        )
+
+    def _start(
+        self,
+        workflow: Workflow[..., R],
+        values: dict[str, Any],
+        *,
+        program_id: str | None,
+        deadline_s: float | None,
+        priority: int,
+    ) -> ProgramHandle[R]:
+        """Start a program on inputs already validated, with its options resolved."""
+        assert self._tg is not None
+        program = Program(workflow.name, values, deadline_s=deadline_s, priority=priority, program_id=program_id)
         if program.id in self.programs:
             self._finished.remove(program.id)
         self.programs[program.id] = program
