@@ -13,6 +13,8 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 __all__ = ["Vocabulary", "model_vocabulary"]
 
 
@@ -23,18 +25,29 @@ class Vocabulary:
     size: int
     special: frozenset[int] = frozenset()
     # The drawable ids in increasing order, built once: a replay draws
-    # millions of tokens, and one ``choices`` call over this is far cheaper
-    # than a ``randrange`` per token with rejection of the special ids.
-    _allowed: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    # millions of tokens (a billion at published agent sizes), so they are
+    # drawn as indices into this array by numpy rather than one at a time.
+    _allowed: np.ndarray = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.size - len(self.special) < 2:
             raise ValueError(f"a vocabulary of {self.size} ids with {len(self.special)} special ones is too small")
-        object.__setattr__(self, "_allowed", tuple(i for i in range(self.size) if i not in self.special))
+        allowed = np.setdiff1d(np.arange(self.size, dtype=np.int64), np.fromiter(self.special, dtype=np.int64))
+        object.__setattr__(self, "_allowed", allowed)
 
     def draw(self, rng: random.Random, n: int) -> list[int]:
-        """``n`` pseudo-random non-special ids from ``rng`` (uniform, with replacement)."""
-        return rng.choices(self._allowed, k=n)
+        """``n`` pseudo-random non-special ids, determined by the state of ``rng`` (which advances).
+
+        Uniform with replacement (short draws up to a bias below
+        ``size / 2**32``: a 32-bit random number modulo the number of ids).
+        """
+        picks: np.ndarray
+        if n < 1024:
+            # Few ids: a numpy generator costs more to set up than to use.
+            picks = np.frombuffer(rng.randbytes(4 * n), dtype=np.uint32) % self._allowed.size
+        else:
+            picks = np.random.Generator(np.random.PCG64(rng.getrandbits(64))).integers(0, self._allowed.size, n)
+        return self._allowed[picks].tolist()  # type: ignore[no-any-return]
 
 
 def model_vocabulary(model_dir: str | os.PathLike[str]) -> Vocabulary:

@@ -26,12 +26,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
+import numpy as np
+
 __all__ = ["BlockManager", "ChainHashCache", "Pin", "PrefixMemo", "chain_hashes"]
 
 # Prefix-cache walks look this many hashes up at once (in C, with map).
 _WALK_CHUNK = 256
 # Evicted hashes kept for PrefixMemo checks; older memos are checked in full.
 _EVICTION_LOG = 1 << 16
+# Block lists shorter than this are handled in Python: numpy costs a few microseconds a call.
+_SMALL = 8
 
 
 def chain_hashes(token_ids: Sequence[int], block_size: int, *, prefix: Sequence[int] = ()) -> list[int]:
@@ -143,6 +147,14 @@ class BlockManager:
 
     Counters: ``pins`` created, ``pin_hits``, ``pins_expired``,
     ``pins_released_pressure``.
+
+    Block tables are numpy arrays: at published sizes a prompt spans
+    thousands of blocks, and taking, dropping and freeing references one block
+    at a time in Python dominated the simulator.  The LRU of cached free
+    blocks is a queue with lazy deletion: a block's entry is live while
+    ``_pos[block]`` holds its index, so taking a reference on a free block is
+    one array store, and eviction skips stale entries.  Block lists passed in
+    and returned are plain lists of distinct block ids.
     """
 
     def __init__(self, num_blocks: int, block_size: int) -> None:
@@ -150,13 +162,22 @@ class BlockManager:
             raise ValueError("num_blocks and block_size must be >= 1")
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self.ref = [0] * num_blocks
-        self.block_hash: list[int | None] = [None] * num_blocks
+        #: References per block (running requests and pins).
+        self.ref = np.zeros(num_blocks, dtype=np.int64)
+        # The hash a block holds, valid where _hashed is set.
+        self._hash = np.zeros(num_blocks, dtype=np.int64)
+        self._hashed = np.zeros(num_blocks, dtype=np.bool_)
+        #: The prefix-cache map: block hash -> block.
         self.cached: dict[int, int] = {}
         # Free blocks without a hash (never used, or freed before they filled up).
         self._fresh: list[int] = list(range(num_blocks - 1, -1, -1))
-        # Free blocks that still hold a cached prefix, least recently freed first.
-        self._evictable: OrderedDict[int, None] = OrderedDict()
+        # Free blocks that still hold a cached prefix, least recently freed
+        # first: _queue[_head:_tail], an entry live iff _pos[block] is its index.
+        self._queue = np.zeros(max(2 * num_blocks, 1024), dtype=np.int64)
+        self._head = 0
+        self._tail = 0
+        self._pos = np.full(num_blocks, -1, dtype=np.int64)
+        self._num_evictable = 0
         self._pins: dict[str, Pin] = {}
         self._expiries: list[tuple[float, int, str]] = []
         self._pin_seq = 0
@@ -175,7 +196,7 @@ class BlockManager:
     @property
     def num_free(self) -> int:
         """Blocks with no reference: never used, or cached and evictable."""
-        return len(self._fresh) + len(self._evictable)
+        return len(self._fresh) + self._num_evictable
 
     @property
     def num_used(self) -> int:
@@ -185,6 +206,10 @@ class BlockManager:
     def blocks_for(self, num_tokens: int) -> int:
         """Blocks needed to hold ``num_tokens`` tokens."""
         return -(-num_tokens // self.block_size)
+
+    def hash_of(self, block: int) -> int | None:
+        """The prefix hash ``block`` holds, or None."""
+        return int(self._hash[block]) if self._hashed[block] else None
 
     # -- prefix cache ------------------------------------------------------
 
@@ -217,10 +242,11 @@ class BlockManager:
                     # sequence's; else (or if the log no longer reaches back)
                     # keep the part of the memo whose blocks still hold their hashes.
                     if since < 0 or not memo.watched.isdisjoint(self._evicted[since:]):
-                        held = list(map(self.block_hash.__getitem__, hit))
-                        if held != hashes[: len(held)]:
-                            keep = next(i for i, (h, want) in enumerate(zip(held, hashes, strict=False)) if h != want)
-                            del hit[keep:]
+                        idx = np.array(hit, dtype=np.int64)
+                        want = np.array(hashes[: len(hit)], dtype=np.int64)
+                        held = self._hashed[idx] & (self._hash[idx] == want)
+                        if not held.all():
+                            del hit[int(np.argmin(held)) :]
             if len(hit) > limit:  # pragma: no cover - num_tokens only grows
                 return hit[:limit]
         # Look the hashes up a chunk at a time in C, stopping at the first miss.
@@ -237,76 +263,90 @@ class BlockManager:
 
     def evictable_among(self, blocks: Sequence[int]) -> int:
         """How many of ``blocks`` are free (counted in :attr:`num_free`) and would stop being so if reused."""
-        return list(map(self.ref.__getitem__, blocks)).count(0)
+        if not blocks:
+            return 0
+        return int(np.count_nonzero(self.ref[np.array(blocks, dtype=np.int64)] == 0))
 
     def register(self, block: int, block_hash: int) -> None:
         """Record that ``block`` now holds the full block ``block_hash``; first computed copy wins."""
         if block_hash not in self.cached:
             self.cached[block_hash] = block
-            self.block_hash[block] = block_hash
+            self._hash[block] = block_hash
+            self._hashed[block] = True
 
     def register_many(self, blocks: Sequence[int], hashes: Sequence[int]) -> None:
         """:meth:`register` each of ``blocks`` with the hash at the same index of ``hashes``."""
         cached = self.cached
-        block_hash = self.block_hash
+        if len(blocks) < _SMALL:
+            for block, h in zip(blocks, hashes, strict=True):
+                self.register(block, h)
+            return
         if cached.keys().isdisjoint(hashes):  # the usual case: nothing computed twice
             cached.update(zip(hashes, blocks, strict=True))
-            for block, h in zip(blocks, hashes, strict=True):
-                block_hash[block] = h
+            idx = np.array(blocks, dtype=np.int64)
+            self._hash[idx] = np.array(hashes, dtype=np.int64)
+            self._hashed[idx] = True
             return
         for block, h in zip(blocks, hashes, strict=True):
-            if h not in cached:
-                cached[h] = block
-                block_hash[block] = h
+            self.register(block, h)
 
     # -- references --------------------------------------------------------
 
     def touch(self, blocks: Sequence[int]) -> None:
         """Take one more reference on each of ``blocks`` (prefix-cache hits)."""
-        ref = self.ref
-        evictable = self._evictable
-        for b in blocks:
-            count = ref[b]
-            if not count:
-                del evictable[b]
-            ref[b] = count + 1
+        if not blocks:
+            return
+        idx = np.array(blocks, dtype=np.int64)
+        counts = self.ref[idx]
+        free = idx[counts == 0]
+        if free.size:
+            # Free cached blocks leave the LRU: their queue entries go stale.
+            self._pos[free] = -1
+            self._num_evictable -= int(free.size)
+        self.ref[idx] = counts + 1
 
     def allocate(self, count: int) -> list[int] | None:
         """``count`` new blocks, referenced once, evicting cached free blocks if needed; None if too few."""
         if count > self.num_free:
             return None
         fresh = self._fresh
-        ref = self.ref
         # Never-used blocks first, popped from the end of the list.
         take = min(count, len(fresh))
         out = fresh[len(fresh) - take :]
         out.reverse()
         del fresh[len(fresh) - take :]
-        for block in out:
-            ref[block] = 1
         evict = count - take
         if evict:
             # Then the least recently freed cached blocks, whose hashes are dropped
             # (every block in the LRU holds one: unhashed free blocks are fresh).
-            popitem = self._evictable.popitem
-            block_hash = self.block_hash
+            victims: list[int]
+            if evict < _SMALL:  # one block per decode step that fills one: keep numpy out of it
+                victims = self._dequeue_few(evict)
+                old = [int(self._hash[b]) for b in victims]
+                hashed = self._hashed
+                for b in victims:
+                    hashed[b] = False
+            else:
+                taken = self._dequeue(evict)
+                old = self._hash[taken].tolist()
+                self._hashed[taken] = False
+                victims = taken.tolist()
             cached = self.cached
-            append = out.append
+            for h in old:
+                del cached[h]
             log = self._evicted
             if len(log) > _EVICTION_LOG:
                 log.clear()
                 self._log_start = self.evictions
-            log_append = log.append
-            for _ in range(evict):
-                block = popitem(last=False)[0]
-                old = block_hash[block]
-                assert old is not None
-                del cached[old]
-                log_append(old)
-                block_hash[block] = None
-                ref[block] = 1
-                append(block)
+            log += old
             self.evictions += evict
+            out += victims
+        if count < _SMALL:
+            ref = self.ref
+            for block in out:
+                ref[block] = 1
+        else:
+            self.ref[np.array(out, dtype=np.int64)] = 1
         return out
 
     def release(self, blocks: Sequence[int]) -> None:
@@ -315,21 +355,89 @@ class BlockManager:
         Blocks are released last first, so a request's tail blocks (the least
         shared) are evicted before its head.
         """
-        ref = self.ref
-        block_hash = self.block_hash
-        fresh = self._fresh
-        evictable = self._evictable
-        for b in reversed(blocks):
-            count = ref[b] - 1
-            ref[b] = count
-            if not count:
-                if block_hash[b] is None:
-                    fresh.append(b)
-                else:
-                    evictable[b] = None
-            elif count < 0:
-                ref[b] = 0
-                raise AssertionError(f"block {b} released more often than referenced")
+        if not blocks:
+            return
+        idx = np.array(blocks[::-1], dtype=np.int64)
+        counts = self.ref[idx] - 1
+        if (counts < 0).any():
+            bad = int(idx[np.argmin(counts)])
+            raise AssertionError(f"block {bad} released more often than referenced")
+        self.ref[idx] = counts
+        freed = idx[counts == 0]
+        if freed.size:
+            hashed = self._hashed[freed]
+            if not hashed.all():
+                self._fresh += freed[~hashed].tolist()
+                freed = freed[hashed]
+            self._enqueue(freed)
+
+    def _enqueue(self, blocks: np.ndarray) -> None:
+        """Append free cached ``blocks`` to the LRU, most recently freed last."""
+        k = int(blocks.size)
+        if not k:
+            return
+        if self._tail + k > self._queue.size:
+            # Drop the stale entries (renumbering the live ones), growing if still short.
+            live = self._live()
+            size = self._queue.size
+            while live.size + k > size // 2:
+                size *= 2
+            self._queue = np.zeros(size, dtype=np.int64)
+            self._queue[: live.size] = live
+            self._pos[live] = np.arange(live.size)
+            self._head, self._tail = 0, int(live.size)
+        tail = self._tail
+        self._queue[tail : tail + k] = blocks
+        self._pos[blocks] = np.arange(tail, tail + k)
+        self._tail = tail + k
+        self._num_evictable += k
+
+    def _live(self) -> np.ndarray:
+        """The LRU's blocks in order (its live entries)."""
+        seg = self._queue[self._head : self._tail]
+        live: np.ndarray = seg[self._pos[seg] == np.arange(self._head, self._tail)]
+        return live
+
+    def _dequeue_few(self, count: int) -> list[int]:
+        """:meth:`_dequeue` for a handful of blocks, one queue entry at a time."""
+        queue = self._queue
+        pos = self._pos
+        head = self._head
+        out: list[int] = []
+        while len(out) < count:
+            block = int(queue[head])
+            if pos[block] == head:
+                pos[block] = -1
+                out.append(block)
+            head += 1
+        self._head = head
+        self._num_evictable -= count
+        return out
+
+    def _dequeue(self, count: int) -> np.ndarray:
+        """Take the ``count`` least recently freed cached blocks out of the LRU (``count`` <= its size)."""
+        queue = self._queue
+        pos = self._pos
+        head = self._head
+        taken: list[np.ndarray] = []
+        got = 0
+        while got < count:
+            end = min(self._tail, head + max(2 * (count - got), 64))
+            seg = queue[head:end]
+            live = pos[seg] == np.arange(head, end)
+            blocks = seg[live]
+            need = count - got
+            if blocks.size > need:
+                end = head + int(np.flatnonzero(live)[need - 1]) + 1
+                blocks = blocks[:need]
+            taken.append(blocks)
+            got += int(blocks.size)
+            head = end
+        self._head = head
+        out = taken[0] if len(taken) == 1 else np.concatenate(taken)
+        pos[out] = -1
+        self._num_evictable -= count
+        return out
 
     # -- pins --------------------------------------------------------------
 
@@ -397,15 +505,20 @@ class BlockManager:
 
     def check(self) -> None:
         """Raise AssertionError unless the bookkeeping is consistent (for tests)."""
-        assert all(r >= 0 for r in self.ref), "negative reference count"
-        free = set(self._fresh) | set(self._evictable)
+        ref = self.ref.tolist()
+        assert all(r >= 0 for r in ref), "negative reference count"
+        lru = self._live().tolist()
+        assert len(lru) == self._num_evictable, "the LRU's count is off"
+        free = set(self._fresh) | set(lru)
         assert len(free) == self.num_free, "a block is free twice"
-        assert all(self.ref[b] == 0 for b in free), "a free block is referenced"
-        assert sum(1 for r in self.ref if r > 0) + self.num_free == self.num_blocks, "blocks not conserved"
+        assert all(ref[b] == 0 for b in free), "a free block is referenced"
+        assert all(self._hashed[b] for b in lru), "an unhashed block is in the LRU"
+        assert not any(self._hashed[b] for b in self._fresh), "a hashed block is fresh"
+        assert sum(1 for r in ref if r > 0) + self.num_free == self.num_blocks, "blocks not conserved"
         for h, b in self.cached.items():
-            assert self.block_hash[b] == h, "prefix map and block hashes disagree"
+            assert self.hash_of(b) == h, "prefix map and block hashes disagree"
         for pin in self._pins.values():
             for b in pin.blocks:
-                assert self.ref[b] > 0, "a pinned block is unreferenced"
-                held = self.block_hash[b]
+                assert ref[b] > 0, "a pinned block is unreferenced"
+                held = self.hash_of(b)
                 assert held is None or self.cached[held] == b, "a pinned block was evicted"

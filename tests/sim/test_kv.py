@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
+
+import pytest
 
 from runtime._sim._kv import BlockManager, ChainHashCache, PrefixMemo, chain_hashes
 
@@ -66,7 +69,8 @@ def test_prefix_memo_is_invalidated_by_an_eviction() -> None:
 def test_memoised_walks_match_fresh_walks_under_random_churn() -> None:
     rng = random.Random(1)
     kv = BlockManager(64, 4)
-    seqs = [[rng.randrange(6) for _ in range(rng.randrange(4, 40))] for _ in range(12)]
+    # Chain hashes of short random sequences: shared prefixes, distinct hashes within one.
+    seqs = [chain_hashes([rng.randrange(3) for _ in range(rng.randrange(4, 40))], 1) for _ in range(12)]
     memos = [PrefixMemo() for _ in seqs]
     held: list[list[int]] = []
     for _ in range(400):
@@ -92,3 +96,82 @@ def test_memoised_walks_match_fresh_walks_under_random_churn() -> None:
         kv.release(blocks)
     assert kv.num_used == 0
     kv.check()
+
+
+class _ReferenceBlocks:
+    """The block manager's allocation and eviction rules, one block at a time in plain Python."""
+
+    def __init__(self, num_blocks: int) -> None:
+        self.ref = [0] * num_blocks
+        self.block_hash: list[int | None] = [None] * num_blocks
+        self.cached: dict[int, int] = {}
+        self.fresh = list(range(num_blocks - 1, -1, -1))
+        self.lru: OrderedDict[int, None] = OrderedDict()
+
+    def allocate(self, count: int) -> list[int] | None:
+        if count > len(self.fresh) + len(self.lru):
+            return None
+        out = [self.fresh.pop() for _ in range(min(count, len(self.fresh)))]
+        while len(out) < count:
+            block, _ = self.lru.popitem(last=False)
+            old = self.block_hash[block]
+            assert old is not None
+            del self.cached[old]
+            self.block_hash[block] = None
+            out.append(block)
+        for block in out:
+            self.ref[block] = 1
+        return out
+
+    def register_many(self, blocks: list[int], hashes: list[int]) -> None:
+        for block, h in zip(blocks, hashes, strict=True):
+            if h not in self.cached:
+                self.cached[h] = block
+                self.block_hash[block] = h
+
+    def touch(self, blocks: list[int]) -> None:
+        for block in blocks:
+            if self.ref[block] == 0:
+                del self.lru[block]
+            self.ref[block] += 1
+
+    def release(self, blocks: list[int]) -> None:
+        for block in reversed(blocks):
+            self.ref[block] -= 1
+            if self.ref[block] == 0:
+                if self.block_hash[block] is None:
+                    self.fresh.append(block)
+                else:
+                    self.lru[block] = None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_block_manager_allocates_and_evicts_as_the_reference(seed: int) -> None:
+    rng = random.Random(seed)
+    kv, reference = BlockManager(48, 4), _ReferenceBlocks(48)
+    seqs = [chain_hashes([rng.randrange(3) for _ in range(rng.randrange(2, 30))], 1) for _ in range(16)]
+    held: list[list[int]] = []
+    for _ in range(600):
+        if held and (rng.random() < 0.45 or kv.num_free < 20):
+            blocks = held.pop(rng.randrange(len(held)))
+            kv.release(blocks)
+            reference.release(blocks)
+        else:
+            seq = seqs[rng.randrange(len(seqs))]
+            hit = kv.cached_prefix(seq, 4 * len(seq) + 1)
+            need = len(seq) - len(hit)
+            if kv.num_free - kv.evictable_among(hit) < need:
+                continue
+            kv.touch(hit)
+            reference.touch(hit)
+            got = kv.allocate(need)
+            assert got == reference.allocate(need)
+            assert got is not None
+            # Register only part of them sometimes: the rest are freed unhashed, as a cut-short prefill's are.
+            upto = len(got) if rng.random() < 0.8 else rng.randrange(len(got) + 1)
+            kv.register_many(got[:upto], seq[len(hit) : len(hit) + upto])
+            reference.register_many(got[:upto], seq[len(hit) : len(hit) + upto])
+            held.append(hit + got)
+        assert kv.cached == reference.cached
+        assert kv.num_free == len(reference.fresh) + len(reference.lru)
+        kv.check()
