@@ -155,7 +155,7 @@ async def test_timeout_kills_grandchildren(driver: SandboxDriver, tmp_path: Path
     started = time.monotonic()
     result = await run_tool(spawn_and_hang, {"pid_file": str(pid_file)})
     assert result.error is not None and result.error.kind == "timeout"
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 30  # the 1 s timeout, not the grandchild's 60 s sleep
     grandchild = int(pid_file.read_text())
     for _ in range(100):
         if not _alive(grandchild):
