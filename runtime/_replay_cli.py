@@ -20,6 +20,10 @@ from typing import Any
 __all__ = ["add_parsers", "run_calibrate", "run_replay"]
 
 
+#: Context limit (tokens) of real engines in replays, and of the engine ``agentrt calibrate`` measures.
+REPLAY_MAX_MODEL_LEN = 16384
+
+
 def profiles_dir() -> Path:
     """Where ``agentrt calibrate`` writes profiles by default: ``.cache/profiles`` beside the models."""
     from ._models import models_dir
@@ -48,7 +52,9 @@ def add_parsers(sub: Any) -> None:
         help="simulator cost profile: a JSON file or a bundled name (h100-llama3-8b); "
         "default: .cache/profiles/MODEL.json written by `agentrt calibrate`",
     )
-    replay.add_argument("--max-model-len", type=int, default=16384, help="context limit of real engines (tokens)")
+    replay.add_argument(
+        "--max-model-len", type=int, default=REPLAY_MAX_MODEL_LEN, help="context limit of real engines (tokens)"
+    )
     replay.add_argument("--max-num-seqs", type=int, help="sequences per engine step (default: the engine's)")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
     replay.add_argument("-v", "--verbose", action="store_true", help="show vLLM's own logs")
@@ -247,7 +253,12 @@ def run_calibrate(args: argparse.Namespace) -> int:
     kv_cache_gib = 1
     kv_blocks = args.kv_blocks or (kv_cache_gib << 30) // (kv_bytes_per_token(model_dir) * CPU_BLOCK_SIZE)
     engine = InProcessEngine(
-        model_dir, name="calibrate", kv_cache_gib=kv_cache_gib, max_model_len=8192, num_kv_blocks=args.kv_blocks
+        model_dir,
+        name="calibrate",
+        kv_cache_gib=kv_cache_gib,
+        # The replay's default limit: the prefill curve then reaches every context a replay may use.
+        max_model_len=REPLAY_MAX_MODEL_LEN,
+        num_kv_blocks=args.kv_blocks,
     )
 
     def say(what: str) -> None:

@@ -10,7 +10,7 @@ curves, stored as JSON (bundled profiles live in ``profiles/``)::
      "step_overhead_s": 0.001,
      "prefill_tokens_per_s": [[context_tokens, tokens_per_s], ...],
      "decode_step_s": [[batch_size, seconds], ...],
-     "decode_s_per_context_token": 0.0,
+     "decode_s_per_context_token": 0.0,   # or [[batch_size, seconds], ...]
      "request_latency_s": 0.0}
 
 One step costs ``step_overhead_s``, plus for every prefill chunk
@@ -19,7 +19,10 @@ One step costs ``step_overhead_s``, plus for every prefill chunk
 clamped at the ends), plus, when any sequence decodes,
 ``decode_step_s(batch)`` (interpolated linearly, extrapolated linearly past
 the last point) and ``decode_s_per_context_token`` times the context tokens
-the decoding sequences attend to.  ``request_latency_s`` (optional, default
+the decoding sequences attend to.  That last term is a constant, or a curve
+over the batch size (interpolated linearly, clamped at the ends): on a CPU a
+small batch reads its context with fewer threads busy, and pays more per
+context token than a large one.  ``request_latency_s`` (optional, default
 0) is the time every request spends outside the engine loop, in the frontend
 and between processes: half of it before the request reaches the scheduler,
 half before its first token and its completion reach the caller.
@@ -98,11 +101,12 @@ class CostProfile(BaseModel):
     step_overhead_s: float = Field(ge=0)
     prefill_tokens_per_s: list[tuple[float, float]] = Field(min_length=1)
     decode_step_s: list[tuple[float, float]] = Field(min_length=1)
-    decode_s_per_context_token: float = Field(ge=0)
+    decode_s_per_context_token: float | list[tuple[float, float]]
     request_latency_s: float = Field(default=0.0, ge=0)
 
     _prefill: _Curve = PrivateAttr()
     _decode: _Curve = PrivateAttr()
+    _per_context: _Curve = PrivateAttr()
 
     @field_validator("prefill_tokens_per_s", "decode_step_s")
     @classmethod
@@ -114,9 +118,28 @@ class CostProfile(BaseModel):
             raise ValueError("first values must be >= 0 and second values > 0")
         return points
 
+    @field_validator("decode_s_per_context_token")
+    @classmethod
+    def _per_context_curve(cls, value: float | list[tuple[float, float]]) -> float | list[tuple[float, float]]:
+        if isinstance(value, float | int):
+            if value < 0:
+                raise ValueError("must be >= 0")
+            return value
+        if not value:
+            raise ValueError("needs at least one [batch_size, seconds] point")
+        xs = [x for x, _ in value]
+        if any(b <= a for a, b in pairwise(xs)):
+            raise ValueError("points must be sorted by strictly increasing batch size")
+        if any(x < 0 or y < 0 for x, y in value):
+            raise ValueError("batch sizes and seconds must be >= 0")
+        return value
+
     def model_post_init(self, context: Any, /) -> None:
         self._prefill = _Curve(self.prefill_tokens_per_s, extrapolate=False)
         self._decode = _Curve(self.decode_step_s, extrapolate=True)
+        per_context = self.decode_s_per_context_token
+        points = [(1.0, float(per_context))] if isinstance(per_context, float | int) else per_context
+        self._per_context = _Curve(points, extrapolate=False)
 
     @classmethod
     def load(cls, profile: str | os.PathLike[str]) -> Self:
@@ -172,7 +195,7 @@ class CostProfile(BaseModel):
         """Seconds the decoding part of a step adds: ``batch`` sequences attending ``context_tokens`` in all."""
         if batch <= 0:
             return 0.0
-        return self._decode(batch) + self.decode_s_per_context_token * context_tokens
+        return self._decode(batch) + self._per_context(batch) * context_tokens
 
     def step_time(self, prefill_chunks: list[tuple[int, int]], decode_batch: int, decode_context_tokens: int) -> float:
         """Seconds of one engine step.

@@ -98,13 +98,16 @@ async def test_calibrate_measures_a_profile_the_simulator_loads(rt: Any, tiny_mo
         chunk=256,
         batches=(1, 2, 4),
         decode_tokens=12,
-        long_context=512,
+        decode_contexts=(16, 384),
         repeats=1,
     )
     loaded = CostProfile.model_validate(profile)
     assert loaded.block_size == 128 and loaded.kv_blocks == 1000 and loaded.model == engine.model
     assert loaded.max_num_seqs == 4  # the shared engine's setting, read from vLLM's config
-    assert [x for x, _ in loaded.prefill_tokens_per_s] == [128.0, 384.0]
+    # The measured contexts, then the fitted curve at the engine's context limit.
+    limit = engine.vllm.vllm_config.model_config.max_model_len
+    assert [x for x, _ in loaded.prefill_tokens_per_s] == [128.0, 384.0, float(limit)]
+    assert [x for x, _ in loaded.decode_s_per_context_token] == [1, 2, 4]  # type: ignore[union-attr]
     assert [x for x, _ in loaded.decode_step_s] == [1, 2, 4]
     # Physically plausible for a 2-layer model on a CPU: thousands of prefill
     # tokens per second, steps of milliseconds, not zero and not seconds.

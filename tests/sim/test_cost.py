@@ -65,3 +65,38 @@ def test_errors_name_the_file_and_field(tmp_path: Path) -> None:
         CostProfile.load("nope")
     with pytest.raises(ProfileError, match="cannot read"):
         CostProfile.load(tmp_path / "missing.json")
+
+
+def test_decode_fit_recovers_per_batch_lines() -> None:
+    from runtime._calibrate import _fit_decode
+
+    # Steps built from a known model: a fixed part and a per-context-token
+    # cost that both depend on the batch size, as on a CPU.
+    fixed = {1: 0.003, 2: 0.0036, 4: 0.0045, 8: 0.0065}
+    per_token = {1: 4e-7, 2: 3e-7, 4: 2e-7, 8: 1.5e-7}
+    rows = [(b, c, fixed[b] + per_token[b] * b * c) for b in fixed for c in (16, 1024, 2048, 4096)]
+    overhead, per_batch, per_context = _fit_decode(rows)
+    assert 0 < overhead < min(fixed.values())
+    for (b, rest), (b2, k) in zip(per_batch, per_context, strict=True):
+        assert b == b2
+        assert overhead + rest == pytest.approx(fixed[b], rel=1e-6)
+        assert k == pytest.approx(per_token[b], rel=1e-6)
+    profile = CostProfile.model_validate(
+        {
+            "name": "fit",
+            "model": "m",
+            "device": "cpu",
+            "source": "synthetic",
+            "block_size": 128,
+            "kv_blocks": 100,
+            "max_num_seqs": 8,
+            "max_num_batched_tokens": 2048,
+            "step_overhead_s": overhead,
+            "prefill_tokens_per_s": [[0, 1000.0]],
+            "decode_step_s": per_batch,
+            "decode_s_per_context_token": per_context,
+        }
+    )
+    # The profile prices every measured step as measured.
+    for b, c, seconds in rows:
+        assert profile.step_time([], b, b * c) == pytest.approx(seconds, rel=1e-6)
