@@ -14,6 +14,10 @@ durations scaled so that LLM time is a large share of JCT):
 - ``light``: 16 programs at 0.5/s, tool times x0.1: about half of JCT is LLM time;
 - ``busy``: 24 programs at 2/s, tool times x0.02: ~90% LLM time, batches of ~20.
 
+A CPU speed index (float32 matrix multiplies, GFLOP/s) is measured around
+calibration and around each real replay: on a shared virtual machine the
+real engine's speed drifts, and the index records the machine's state.
+
 Usage::
 
     .venv/bin/python benchmarks/sim_fidelity.py [--recalibrate] [--scenarios light busy]
@@ -62,6 +66,24 @@ def agentrt(*args: str) -> None:
         raise SystemExit(f"agentrt {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
 
 
+def speed_index(seconds: float = 3.0) -> float:
+    """The CPUs' float32 matrix-multiply rate (GFLOP/s) over ``seconds``.
+
+    On a shared virtual machine the same engine step can take 50% longer an
+    hour later; measured around calibration and around each real replay, it
+    records whether the machine changed speed between them.
+    """
+    import numpy as np
+
+    a = np.random.default_rng(0).random((512, 512), dtype=np.float32)
+    flops = 0.0
+    started = time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        a @ a
+        flops += 2 * 512**3
+    return flops / (time.perf_counter() - started) / 1e9
+
+
 def call_means(result: ReplayResult) -> dict[str, float]:
     calls = [c for p in result.programs for c in p.calls]
     return {
@@ -96,14 +118,19 @@ def main() -> None:
     args = parser.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
 
+    calibration_speed: list[float] = []
     if args.recalibrate or not PROFILE.is_file():
-        print("calibrating the tiny model (about 2 minutes) ...", flush=True)
+        print("calibrating the tiny model (about 6 minutes) ...", flush=True)
+        calibration_speed.append(speed_index())
         agentrt("calibrate", "--model", "tiny", "--out", str(PROFILE))
+        calibration_speed.append(speed_index())
+        print(f"CPU speed index around calibration: {calibration_speed[0]:.1f}, {calibration_speed[1]:.1f} GFLOP/s")
     profile = json.loads(PROFILE.read_text())
 
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "profile": profile,
+        "calibration_speed_gflops": calibration_speed,
         "scenarios": {},
     }
     for name in args.scenarios:
@@ -111,11 +138,19 @@ def main() -> None:
         trace = dump_trace(generate_workload("agent", **params), RESULTS / f"sim_fidelity_{name}.jsonl")
         outputs: dict[str, Path] = {}
         real_runs: list[dict[str, float | None]] = []
+        real_speed: list[list[float]] = []
         for run in range(args.real_runs):
             out = RESULTS / f"sim_fidelity_{name}_vllm{'' if run == 0 else f'_{run + 1}'}.json"
+            before = speed_index()
             started = time.perf_counter()
             agentrt("replay", str(trace), "--engine", "vllm", "--model", "tiny", "--out", str(out), "--no-progress")
-            print(f"{name}: real replay {run + 1} took {time.perf_counter() - started:.1f} s", flush=True)
+            took = time.perf_counter() - started
+            real_speed.append([before, speed_index()])
+            print(
+                f"{name}: real replay {run + 1} took {took:.1f} s "
+                f"(CPU speed index {real_speed[-1][0]:.1f} before, {real_speed[-1][1]:.1f} GFLOP/s after)",
+                flush=True,
+            )
             outputs.setdefault("vllm", out)
             real_runs.append(metrics(load_result(out)))
         out = RESULTS / f"sim_fidelity_{name}_sim.json"
@@ -137,6 +172,7 @@ def main() -> None:
         report["scenarios"][name] = {
             "trace": params,
             "real_runs": real_runs,
+            "real_speed_gflops": real_speed,
             "real": real_m,
             "real_spread": spread,
             "sim": sim_m,
