@@ -33,12 +33,13 @@ from __future__ import annotations
 import json
 import os
 from bisect import bisect_right
+from functools import cached_property
 from importlib import resources
 from itertools import pairwise
 from pathlib import Path
-from typing import Any, Self
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .._errors import AgentRuntimeError
 
@@ -104,10 +105,6 @@ class CostProfile(BaseModel):
     decode_s_per_context_token: float | list[tuple[float, float]]
     request_latency_s: float = Field(default=0.0, ge=0)
 
-    _prefill: _Curve = PrivateAttr()
-    _decode: _Curve = PrivateAttr()
-    _per_context: _Curve = PrivateAttr()
-
     @field_validator("prefill_tokens_per_s", "decode_step_s")
     @classmethod
     def _sorted_positive(cls, points: list[tuple[float, float]]) -> list[tuple[float, float]]:
@@ -134,12 +131,22 @@ class CostProfile(BaseModel):
             raise ValueError("batch sizes and seconds must be >= 0")
         return value
 
-    def model_post_init(self, context: Any, /) -> None:
-        self._prefill = _Curve(self.prefill_tokens_per_s, extrapolate=False)
-        self._decode = _Curve(self.decode_step_s, extrapolate=True)
+    # The curves are cached properties, not pydantic private attributes:
+    # those are looked up through ``__getattr__`` (microseconds each), and
+    # the simulator prices hundreds of thousands of steps.
+    @cached_property
+    def _prefill(self) -> _Curve:
+        return _Curve(self.prefill_tokens_per_s, extrapolate=False)
+
+    @cached_property
+    def _decode(self) -> _Curve:
+        return _Curve(self.decode_step_s, extrapolate=True)
+
+    @cached_property
+    def _per_context(self) -> _Curve:
         per_context = self.decode_s_per_context_token
         points = [(1.0, float(per_context))] if isinstance(per_context, float | int) else per_context
-        self._per_context = _Curve(points, extrapolate=False)
+        return _Curve(points, extrapolate=False)
 
     @classmethod
     def load(cls, profile: str | os.PathLike[str]) -> Self:
