@@ -423,4 +423,26 @@ class ServerEngine(RemoteEngine):
 
     async def _check_health(self) -> None:
         self._raise_if_down()
-        await super()._check_health()
+        proc = self._proc
+        if proc is None:
+            await super()._check_health()
+            return
+        # A killed server's engine core can keep the listening socket open:
+        # the probe then connects and waits out its timeout (up to a minute)
+        # for an answer that never comes.  Its exit answers the check instead.
+        probe = asyncio.ensure_future(super()._check_health())
+        exited = asyncio.ensure_future(proc.wait())
+        try:
+            await asyncio.wait({probe, exited}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            exited.cancel()
+            if not probe.done():
+                probe.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await probe
+        if probe.done() and not probe.cancelled():
+            probe.result()  # healthy, or the probe's own error
+            return
+        await asyncio.sleep(0)  # let the supervisor record why it is down
+        self._raise_if_down()
+        raise EngineUnavailableError(f"{self.name}: vllm serve (pid {proc.pid}) exited with code {proc.returncode}")
