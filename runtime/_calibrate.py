@@ -89,12 +89,13 @@ class _Prober:
     async def cached_prompts(self, count: int, context: int) -> list[list[int]]:
         """``count`` distinct prompts of ``context`` tokens, computed once so the prefix cache holds them.
 
-        Each is one token past a block boundary: a request for it then
-        computes a single token before decoding (vLLM never serves a prompt's
-        last token from the cache), so a batch's first steps carry almost no
-        prefill.
+        A prompt of a block or more is cut to one token past a block
+        boundary: a request for it then computes a single token before
+        decoding (vLLM never serves a prompt's last token from the cache), so
+        a batch's first steps carry almost no prefill.  A shorter one has
+        nothing to cache and keeps its length.
         """
-        length = context // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE + 1
+        length = context if context < CPU_BLOCK_SIZE else context // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE + 1
         prompts = [self.tokens(length) for _ in range(count)]
         if length > CPU_BLOCK_SIZE:
             async with anyio.create_task_group() as tg:
