@@ -103,7 +103,10 @@ class Program:
         self.tool_calls = 0
         self._ids = itertools.count()
         self._events: list[Event] = []
-        self._new_event = anyio.Event()
+        # Created by a reader about to wait, set and dropped by the next emit:
+        # most programs are never followed, and an event per emit showed in
+        # replay profiles.
+        self._new_event: anyio.Event | None = None
 
     # -- time ----------------------------------------------------------------
 
@@ -144,8 +147,9 @@ class Program:
 
     def emit(self, event: Event) -> None:
         self._events.append(event)
-        self._new_event.set()
-        self._new_event = anyio.Event()
+        waiter, self._new_event = self._new_event, None
+        if waiter is not None:
+            waiter.set()
 
     async def events(self) -> AsyncIterator[Event]:
         """Every event from the first one; ends after :class:`ProgramFinished`."""
@@ -157,6 +161,8 @@ class Program:
                 yield event
                 if isinstance(event, ProgramFinished):
                     return
+            if self._new_event is None:
+                self._new_event = anyio.Event()
             await self._new_event.wait()
 
     def __repr__(self) -> str:

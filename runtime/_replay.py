@@ -97,12 +97,21 @@ class _ProgramReplayer:
         # output), kept only until the last call that continues it has
         # started: at published sizes a context is ~40K ids, and keeping
         # every call's would hold gigabytes over a long replay.
-        self._contexts: dict[str, tuple[int, ...]] = {}
+        # (Kept as the prompt and what followed it, joined once into the next
+        # prompt: copying 40K ids twice per call showed in simulator profiles.)
+        self._contexts: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._readers: dict[str, int] = {}
         for c in spec.calls:
             if c.context is not None:
                 self._readers[c.context] = self._readers.get(c.context, 0) + 1
-        self._done: dict[str, anyio.Event] = {c.id: anyio.Event() for c in spec.calls}
+        # Calls still waiting on a parent, and which calls each one unblocks.
+        self._waiting_on: dict[str, int] = {c.id: len(c.parents) for c in spec.calls}
+        self._unblocks: dict[str, list[TraceCall]] = {c.id: [] for c in spec.calls}
+        order = topological_order(spec)
+        for c in order:
+            for parent in c.parents:
+                self._unblocks[parent].append(c)
+        self._roots = [c for c in order if not c.parents]
 
     def _fresh(self, call_id: str, what: str, n: int) -> list[int]:
         rng = random.Random(f"{self._seed}/{self.spec.id}/{call_id}/{what}")
@@ -111,19 +120,44 @@ class _ProgramReplayer:
     async def run(self, ctx: Context) -> None:
         if not isinstance(ctx, RuntimeContext):
             raise TypeError("trace replay runs on the agentrt runtime's context")
-        await ctx.gather(*(self._run_call(ctx, call) for call in topological_order(self.spec)))
+        await self._run_branches(ctx, self._roots)
+
+    async def _run_branches(self, ctx: RuntimeContext, calls: list[TraceCall]) -> None:
+        if len(calls) == 1:
+            await self._run_branch(ctx, calls[0])
+        else:
+            await ctx.gather(*(self._run_branch(ctx, call) for call in calls))
+
+    async def _run_branch(self, ctx: RuntimeContext, call: TraceCall) -> None:
+        """Run ``call``, then the calls it was the last parent of: one in this task, several in parallel.
+
+        A call starts as soon as its last parent finishes, as with one task
+        per call waiting on its parents, but a chain of calls (an agent's
+        turns) runs in one task: a task per call showed in replay profiles.
+        """
+        while True:
+            await self._run_call(ctx, call)
+            ready = []
+            for child in self._unblocks[call.id]:
+                self._waiting_on[child.id] -= 1
+                if not self._waiting_on[child.id]:
+                    ready.append(child)
+            if len(ready) != 1:
+                break
+            call = ready[0]
+        if ready:
+            await self._run_branches(ctx, ready)
 
     async def _run_call(self, ctx: RuntimeContext, call: TraceCall) -> None:
-        for dep in call.parents:
-            await self._done[dep].wait()
         if call.context is not None:
             inherited = self._contexts[call.context]  # begins with the app prefix already
             self._readers[call.context] -= 1
             if not self._readers[call.context]:
                 del self._contexts[call.context]
         else:
-            inherited = tuple(self._app_prefix(self.spec.app, self.spec.system_tokens))
-        prompt = inherited + tuple(self._fresh(call.id, "prompt", call.new_tokens))
+            inherited = (tuple(self._app_prefix(self.spec.app, self.spec.system_tokens)), ())
+        head, tail = inherited
+        prompt = head + (tail + tuple(self._fresh(call.id, "prompt", call.new_tokens)))
         completion = await ctx.llm_tokens(prompt, max_tokens=call.output_tokens, ignore_eos=True)
         tool_output: tuple[int, ...] = ()
         if call.tool is not None:
@@ -134,7 +168,7 @@ class _ProgramReplayer:
                 raise RuntimeError(f"replayed tool {call.tool} of call {call.id} failed: {message.content}")
             tool_output = tuple(self._fresh(call.id, "tool", call.tool_output_tokens))
         if self._readers.get(call.id):
-            self._contexts[call.id] = prompt + completion.token_ids + tool_output
+            self._contexts[call.id] = (prompt, completion.token_ids + tool_output)
         self.calls[call.id] = CallResult(
             id=call.id,
             engine=self._engine_index[completion.engine],
@@ -144,7 +178,6 @@ class _ProgramReplayer:
             prompt_tokens=completion.prompt_tokens,
             cached_tokens=completion.cached_tokens,
         )
-        self._done[call.id].set()
 
 
 @workflow(name="trace-replay")

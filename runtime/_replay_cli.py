@@ -12,8 +12,11 @@ engines priced by a cost profile, in virtual time.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +153,27 @@ def _replay_sim(args: argparse.Namespace, programs: list[Any]) -> int:
     async def main() -> int:
         return await _replay_and_report(args, programs, engines, vocabulary, model=profile.model, profile=profile.name)
 
-    return run_virtual(main)
+    with _young_collections_every(50_000):
+        return run_virtual(main)
+
+
+@contextlib.contextmanager
+def _young_collections_every(allocations: int) -> Iterator[None]:
+    """Run the cyclic garbage collector's youngest pass every ``allocations`` allocations, not CPython's 700.
+
+    A simulated replay allocates millions of short-lived objects beside
+    token lists thousands of ids long, which every pass walks while they are
+    young: at the default thresholds the collector took a fifth of a
+    1,000-program replay (measured: 9-11 s of 41-54 s, against 1.8 s at
+    50,000).  Older generations keep their ratios, so full passes become
+    rare too; objects in cycles are still collected.
+    """
+    old = gc.get_threshold()
+    gc.set_threshold(allocations, *old[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*old)
 
 
 async def _replay_and_report(

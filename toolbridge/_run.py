@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Mapping
@@ -82,7 +83,7 @@ async def run_tool(
 
 async def _run_inline(spec: Tool, kwargs: dict[str, Any], usage: Any) -> ToolResult:
     try:
-        with anyio.fail_after(spec.timeout_s if spec.timeout_s is not None else float("inf")):
+        with anyio.fail_after(spec.timeout_s) if spec.timeout_s is not None else contextlib.nullcontext():
             if spec.is_async:
                 value = await spec.fn(**kwargs)
             else:

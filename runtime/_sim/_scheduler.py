@@ -28,6 +28,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
+import numpy as np
+
 from ._cost import CostProfile
 from ._kv import BlockManager, ChainHashCache, PrefixMemo
 
@@ -43,7 +45,10 @@ _CHAIN_HASHES = ChainHashCache()
 def output_ids(seed: int, request_id: str, count: int, first_id: int, vocab_size: int) -> list[int]:
     """``count`` deterministic pseudo-random token ids in ``[first_id, vocab_size)`` for one request."""
     rng = random.Random(f"{seed}:{request_id}")
-    return rng.choices(range(first_id, vocab_size), k=count)
+    # A 32-bit draw per id, reduced modulo the range (bias below range / 2**32):
+    # random.choices cost a tenth of a replay's time.
+    picks = np.frombuffer(rng.randbytes(4 * count), dtype=np.uint32) % (vocab_size - first_id)
+    return (picks + first_id).tolist()  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True, eq=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 import pytest
 
 from runtime._replay import replay_trace
+from runtime._replay_cli import _young_collections_every
 from runtime._results import load_result, summarize
 from runtime._runtime import Runtime
 from runtime._sim import CostProfile, SimEngine
@@ -103,6 +105,28 @@ def test_tool_pauses_and_context_inheritance_in_virtual_time() -> None:
     assert 300.0 < result.jct_s < 301.0 and result.slo_met is True
 
 
+def test_branches_run_in_parallel_and_a_join_waits_for_every_parent() -> None:
+    # a, then b and c at once (tools of 100 s and 200 s), then d after both:
+    # about 200 s in all; 300 s if the branches ran one after the other,
+    # about 100 s if d started after its first parent only.
+    calls = [
+        TraceCall(id="a", new_tokens=100, output_tokens=2),
+        TraceCall(id="b", after=["a"], new_tokens=10, output_tokens=2, tool="bash", tool_s=100.0),
+        TraceCall(id="c", after=["a"], new_tokens=10, output_tokens=2, tool="bash", tool_s=200.0),
+        TraceCall(id="d", after=["b", "c"], context="c", new_tokens=10, output_tokens=2),
+        TraceCall(id="e", after=["d"], new_tokens=10, output_tokens=2),
+    ]
+    program = TraceProgram(id="p", arrival_s=0.0, calls=calls)
+    run = replay_in_virtual_time([program])
+    (result,) = run.programs
+    assert [c.id for c in result.calls] == ["a", "b", "c", "d", "e"]
+    assert 200.0 < result.jct_s < 201.0
+    by_id = {c.id: c for c in result.calls}
+    # d continues c's context (a's prompt and output, c's prompt and output); e continues d's.
+    assert by_id["d"].prompt_tokens == 100 + 2 + 10 + 2 + 10
+    assert by_id["e"].prompt_tokens == by_id["d"].prompt_tokens + 2 + 10
+
+
 def test_same_seed_same_result() -> None:
     programs = generate_workload("text2sql", programs=6, rate=0.5, seed=3, scale=0.05, tool_scale=0.1)
     first = replay_in_virtual_time(programs, engines=2, seed=1)
@@ -159,3 +183,11 @@ def test_cli_sim_without_a_profile_says_how_to_get_one(tmp_path: Path) -> None:
     trace = dump_trace([program], tmp_path / "t.jsonl")
     done = agentrt("replay", str(trace), "--engine", "sim", "--model", "no-such-model", "--out", str(tmp_path / "r"))
     assert done.returncode == 2 and "agentrt calibrate --model no-such-model" in done.stderr
+
+
+def test_simulated_replays_collect_garbage_less_often_and_restore_the_thresholds() -> None:
+    before = gc.get_threshold()
+    with pytest.raises(RuntimeError), _young_collections_every(before[0] * 10):
+        assert gc.get_threshold() == (before[0] * 10, *before[1:])
+        raise RuntimeError("the replay failed")
+    assert gc.get_threshold() == before
