@@ -14,9 +14,16 @@ durations scaled so that LLM time is a large share of JCT):
 - ``light``: 16 programs at 0.5/s, tool times x0.1: about half of JCT is LLM time;
 - ``busy``: 24 programs at 2/s, tool times x0.02: ~90% LLM time, batches of ~20.
 
-A CPU speed index (float32 matrix multiplies, GFLOP/s) is measured around
-calibration and around each real replay: on a shared virtual machine the
-real engine's speed drifts, and the index records the machine's state.
+On a shared virtual machine the real engine's speed drifts by tens of
+percent within an hour, so the real engine is also measured at two anchor
+steps (``benchmarks/engine_anchors.py``: a decode step of 16 sequences at
+2K context, a 512-token prefill chunk after 2K) before the first real replay
+and after each one.  The ratio of the anchors to the profile's price for them
+(averaged over a scenario) gives a second, speed-corrected simulation: the
+profile's decode costs times the decode ratio and its prefill costs times the
+prefill ratio.  Its error isolates the step model's shape (batching,
+chunking, prefix caching, queueing) from the machine's drift.  A CPU speed
+index (float32 matrix multiplies, GFLOP/s) is recorded as well.
 
 Usage::
 
@@ -55,6 +62,37 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "light": {"programs": 16, "rate": 0.5, "seed": 7, "scale": 0.1, "tool_scale": 0.1},
     "busy": {"programs": 24, "rate": 2.0, "seed": 8, "scale": 0.1, "tool_scale": 0.02},
 }
+
+
+def anchors() -> dict[str, Any]:
+    """Anchor steps on a fresh real engine against the profile (see ``engine_anchors.py``)."""
+    env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "engine_anchors.py"), "--profile", str(PROFILE)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"engine_anchors.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    ratio = report["ratio"]
+    print(f"  anchors: decode x{ratio['decode_step_s']:.2f}, prefill x{ratio['prefill_chunk_s']:.2f} of the profile")
+    return report
+
+
+def speed_corrected(profile: dict[str, Any], decode: float, prefill: float) -> dict[str, Any]:
+    """``profile`` with decode costs times ``decode`` and prefill costs times ``prefill``."""
+    out = dict(profile, name=f"{profile['name']}-corrected", measurements=None)
+    out["step_overhead_s"] = profile["step_overhead_s"] * decode
+    out["decode_step_s"] = [[b, s * decode] for b, s in profile["decode_step_s"]]
+    per_context = profile["decode_s_per_context_token"]
+    out["decode_s_per_context_token"] = (
+        per_context * decode if isinstance(per_context, int | float) else [[b, k * decode] for b, k in per_context]
+    )
+    out["prefill_tokens_per_s"] = [[c, rate / prefill] for c, rate in profile["prefill_tokens_per_s"]]
+    return out
 
 
 def agentrt(*args: str) -> None:
@@ -139,6 +177,7 @@ def main() -> None:
         outputs: dict[str, Path] = {}
         real_runs: list[dict[str, float | None]] = []
         real_speed: list[list[float]] = []
+        anchor_reports = [anchors()]
         for run in range(args.real_runs):
             out = RESULTS / f"sim_fidelity_{name}_vllm{'' if run == 0 else f'_{run + 1}'}.json"
             before = speed_index()
@@ -153,12 +192,31 @@ def main() -> None:
             )
             outputs.setdefault("vllm", out)
             real_runs.append(metrics(load_result(out)))
+            anchor_reports.append(anchors())
         out = RESULTS / f"sim_fidelity_{name}_sim.json"
         started = time.perf_counter()
         agentrt("replay", str(trace), "--engine", "sim", "--model", "tiny", "--out", str(out), "--no-progress")
         print(f"{name}: simulated replay took {time.perf_counter() - started:.1f} s", flush=True)
         outputs["sim"] = out
         sim_m = metrics(load_result(out))
+        decode_ratio = statistics.fmean(a["ratio"]["decode_step_s"] for a in anchor_reports)
+        prefill_ratio = statistics.fmean(a["ratio"]["prefill_chunk_s"] for a in anchor_reports)
+        corrected_profile = RESULTS / f"sim_fidelity_{name}_profile_corrected.json"
+        corrected_profile.write_text(json.dumps(speed_corrected(profile, decode_ratio, prefill_ratio), indent=2) + "\n")
+        out = RESULTS / f"sim_fidelity_{name}_sim_corrected.json"
+        agentrt(
+            "replay",
+            str(trace),
+            "--engine",
+            "sim",
+            "--profile",
+            str(corrected_profile),
+            "--out",
+            str(out),
+            "--no-progress",
+        )
+        outputs["sim_corrected"] = out
+        corrected_m = metrics(load_result(out))
         # The real side is the mean over its runs; `real_spread` is each
         # metric's (max - min) / mean over those runs.
         real_m = {key: statistics.fmean(float(r[key] or 0.0) for r in real_runs) for key in real_runs[0]}
@@ -169,25 +227,40 @@ def main() -> None:
             for key, value in real_m.items()
         }
         errors = {key: _relative(sim_m[key], value) for key, value in real_m.items()}
+        corrected_errors = {key: _relative(corrected_m[key], value) for key, value in real_m.items()}
         report["scenarios"][name] = {
             "trace": params,
             "real_runs": real_runs,
             "real_speed_gflops": real_speed,
+            "anchors": anchor_reports,
+            "speed_ratio": {"decode": decode_ratio, "prefill": prefill_ratio},
             "real": real_m,
             "real_spread": spread,
             "sim": sim_m,
             "relative_error": errors,
+            "sim_corrected": corrected_m,
+            "relative_error_corrected": corrected_errors,
         }
-        print(compare([outputs["vllm"], outputs["sim"]], png=RESULTS / f"sim_fidelity_{name}.png"))
+        print(
+            compare(
+                [outputs["vllm"], outputs["sim"], outputs["sim_corrected"]], png=RESULTS / f"sim_fidelity_{name}.png"
+            )
+        )
 
     print()
-    print(f"{'scenario':<8} {'metric':<20} {'real':>10} {'spread':>8} {'sim':>10} {'error':>8}")
+    print(
+        f"{'scenario':<8} {'metric':<20} {'real':>10} {'spread':>8} {'sim':>10} {'error':>8} "
+        f"{'corrected':>10} {'error':>8}"
+    )
     for name, data in report["scenarios"].items():
         for key, value in data["real"].items():
-            sim_value, error, spread = data["sim"][key], data["relative_error"][key], data["real_spread"][key]
-            error_text = f"{100 * error:+.1f}%" if error is not None else "-"
+            spread = data["real_spread"][key]
             spread_text = f"{100 * spread:.1f}%" if spread is not None else "-"
-            print(f"{name:<8} {key:<20} {value:>10.3f} {spread_text:>8} {sim_value:>10.3f} {error_text:>8}")
+            line = f"{name:<8} {key:<20} {value:>10.3f} {spread_text:>8}"
+            for sim_key, error_key in (("sim", "relative_error"), ("sim_corrected", "relative_error_corrected")):
+                error = data[error_key][key]
+                line += f" {data[sim_key][key]:>10.3f} {f'{100 * error:+.1f}%' if error is not None else '-':>8}"
+            print(line)
     (RESULTS / "sim_fidelity.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nwritten: {RESULTS / 'sim_fidelity.json'}")
 

@@ -112,15 +112,21 @@ def _plot(results: Sequence[tuple[Path, ReplayResult]], png: Path) -> None:
     plt = _pyplot()
     with_slo = any(p.slo_s is not None for _, r in results for p in r.programs)
     fig, axes = plt.subplots(1, 2 if with_slo else 1, figsize=(12 if with_slo else 6.5, 4.5), squeeze=False)
+    labels = [r.label for _, r in results]
+    # Results that share policy and engine (two profiles, two seeds) are told apart by their file names.
+    labels = [
+        f"{label} ({path.stem})" if labels.count(label) > 1 else label
+        for label, (path, _) in zip(labels, results, strict=True)
+    ]
     try:
         ax = axes[0][0]
-        for _, r in results:
+        for label, (_, r) in zip(labels, results, strict=True):
             jcts = sorted(p.jct_s for p in r.programs if p.jct_s is not None)
             if not jcts:
                 continue
             # The CDF counts failed programs in the denominator, so it tops out at the completed fraction.
             total = len(r.programs)
-            ax.step(jcts, [(i + 1) / total for i in range(len(jcts))], where="post", label=r.label)
+            ax.step(jcts, [(i + 1) / total for i in range(len(jcts))], where="post", label=label)
         ax.set_xlabel("job completion time (s)")
         ax.set_ylabel("fraction of programs")
         ax.set_title("JCT CDF")
@@ -129,12 +135,12 @@ def _plot(results: Sequence[tuple[Path, ReplayResult]], png: Path) -> None:
         ax.legend(loc="lower right")
         if with_slo:
             ax = axes[0][1]
-            for _, r in results:
+            for label, (_, r) in zip(labels, results, strict=True):
                 points = [(s, slo_attainment_at(r, s)) for s in SLO_SCALES]
                 xs = [s for s, a in points if a is not None]
                 ys = [a for _, a in points if a is not None]
                 if xs:
-                    ax.plot(xs, ys, marker="o", label=r.label)
+                    ax.plot(xs, ys, marker="o", label=label)
             ax.set_xscale("log", base=2)
             ax.set_xticks(list(SLO_SCALES), [f"{s:g}" for s in SLO_SCALES])
             ax.set_xlabel("SLO scale (x the trace's slo_s)")

@@ -210,6 +210,10 @@ async def calibrate_engine(
         "prefill_tokens_per_s": prefill,
         "decode_step_s": [[batch, round(seconds, 7)] for batch, seconds in per_batch],
         "decode_s_per_context_token": [[batch, float(f"{k:.4g}")] for batch, k in per_context],
+        "measurements": {
+            "decode": [[batch, context, round(seconds, 7)] for batch, context, seconds in rows],
+            "prefill": [[context, round(seconds, 7)] for context, seconds in prefill_rows],
+        },
     }
 
 

@@ -26,6 +26,10 @@ context token than a large one.  ``request_latency_s`` (optional, default
 0) is the time every request spends outside the engine loop, in the frontend
 and between processes: half of it before the request reaches the scheduler,
 half before its first token and its completion reach the caller.
+``measurements`` (optional) keeps what ``agentrt calibrate`` measured before
+fitting (``decode``: ``[batch, context, seconds per step]`` rows;
+``prefill``: ``[mean context, seconds per chunk]`` rows), for checking the
+fit; it does not enter the price.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ class CostProfile(BaseModel):
     decode_step_s: list[tuple[float, float]] = Field(min_length=1)
     decode_s_per_context_token: float | list[tuple[float, float]]
     request_latency_s: float = Field(default=0.0, ge=0)
+    measurements: dict[str, list[list[float]]] | None = None
 
     @field_validator("prefill_tokens_per_s", "decode_step_s")
     @classmethod
