@@ -108,16 +108,24 @@ def _pyplot() -> Any:
     return plt
 
 
+def plot_labels(results: Sequence[tuple[Path, ReplayResult]]) -> list[str]:
+    """How the plot names each result: ``policy/engine``, plus the file name where that is not unique.
+
+    Results that share policy and engine (two profiles, two seeds) would
+    otherwise get legend entries with the same text.
+    """
+    labels = [r.label for _, r in results]
+    return [
+        f"{label} ({path.stem})" if labels.count(label) > 1 else label
+        for label, (path, _) in zip(labels, results, strict=True)
+    ]
+
+
 def _plot(results: Sequence[tuple[Path, ReplayResult]], png: Path) -> None:
     plt = _pyplot()
     with_slo = any(p.slo_s is not None for _, r in results for p in r.programs)
     fig, axes = plt.subplots(1, 2 if with_slo else 1, figsize=(12 if with_slo else 6.5, 4.5), squeeze=False)
-    labels = [r.label for _, r in results]
-    # Results that share policy and engine (two profiles, two seeds) are told apart by their file names.
-    labels = [
-        f"{label} ({path.stem})" if labels.count(label) > 1 else label
-        for label, (path, _) in zip(labels, results, strict=True)
-    ]
+    labels = plot_labels(results)
     try:
         ax = axes[0][0]
         for label, (_, r) in zip(labels, results, strict=True):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime._bench import compare, slo_attainment_at
+from runtime._bench import compare, plot_labels, slo_attainment_at
 from runtime._results import CallResult, ProgramResult, ReplayResult, summarize
 from runtime._trace import load_trace
 
@@ -70,6 +70,18 @@ def test_slo_attainment_at_scales(tmp_path: Path) -> None:
     assert slo_attainment_at(r, 4.0) == 0.75  # the failed program never meets
     no_slo = load_result(make_result(tmp_path, "b.json", "vllm", [1.0], slo=None))
     assert slo_attainment_at(no_slo, 1.0) is None
+
+
+def test_plot_labels_tell_apart_results_of_the_same_policy_and_engine(tmp_path: Path) -> None:
+    from runtime._results import load_result
+
+    paths = [
+        make_result(tmp_path, "base.json", "vllm", [1.0]),
+        make_result(tmp_path, "other.json", "vllm", [2.0]),
+        make_result(tmp_path, "mine.json", "agentrt", [1.5]),
+    ]
+    labels = plot_labels([(p, load_result(p)) for p in paths])
+    assert labels == ["vllm/sim (base)", "vllm/sim (other)", "agentrt/sim"]
 
 
 def test_compare_table_and_png(tmp_path: Path) -> None:

@@ -109,6 +109,10 @@ async def test_calibrate_measures_a_profile_the_simulator_loads(rt: Any, tiny_mo
     assert [x for x, _ in loaded.prefill_tokens_per_s] == [128.0, 384.0, float(limit)]
     assert [x for x, _ in loaded.decode_s_per_context_token] == [1, 2, 4]  # type: ignore[union-attr]
     assert [x for x, _ in loaded.decode_step_s] == [1, 2, 4]
+    # The raw measurements the fit used travel with the profile: every batch at every decode context.
+    assert loaded.measurements is not None
+    assert sorted((b, c) for b, c, _ in loaded.measurements["decode"]) == [(b, c) for b in (1, 2, 4) for c in (16, 384)]
+    assert [c for c, _ in loaded.measurements["prefill"]] == [128.0, 384.0]
     # Physically plausible for a 2-layer model on a CPU: thousands of prefill
     # tokens per second, steps of milliseconds, not zero and not seconds.
     assert all(100 < rate < 1e6 for _, rate in loaded.prefill_tokens_per_s)
