@@ -32,39 +32,34 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime._calibrate import CPU_BLOCK_SIZE, _Prober  # noqa: E402 - after the path set-up above
-from runtime._replay_cli import REPLAY_MAX_MODEL_LEN  # noqa: E402
+from runtime._calibrate import _Prober, cached_prompt_length  # noqa: E402 - after the path set-up above
+from runtime._replay_cli import calibration_engine  # noqa: E402
 from runtime._sim import CostProfile  # noqa: E402
 
 DECODE_BATCH = 16
 DECODE_CONTEXT = 2048
+DECODE_TOKENS = 32
 PREFILL_BEFORE = 2048
 PREFILL_CHUNK = 512
 
 
 async def measure(model: str, repeats: int) -> dict[str, float]:
-    from runtime._engines._inprocess import InProcessEngine
     from runtime._models import resolve_model
     from runtime._tokens import model_vocabulary
 
     model_dir = resolve_model(model)
-    engine = InProcessEngine(model_dir, name="anchors", kv_cache_gib=1, max_model_len=REPLAY_MAX_MODEL_LEN)
-    async with engine:
+    async with calibration_engine(model_dir, name="anchors") as engine:
         probe = _Prober(engine, model_vocabulary(model_dir), seed=1)
         await probe.run(probe.tokens(64), 4)  # warm-up, as in calibration
         pool = await probe.cached_prompts(DECODE_BATCH, DECODE_CONTEXT)
         steps: list[float] = []
         for _ in range(repeats):
-            steps += await probe.decode_steps(pool, 32)
+            steps += await probe.decode_steps(pool, DECODE_TOKENS)
         cached: list[float] = []
         chunks: list[float] = []
         for _ in range(repeats):
-            prompt = probe.tokens(2 * CPU_BLOCK_SIZE)
-            await probe.run(prompt, 1)
-            cached.append(await probe.ttft(prompt))
-            prefix = probe.tokens(PREFILL_BEFORE)
-            await probe.run(prefix, 1)
-            chunks.append(await probe.ttft(prefix + probe.tokens(PREFILL_CHUNK)))
+            cached.append(await probe.cached_ttft())
+            chunks.append(await probe.chunk_ttft(PREFILL_BEFORE, PREFILL_CHUNK))
     return {
         "decode_step_s": statistics.median(steps),
         "prefill_chunk_s": max(statistics.median(chunks) - statistics.median(cached), 1e-6),
@@ -73,9 +68,8 @@ async def measure(model: str, repeats: int) -> dict[str, float]:
 
 def predicted(profile: CostProfile) -> dict[str, float]:
     """The profile's price for the anchor steps, measured the way calibration measures them."""
-    # A prompt of DECODE_CONTEXT tokens is cut to a block boundary plus one
-    # token (see _Prober.cached_prompts); decoding 32 tokens adds ~16 on average.
-    context = DECODE_CONTEXT // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE + 1 + 16
+    # Decoding DECODE_TOKENS tokens adds half of them to the context on average.
+    context = cached_prompt_length(DECODE_CONTEXT) + DECODE_TOKENS // 2
     return {
         "decode_step_s": profile.step_time([], DECODE_BATCH, DECODE_BATCH * context),
         "prefill_chunk_s": profile.prefill_chunk_time(PREFILL_BEFORE, PREFILL_CHUNK),

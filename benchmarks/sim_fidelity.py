@@ -64,19 +64,20 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 }
 
 
+def run_quietly(argv: list[str], what: str) -> str:
+    """Run ``argv`` from the repository root with vLLM's logs at warnings; its standard output, or exit."""
+    env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING")
+    done = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
 def anchors() -> dict[str, Any]:
     """Anchor steps on a fresh real engine against the profile (see ``engine_anchors.py``)."""
-    env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING")
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "engine_anchors.py"), "--profile", str(PROFILE)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"engine_anchors.py failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    script = ROOT / "benchmarks" / "engine_anchors.py"
+    out = run_quietly([sys.executable, str(script), "--profile", str(PROFILE)], "engine_anchors.py")
+    report: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
     ratio = report["ratio"]
     print(f"  anchors: decode x{ratio['decode_step_s']:.2f}, prefill x{ratio['prefill_chunk_s']:.2f} of the profile")
     return report
@@ -96,12 +97,7 @@ def speed_corrected(profile: dict[str, Any], decode: float, prefill: float) -> d
 
 
 def agentrt(*args: str) -> None:
-    env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING")
-    done = subprocess.run(
-        [sys.executable, "-m", "runtime._cli", *args], cwd=ROOT, env=env, capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        raise SystemExit(f"agentrt {' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    run_quietly([sys.executable, "-m", "runtime._cli", *args], f"agentrt {' '.join(args)}")
 
 
 def speed_index(seconds: float = 3.0) -> float:

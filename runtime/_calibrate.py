@@ -62,6 +62,11 @@ def kv_bytes_per_token(model_dir: Path, dtype_bytes: int = 2) -> int:
     return int(2 * config["num_hidden_layers"] * kv_heads * head_dim * dtype_bytes)
 
 
+def cached_prompt_length(context: int) -> int:
+    """The length calibration gives a decode prompt of ``context`` tokens (see :meth:`_Prober.cached_prompts`)."""
+    return context if context < CPU_BLOCK_SIZE else context // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE + 1
+
+
 class _Prober:
     def __init__(self, engine: InProcessEngine, vocabulary: Vocabulary, seed: int) -> None:
         self.engine = engine
@@ -86,6 +91,19 @@ class _Prober:
         assert done.ttft_s is not None
         return done.ttft_s
 
+    async def cached_ttft(self) -> float:
+        """Time to first token of a prompt the prefix cache holds in full: one near-empty step."""
+        prompt = self.tokens(2 * CPU_BLOCK_SIZE)
+        await self.run(prompt, 1)
+        return await self.ttft(prompt)
+
+    async def chunk_ttft(self, context: int, chunk: int) -> float:
+        """Time to first token of ``chunk`` fresh tokens after ``context`` cached ones."""
+        prefix = self.tokens(context)
+        if context:
+            await self.run(prefix, 1)
+        return await self.ttft(prefix + self.tokens(chunk))
+
     async def cached_prompts(self, count: int, context: int) -> list[list[int]]:
         """``count`` distinct prompts of ``context`` tokens, computed once so the prefix cache holds them.
 
@@ -95,7 +113,7 @@ class _Prober:
         a batch's first steps carry almost no prefill.  A shorter one has
         nothing to cache and keeps its length.
         """
-        length = context if context < CPU_BLOCK_SIZE else context // CPU_BLOCK_SIZE * CPU_BLOCK_SIZE + 1
+        length = cached_prompt_length(context)
         prompts = [self.tokens(length) for _ in range(count)]
         if length > CPU_BLOCK_SIZE:
             async with anyio.create_task_group() as tg:
@@ -172,19 +190,14 @@ async def calibrate_engine(
     progress("request latency")
     cached: list[float] = []
     for _ in range(repeats):
-        prompt = probe.tokens(2 * CPU_BLOCK_SIZE)
-        await probe.run(prompt, 1)
-        cached.append(await probe.ttft(prompt))  # all cached: one near-empty step
+        cached.append(await probe.cached_ttft())
     ttft_cached = statistics.median(cached)
 
     prefill_rows: list[tuple[float, float]] = []
     for context in contexts:
         times = []
         for _ in range(repeats):
-            prefix = probe.tokens(context)
-            if context:
-                await probe.run(prefix, 1)
-            times.append(await probe.ttft(prefix + probe.tokens(chunk)))
+            times.append(await probe.chunk_ttft(context, chunk))
         prefill_rows.append((context + chunk / 2, max(statistics.median(times) - ttft_cached, 1e-6)))
         progress(f"prefill of {chunk} tokens after {context}: {prefill_rows[-1][1] * 1e3:.1f} ms")
     last = max(c for c, _ in prefill_rows)

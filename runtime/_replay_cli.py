@@ -18,7 +18,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._engines._inprocess import InProcessEngine
 
 __all__ = ["add_parsers", "run_calibrate", "run_replay"]
 
@@ -257,13 +260,28 @@ class _progress:
 # -- calibrate ---------------------------------------------------------------
 
 
+def calibration_engine(
+    model_dir: Path, *, name: str = "calibrate", kv_cache_gib: int = 1, kv_blocks: int | None = None
+) -> InProcessEngine:
+    """The in-process engine ``agentrt calibrate`` measures, not started."""
+    from ._engines._inprocess import InProcessEngine
+
+    return InProcessEngine(
+        model_dir,
+        name=name,
+        kv_cache_gib=kv_cache_gib,
+        # The replay's default limit: the prefill curve then reaches every context a replay may use.
+        max_model_len=REPLAY_MAX_MODEL_LEN,
+        num_kv_blocks=kv_blocks,
+    )
+
+
 def run_calibrate(args: argparse.Namespace) -> int:
     import json
 
     import anyio
 
     from ._calibrate import CPU_BLOCK_SIZE, calibrate_engine, kv_bytes_per_token
-    from ._engines._inprocess import InProcessEngine
     from ._errors import AgentRuntimeError
     from ._models import resolve_model
     from ._tokens import model_vocabulary
@@ -275,14 +293,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     out: Path = args.out or profiles_dir() / f"{model_dir.name}.json"
     kv_cache_gib = 1
     kv_blocks = args.kv_blocks or (kv_cache_gib << 30) // (kv_bytes_per_token(model_dir) * CPU_BLOCK_SIZE)
-    engine = InProcessEngine(
-        model_dir,
-        name="calibrate",
-        kv_cache_gib=kv_cache_gib,
-        # The replay's default limit: the prefill curve then reaches every context a replay may use.
-        max_model_len=REPLAY_MAX_MODEL_LEN,
-        num_kv_blocks=args.kv_blocks,
-    )
+    engine = calibration_engine(model_dir, kv_cache_gib=kv_cache_gib, kv_blocks=args.kv_blocks)
 
     def say(what: str) -> None:
         print(f"calibrate: {what}", file=sys.stderr, flush=True)
