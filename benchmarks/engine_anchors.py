@@ -32,9 +32,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime._calibrate import _Prober, cached_prompt_length  # noqa: E402 - after the path set-up above
-from runtime._replay_cli import calibration_engine  # noqa: E402
-from runtime._sim import CostProfile  # noqa: E402
+from runtime.replay import (  # noqa: E402 - after the path set-up above
+    CalibrationProbe,
+    CostProfile,
+    cached_prompt_length,
+    calibration_engine,
+)
 
 DECODE_BATCH = 16
 DECODE_CONTEXT = 2048
@@ -44,12 +47,12 @@ PREFILL_CHUNK = 512
 
 
 async def measure(model: str, repeats: int) -> dict[str, float]:
-    from runtime._models import resolve_model
-    from runtime._tokens import model_vocabulary
+    from runtime import resolve_model
+    from runtime.replay import model_vocabulary
 
     model_dir = resolve_model(model)
     async with calibration_engine(model_dir, name="anchors") as engine:
-        probe = _Prober(engine, model_vocabulary(model_dir), seed=1)
+        probe = CalibrationProbe(engine, model_vocabulary(model_dir), seed=1)
         await probe.run(probe.tokens(64), 4)  # warm-up, as in calibration
         pool = await probe.cached_prompts(DECODE_BATCH, DECODE_CONTEXT)
         steps: list[float] = []

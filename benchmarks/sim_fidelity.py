@@ -50,10 +50,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime._bench import compare  # noqa: E402 - after the path set-up above
-from runtime._results import ReplayResult, load_result  # noqa: E402
-from runtime._trace import dump_trace  # noqa: E402
-from runtime._workloads import generate_workload  # noqa: E402
+from runtime.replay import (  # noqa: E402 - after the path set-up above
+    ReplayResult,
+    compare,
+    dump_trace,
+    generate_workload,
+    load_result,
+)
 
 RESULTS = ROOT / "benchmarks" / "results"
 PROFILE = ROOT / ".cache" / "profiles" / "tiny.json"

@@ -1,9 +1,11 @@
-"""Executing agent programs: ``Runtime``, engines, policies, trace replay and the simulator.
+"""Executing agent programs: ``Runtime``, engines, policies, programs and their events.
 
 Layering: ``runtime`` imports ``workflows``, ``toolbridge`` and
 ``telemetry``; none of them imports ``runtime``.  Everything lives in private
-modules (``_runtime.py``, ``_engines/``, ``_policy.py`` ...); this module is
-the public surface.
+modules (``_runtime.py``, ``_dispatch.py``, ``_policies/``, ``_engines/`` ...);
+this module is the public surface.  The replay lab (traces, workloads, the
+simulator, calibration, comparisons) is the subpackage :mod:`runtime.replay`,
+built on these names only; importing ``runtime`` does not load it.
 
 Exceptions (see :mod:`runtime._errors`)::
 
@@ -14,12 +16,13 @@ Exceptions (see :mod:`runtime._errors`)::
      │    ├── EngineStartError
      │    ├── EngineUnavailableError
      │    ├── EngineRequestError
-     │    └── EngineClosedError
+     │    ├── EngineClosedError
+     │    └── EngineCapabilityError
      ├── NoEngineError
-     ├── ProgramCancelledError
-     ├── TraceError
-     ├── ResultError
-     └── ProfileError
+     ├── PolicyError
+     ├── RuntimeStateError
+     ├── ProgramIdInUseError
+     └── ProgramCancelledError
 """
 
 from __future__ import annotations
@@ -27,18 +30,27 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._engines._base import (
+    METADATA_NODE_ID,
+    METADATA_PIN_TTL_S,
+    METADATA_PROGRAM_ID,
+    METADATA_WORKFLOW,
     ChatPrompt,
     Completion,
     Engine,
+    EngineLoad,
     EngineStats,
     GenerateRequest,
+    MetadataValue,
+    PinStats,
     Prompt,
     SamplingOptions,
     TokenDelta,
     TokenPrompt,
 )
+from ._engines._dtype import resolve_dtype
 from ._errors import (
     AgentRuntimeError,
+    EngineCapabilityError,
     EngineClosedError,
     EngineError,
     EngineRequestError,
@@ -47,7 +59,10 @@ from ._errors import (
     ModelNotFoundError,
     ModelPreparationError,
     NoEngineError,
+    PolicyError,
     ProgramCancelledError,
+    ProgramIdInUseError,
+    RuntimeStateError,
 )
 from ._events import (
     Event,
@@ -63,16 +78,21 @@ from ._events import (
 )
 from ._handle import ProgramHandle
 from ._models import KNOWN_MODELS, models_dir, prepare_model, resolve_model
-from ._policy import Policy, VLLMPolicy, get_policy, policy_names, register_policy
+from ._policies import (
+    CallFinished,
+    CallInfo,
+    Policy,
+    PolicyHost,
+    Route,
+    ToolFinished,
+    ToolStarted,
+    VLLMPolicy,
+    get_policy,
+    policy_names,
+    register_policy,
+)
 from ._program import Node, NodeKind, Program, ProgramState
-from ._replay import ReplayRun, replay_trace
-from ._results import CallResult, ProgramResult, ReplayResult, ResultError, load_result
 from ._runtime import DEFAULT_MODEL, Runtime
-from ._sim import CostProfile, ProfileError, SimEngine
-from ._tokens import Vocabulary, model_vocabulary
-from ._trace import TraceCall, TraceError, TraceProgram, dump_trace, load_trace
-from ._vclock import run_virtual
-from ._workloads import generate_workload
 
 if TYPE_CHECKING:
     from ._engines._inprocess import InProcessEngine
@@ -82,14 +102,20 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MODEL",
     "KNOWN_MODELS",
+    "METADATA_NODE_ID",
+    "METADATA_PIN_TTL_S",
+    "METADATA_PROGRAM_ID",
+    "METADATA_WORKFLOW",
     "AgentRuntimeError",
-    "CallResult",
+    "CallFinished",
+    "CallInfo",
     "ChatPrompt",
     "Completion",
-    "CostProfile",
     "Engine",
+    "EngineCapabilityError",
     "EngineClosedError",
     "EngineError",
+    "EngineLoad",
     "EngineRequestError",
     "EngineStartError",
     "EngineStats",
@@ -99,29 +125,30 @@ __all__ = [
     "InProcessEngine",
     "LLMCallFinished",
     "LLMCallStarted",
+    "MetadataValue",
     "ModelNotFoundError",
     "ModelPreparationError",
     "NoEngineError",
     "Node",
     "NodeKind",
+    "PinStats",
     "Policy",
-    "ProfileError",
+    "PolicyError",
+    "PolicyHost",
     "Program",
     "ProgramCancelledError",
     "ProgramFinished",
     "ProgramHandle",
-    "ProgramResult",
+    "ProgramIdInUseError",
     "ProgramStarted",
     "ProgramState",
     "Prompt",
     "RemoteEngine",
-    "ReplayResult",
-    "ReplayRun",
-    "ResultError",
+    "Route",
     "Runtime",
+    "RuntimeStateError",
     "SamplingOptions",
     "ServerEngine",
-    "SimEngine",
     "StepFinished",
     "StepStarted",
     "TokenDelta",
@@ -129,24 +156,16 @@ __all__ = [
     "TokenPrompt",
     "ToolCallFinished",
     "ToolCallStarted",
-    "TraceCall",
-    "TraceError",
-    "TraceProgram",
+    "ToolFinished",
+    "ToolStarted",
     "VLLMPolicy",
-    "Vocabulary",
-    "dump_trace",
-    "generate_workload",
     "get_policy",
-    "load_result",
-    "load_trace",
-    "model_vocabulary",
     "models_dir",
     "policy_names",
     "prepare_model",
     "register_policy",
-    "replay_trace",
+    "resolve_dtype",
     "resolve_model",
-    "run_virtual",
 ]
 
 # Engine backends load on first use: importing `runtime` must not import vLLM.

@@ -3,19 +3,23 @@
 agentrt demo                       an agent with tools answers a question on the demo model
 agentrt run MODULE:WORKFLOW ...    run any workflow once and print its result
 agentrt models prepare|list        build the local models (no hub access)
-agentrt replay TRACE.jsonl ...     replay a workload trace on vLLM or the simulator
-agentrt calibrate                  measure an engine: the simulator's cost profile
-agentrt workload KIND ...          write a synthetic trace (agent, text2sql, bfcl)
-agentrt bench compare A.json ...   compare replay results: a table and a plot
 
 demo and run export OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT is
 set, and write them as OTLP/JSON (loadable in Jaeger's UI) with --traces-out.
+
+Other packages add subcommands through the entry-point group
+``agentrt.commands``: each entry point is a function that takes the
+subparsers object, adds its commands, and sets ``handler`` on each (a
+function of the parsed arguments returning the exit code).  The replay lab
+(:mod:`runtime.replay`) registers ``replay``, ``calibrate``, ``workload`` and
+``bench`` that way; the core does not import it.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -25,7 +29,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["main"]
+__all__ = ["COMMANDS_ENTRY_POINT_GROUP", "main"]
+
+#: Entry-point group of packages that add ``agentrt`` subcommands.
+COMMANDS_ENTRY_POINT_GROUP = "agentrt.commands"
 
 
 def _quiet_vllm(verbose: bool) -> None:
@@ -110,7 +117,7 @@ def _build_runtime(args: argparse.Namespace) -> Any:
 
     if args.engine:
         return Runtime(list(args.engine), policy=args.policy)
-    return Runtime.local(args.model, engines=args.engines, policy=args.policy)
+    return Runtime.local(args.model, engines=args.engines, policy=args.policy, dtype=args.dtype)
 
 
 async def _run_demo(args: argparse.Namespace) -> int:
@@ -184,7 +191,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from ._policy import policy_names
+    from ._policies import policy_names
     from ._runtime import default_model
 
     parser = argparse.ArgumentParser(prog="agentrt", description="Run LLM agent workflows on vLLM engines.")
@@ -199,6 +206,12 @@ def _parser() -> argparse.ArgumentParser:
             "--engine", action="append", metavar="URL", help="use a running vLLM server (repeatable) instead"
         )
         p.add_argument("--policy", default="vllm", choices=policy_names())
+        p.add_argument(
+            "--dtype",
+            default="auto",
+            help="number format of in-process engines (default auto: bfloat16 where the CPU or GPU has it natively, "
+            "else float32)",
+        )
         p.add_argument("-v", "--verbose", action="store_true", help="show vLLM's own logs")
         p.add_argument(
             "--traces-out",
@@ -212,11 +225,13 @@ def _parser() -> argparse.ArgumentParser:
 
     demo.add_argument("--question", default=DEMO_QUESTION)
     demo.add_argument("--no-sql", action="store_true", help="skip the Text-to-SQL part of the demo")
+    demo.set_defaults(handler=_traced(_run_demo))
 
     run = sub.add_parser("run", help="run a workflow once: agentrt run MODULE:WORKFLOW --input k=v")
     run.add_argument("target", help="MODULE:WORKFLOW or path/to/file.py:WORKFLOW")
     run.add_argument("--input", action="append", type=_parse_input, metavar="KEY=VALUE", help="JSON or plain text")
     engine_options(run, default_model())
+    run.set_defaults(handler=_traced(_run_workflow))
 
     models = sub.add_parser(
         "models",
@@ -224,107 +239,57 @@ def _parser() -> argparse.ArgumentParser:
         description="agentrt models [--models-dir DIR] {prepare NAME... [--force] | list}",
     )
     models.add_argument("models_args", nargs=argparse.REMAINDER)
-    from ._replay_cli import add_parsers as add_replay_parsers
+    models.set_defaults(handler=_models)
 
-    add_replay_parsers(sub)
-
-    workload = sub.add_parser("workload", help="write a synthetic workload trace (JSON Lines)")
-    workload.add_argument("kind", choices=["agent", "text2sql", "bfcl"])
-    workload.add_argument("--programs", type=int, required=True, help="number of programs")
-    workload.add_argument("--rate", type=float, required=True, help="Poisson arrival rate, programs/s")
-    workload.add_argument("--seed", type=int, required=True)
-    workload.add_argument("--scale", type=float, default=1.0, help="multiply every token count (default 1)")
-    workload.add_argument("--tool-scale", type=float, default=1.0, help="multiply every tool duration (default 1)")
-    workload.add_argument("--slo-scale", type=float, help="give each program slo_s = F x its unloaded duration")
-    workload.add_argument("--out", type=Path, required=True, metavar="TRACE.jsonl")
-
-    bench = sub.add_parser("bench", help="compare replay results")
-    bench_sub = bench.add_subparsers(dest="bench_command", required=True)
-    compare = bench_sub.add_parser("compare", help="a table of results side by side, and a plot")
-    compare.add_argument("results", nargs="+", type=Path, metavar="RESULT.json")
-    compare.add_argument("--png", type=Path, help="plot file (default: compare.png beside the first result)")
+    _add_plugin_commands(sub)
     return parser
 
 
-def _workload(args: argparse.Namespace) -> int:
-    from ._trace import dump_trace, prompt_lengths
-    from ._workloads import generate_workload
-
-    programs = generate_workload(
-        args.kind,
-        programs=args.programs,
-        rate=args.rate,
-        seed=args.seed,
-        scale=args.scale,
-        tool_scale=args.tool_scale,
-        slo_scale=args.slo_scale,
-    )
-    path = dump_trace(programs, args.out)
-    calls = [c for p in programs for c in p.calls]
-    print(
-        f"{path}: {len(programs)} {args.kind} programs, {len(calls)} calls, "
-        f"{sum(sum(prompt_lengths(p).values()) for p in programs)} prompt tokens, "
-        f"{sum(c.output_tokens for c in calls)} output tokens, "
-        f"arrivals {programs[0].arrival_s:.3f}-{programs[-1].arrival_s:.3f} s"
-    )
-    return 0
+def _add_plugin_commands(sub: Any) -> None:
+    """Let every ``agentrt.commands`` entry point add its subcommands; a broken one is reported, not fatal."""
+    for entry_point in importlib.metadata.entry_points(group=COMMANDS_ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()(sub)
+        except Exception as exc:
+            print(f"agentrt: commands of {entry_point.value} are unavailable: {exc}", file=sys.stderr)
 
 
-def _bench_compare(args: argparse.Namespace) -> int:
-    from ._bench import compare
+def _models(args: argparse.Namespace) -> int:
+    from ._model_build._cli import main as models_main
 
-    png = args.png if args.png is not None else args.results[0].parent / "compare.png"
-    print(compare(args.results, png=png))
-    print(f"plot: {png}", file=sys.stderr)
-    return 0
+    return models_main(args.models_args)
 
 
-def _offline_command(args: argparse.Namespace) -> int:
-    """Commands that start no engine: bad input is a message and exit code 2, not a traceback."""
-    from ._results import ResultError
-    from ._trace import TraceError
+def _traced(command: Any) -> Any:
+    """``command`` (an async function of the arguments) run with tracing set up, its errors as messages."""
 
-    try:
-        if args.command == "workload":
-            return _workload(args)
-        return _bench_compare(args)
-    except (TraceError, ResultError, ValueError, RuntimeError, OSError) as exc:
-        print(f"agentrt {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    def handler(args: argparse.Namespace) -> int:
+        import anyio
+
+        from workflows import WorkflowError
+
+        from ._errors import AgentRuntimeError
+
+        collector = _start_tracing(args)
+        try:
+            code: int = anyio.run(command, args, backend="asyncio")
+        except (AgentRuntimeError, WorkflowError) as exc:
+            print(f"agentrt: error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+        finally:
+            _finish_tracing(args, collector)
+        return code
+
+    return handler
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    if args.command == "models":
-        from ._models import main as models_main
-
-        return models_main(args.models_args)
-    if args.command in ("workload", "bench"):
-        return _offline_command(args)
-    _quiet_vllm(args.verbose)
-    if args.command in ("replay", "calibrate"):
-        from ._replay_cli import run_calibrate, run_replay
-
-        return run_replay(args) if args.command == "replay" else run_calibrate(args)
-
-    import anyio
-
-    from workflows import WorkflowError
-
-    from ._errors import AgentRuntimeError
-
-    collector = _start_tracing(args)
-    try:
-        if args.command == "demo":
-            return anyio.run(_run_demo, args, backend="asyncio")
-        return anyio.run(_run_workflow, args, backend="asyncio")
-    except (AgentRuntimeError, WorkflowError) as exc:
-        print(f"agentrt: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    finally:
-        _finish_tracing(args, collector)
+    _quiet_vllm(getattr(args, "verbose", False))
+    code: int = args.handler(args)
+    return code
 
 
 if __name__ == "__main__":

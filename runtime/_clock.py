@@ -1,9 +1,13 @@
-"""The runtime's clock: the running event loop's time.
+"""The one clock: the running event loop's time, in seconds.
 
-Everything the runtime times (program submission and finish, node spans,
-engine request timings) reads this clock, so that under the simulator's
-virtual-time loop (:mod:`runtime._vclock`) the whole runtime runs in virtual
-seconds.  On a normal asyncio loop ``loop.time()`` is ``time.monotonic()``.
+The runtime (program submission and finish, node times, time held for
+admission), every engine backend (request timings: queued, TTFT, end to end)
+and toolbridge (tool wall times, inline and isolated alike, through
+``anyio.current_time()``, which on asyncio is the same ``loop.time()``) read
+this clock and no other.  Under the replay lab's virtual-time loop
+(:func:`runtime.replay.run_virtual`) everything therefore runs in one set of
+virtual seconds; on a normal asyncio loop ``loop.time()`` is
+``time.monotonic()``.
 """
 
 from __future__ import annotations

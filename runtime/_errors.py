@@ -9,16 +9,16 @@ The tree::
      │    ├── EngineStartError       an engine (in-process or server) failed to start
      │    ├── EngineUnavailableError the engine died, is restarting, or is unreachable
      │    ├── EngineRequestError     the engine rejected one request (bad params, too long)
-     │    └── EngineClosedError      the engine was closed by us
+     │    ├── EngineClosedError      the engine was closed by us
+     │    └── EngineCapabilityError  the engine cannot do what was asked (pin KV blocks, ...)
      ├── NoEngineError               the runtime has no healthy engine to dispatch to
-     ├── ProgramCancelledError       awaiting the result of a cancelled program
-     ├── TraceError                  a workload trace breaks the trace format (line, field)
-     ├── ResultError                 a replay result document cannot be read
-     └── ProfileError                a simulator cost profile is missing or malformed
+     ├── PolicyError                 a scheduling policy answered something the runtime cannot carry out
+     ├── RuntimeStateError           the Runtime is not running, or was closed
+     ├── ProgramIdInUseError         a program id given to start_program is taken by a running program
+     └── ProgramCancelledError       awaiting the result of a cancelled program
 
-``TraceError``, ``ResultError`` and ``ProfileError`` are also ``ValueError``s;
-they live beside the code that raises them (``_trace.py``, ``_results.py``,
-``_sim/_cost.py``).
+The replay lab (:mod:`runtime.replay`) derives its own errors from
+``AgentRuntimeError`` and draws them in its own docstring.
 
 Low-level exceptions (aiohttp, vLLM's own) are converted in one place per
 backend, so callers only ever need to catch these.
@@ -28,6 +28,7 @@ from __future__ import annotations
 
 __all__ = [
     "AgentRuntimeError",
+    "EngineCapabilityError",
     "EngineClosedError",
     "EngineError",
     "EngineRequestError",
@@ -36,7 +37,10 @@ __all__ = [
     "ModelNotFoundError",
     "ModelPreparationError",
     "NoEngineError",
+    "PolicyError",
     "ProgramCancelledError",
+    "ProgramIdInUseError",
+    "RuntimeStateError",
 ]
 
 
@@ -76,8 +80,28 @@ class EngineClosedError(EngineError):
     """The engine has been closed with ``aclose()``."""
 
 
+class EngineCapabilityError(EngineError):
+    """The engine lacks a capability a caller asked for (see :attr:`runtime.Engine.supports_pins`).
+
+    Raised instead of ignoring the request, so that a policy that pins KV
+    blocks on an engine that cannot hold them learns it at once.
+    """
+
+
 class NoEngineError(AgentRuntimeError):
     """The runtime has no engine that can take a request."""
+
+
+class PolicyError(AgentRuntimeError):
+    """A scheduling policy's decision cannot be carried out (an engine that is not a candidate, ...)."""
+
+
+class RuntimeStateError(AgentRuntimeError):
+    """The :class:`~runtime.Runtime` is not in a state to do that: not entered yet, or closed."""
+
+
+class ProgramIdInUseError(AgentRuntimeError, ValueError):
+    """A program id passed to :meth:`~runtime.Runtime.start_program` belongs to a running program."""
 
 
 class ProgramCancelledError(AgentRuntimeError):

@@ -73,8 +73,12 @@ class Program:
     """One run of a workflow: identity, deadline, state and DAG.
 
     ``deadline_s`` is relative to submission (``None``: no deadline).
-    ``submitted_at`` is a reading of the runtime's clock (:func:`runtime._clock.now`); ``submitted_wall`` a
-    ``time.time()`` one.
+    ``submitted_at`` is a reading of the runtime's clock (the event loop's);
+    ``submitted_wall`` a ``time.time()`` one.  ``usage`` sums the tokens of
+    its finished LLM calls and ``llm_service_s`` the engine time they
+    received (seconds from admission to finish, the engine's queueing
+    excluded where it reports it): the "service received so far" of
+    Autellix-style policies.
     """
 
     def __init__(
@@ -99,6 +103,7 @@ class Program:
         self.error: BaseException | None = None
         self.nodes: dict[str, Node] = {}
         self.usage = Usage()
+        self.llm_service_s = 0.0
         self.llm_calls = 0
         self.tool_calls = 0
         self._ids = itertools.count()

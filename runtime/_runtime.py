@@ -1,9 +1,10 @@
 """``Runtime``: runs programs over a pool of engines.
 
 Each submitted workflow becomes a :class:`Program` running as a task in the
-runtime's task group.  Every LLM call goes through the policy (priority and
-engine choice) and is streamed from the chosen engine, failing over to another
-engine when one dies mid-call.
+runtime's task group, with a :class:`~runtime._context.RuntimeContext` as its
+door to the runtime.  The runtime owns the lifecycle (engines up and down,
+program tasks, their start and finish); every LLM call and the policy's
+events go through its :class:`~runtime._dispatch.Dispatcher`.
 """
 
 from __future__ import annotations
@@ -13,26 +14,24 @@ import collections
 import enum
 import os
 from collections.abc import Mapping, Sequence
-from contextlib import aclosing
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
 import anyio
 
 import telemetry
-from telemetry import names
-from toolbridge import Tool
-from workflows import Usage, Workflow
+from workflows import Workflow
 
 from ._clock import now
-from ._context import RuntimeContext, tool_specs
-from ._engines._base import Completion, Engine, EngineStats, GenerateRequest, Prompt, SamplingOptions
-from ._errors import AgentRuntimeError, EngineUnavailableError, NoEngineError
-from ._events import LLMCallFinished, LLMCallStarted, ProgramFinished, ProgramStarted, TokenGenerated
+from ._context import RuntimeContext
+from ._dispatch import Dispatcher
+from ._engines._base import Engine, EngineStats
+from ._errors import ProgramIdInUseError, RuntimeStateError
+from ._events import ProgramFinished, ProgramStarted
 from ._handle import ProgramHandle
-from ._policy import Policy, get_policy
-from ._program import Node, Program, ProgramState
-from ._tracing import chat_span, end_chat, end_program, program_span
+from ._policies import Policy, get_policy
+from ._program import Program, ProgramState
+from ._tracing import end_program, program_span
 
 __all__ = ["DEFAULT_MODEL", "Runtime", "default_model"]
 
@@ -74,12 +73,12 @@ class Runtime:
 
         self.engines: list[Engine] = [RemoteEngine(e) if isinstance(e, str) else e for e in engines]
         self.policy = get_policy(policy)
+        self._dispatcher = Dispatcher(self.engines, self.policy)
         self.programs: dict[str, Program] = {}
         # Finished programs stay inspectable in `programs` up to this many,
         # oldest dropped first, so a long-running service does not grow.
         self._keep_finished = keep_finished
         self._finished: collections.deque[str] = collections.deque()
-        self._tools: dict[object, Tool] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._host: asyncio.Task[None] | None = None
         self._closed = False
@@ -119,7 +118,7 @@ class Runtime:
 
     async def __aenter__(self) -> Self:
         if self._closed:
-            raise AgentRuntimeError("this Runtime was closed; create a new one")
+            raise RuntimeStateError("this Runtime was closed; create a new one")
         telemetry.ensure_configured()  # OTEL_EXPORTER_OTLP_ENDPOINT alone turns tracing on
         try:
             async with anyio.create_task_group() as starting:
@@ -135,6 +134,7 @@ class Runtime:
                 if failures:
                     raise failures[0] from None
             raise
+        self._dispatcher.start()
         # Programs run in a task group owned by a host task rather than by the
         # caller's task: `async with` may be entered and exited from different
         # tasks (pytest-asyncio fixtures, web-framework lifespans), which a
@@ -172,6 +172,7 @@ class Runtime:
                 with anyio.CancelScope(shield=True):
                     await host
         finally:
+            self._dispatcher.close()
             with anyio.CancelScope(shield=True):
                 for engine in self.engines:
                     await engine.aclose()
@@ -205,7 +206,7 @@ class Runtime:
         """
         self._check_can_start(workflow)
         if program_id is not None and program_id in self.programs and not self.programs[program_id].state.finished:
-            raise AgentRuntimeError(f"program id {program_id!r} is in use by a running program")
+            raise ProgramIdInUseError(f"program id {program_id!r} is in use by a running program")
         return self._start(
             workflow,
             workflow.validate_inputs(**inputs),
@@ -216,7 +217,7 @@ class Runtime:
 
     def _check_can_start(self, workflow: object) -> None:
         if self._tg is None:
-            raise AgentRuntimeError("the runtime is not running: use `async with Runtime(...) as rt:`")
+            raise RuntimeStateError("the runtime is not running: use `async with Runtime(...) as rt:`")
         if not isinstance(workflow, Workflow):
             raise TypeError(f"expected a function decorated with @workflow, got {workflow!r}")
 
@@ -281,7 +282,9 @@ class Runtime:
                 program.state = ProgramState.RUNNING
                 program.emit(ProgramStarted(program_id=program.id, t=program.elapsed(), workflow=program.workflow))
                 try:
-                    program.result = await workflow.fn(RuntimeContext(self, program, None), **program.inputs)
+                    program.result = await workflow.fn(
+                        RuntimeContext(self._dispatcher, program, None), **program.inputs
+                    )
                     program.state = ProgramState.SUCCEEDED
                 except Exception as exc:
                     program.error = exc
@@ -299,103 +302,13 @@ class Runtime:
                     error=f"{type(error).__name__}: {error}" if error is not None else None,
                 )
             )
+            await self._dispatcher.program_finished(program)
             handle._done.set()
             self._finished.append(program.id)
             while len(self._finished) > self._keep_finished:
                 self.programs.pop(self._finished.popleft(), None)
 
-    # -- LLM calls -------------------------------------------------------------
-
-    def tools_for(self, tools: Sequence[object]) -> tuple[Tool, ...]:
-        return tool_specs(self._tools, tools)
-
-    async def _generate(
-        self,
-        program: Program,
-        node: Node,
-        prompt: Prompt,
-        sampling: SamplingOptions,
-        *,
-        requested_priority: int | None,
-    ) -> Completion:
-        priority = self.policy.priority(program, requested_priority)
-        program.llm_calls += 1
-        tried: set[str] = set()
-        model = next((e.model for e in self.engines if e.available), self.engines[0].model)
-        with chat_span(program, sampling, model) as span:
-            completion = await self._dispatch(program, node, prompt, sampling, priority, tried)
-            end_chat(span, completion, priority=priority, attempts=len(tried))
-            return completion
-
-    async def _dispatch(
-        self, program: Program, node: Node, prompt: Prompt, sampling: SamplingOptions, priority: int, tried: set[str]
-    ) -> Completion:
-        while True:
-            candidates = [e for e in self.engines if e.available and e.name not in tried]
-            if not candidates:
-                raise NoEngineError(
-                    f"no engine available for program {program.id} "
-                    f"(engines: {', '.join(e.name for e in self.engines)}; failed here: {', '.join(tried) or 'none'})"
-                )
-            engine = self.policy.choose_engine(candidates, program)
-            tried.add(engine.name)
-            telemetry.add_event(
-                names.EVENT_DISPATCH,
-                {names.AGENTRT_ENGINE_NAME: engine.name, names.AGENTRT_DISPATCH_CANDIDATES: len(candidates)},
-            )
-            request = GenerateRequest(
-                request_id=f"{program.id}-{node.id}-{len(tried)}",
-                prompt=prompt,
-                sampling=sampling,
-                priority=priority,
-                metadata={"program_id": program.id, "node_id": node.id, "workflow": program.workflow},
-            )
-            node.engine = engine.name
-            program.emit(
-                LLMCallStarted(
-                    program_id=program.id, t=program.elapsed(), node_id=node.id, engine=engine.name, priority=priority
-                )
-            )
-            try:
-                completion = await self._stream(program, node, engine, request)
-            except EngineUnavailableError as exc:
-                telemetry.add_event(
-                    names.EVENT_ENGINE_UNAVAILABLE,
-                    {names.AGENTRT_ENGINE_NAME: engine.name, "exception.message": str(exc)},
-                )
-                # The engine died or is restarting: the call is retried on
-                # another engine, if there is one that has not failed it yet.
-                if any(e.available and e.name not in tried for e in self.engines):
-                    continue
-                raise
-            return completion
-
-    async def _stream(self, program: Program, node: Node, engine: Engine, request: GenerateRequest) -> Completion:
-        async with aclosing(engine.stream(request)) as chunks:
-            async for chunk in chunks:
-                if isinstance(chunk, Completion):
-                    node.usage = Usage(chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens)
-                    program.usage = program.usage + node.usage
-                    node.attributes.update(ttft_s=chunk.ttft_s, queued_s=chunk.queued_s, priority=request.priority)
-                    program.emit(
-                        LLMCallFinished(
-                            program_id=program.id,
-                            t=program.elapsed(),
-                            node_id=node.id,
-                            engine=engine.name,
-                            prompt_tokens=chunk.prompt_tokens,
-                            completion_tokens=chunk.completion_tokens,
-                            cached_tokens=chunk.cached_tokens,
-                            ttft_s=chunk.ttft_s,
-                            duration_s=chunk.e2e_s,
-                            finish_reason=chunk.finish_reason,
-                        )
-                    )
-                    return chunk
-                program.emit(
-                    TokenGenerated(program_id=program.id, t=program.elapsed(), node_id=node.id, text=chunk.text)
-                )
-        raise EngineUnavailableError(f"engine {engine.name} ended request {request.request_id} without a result")
+    # -- engines ---------------------------------------------------------------
 
     async def stats(self) -> list[EngineStats]:
         """A statistics snapshot of every engine."""

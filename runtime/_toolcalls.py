@@ -6,11 +6,14 @@ constrained (vLLM structured output) to one JSON object: either
 ``{"answer": "..."}``.  The tool name is an enum and the arguments follow the
 tool's own schema, so even a small or random-weight model emits calls that
 parse.  What still can go wrong (output cut by ``max_tokens``, arguments a
-schema could not express) is reported, never raised.
+schema could not express) is reported, never raised.  Histories written by
+other clients (OpenAI-shaped assistant ``tool_calls``, ``tool`` messages) are
+rewritten into this protocol by :func:`normalize_messages`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -19,7 +22,7 @@ from typing import Any
 from toolbridge import Tool
 from workflows import ToolCall, ToolChoice
 
-__all__ = ["ParsedReply", "ToolPrompt", "bounded", "parse_reply"]
+__all__ = ["ParsedReply", "ToolPrompt", "bounded", "normalize_messages", "parse_reply"]
 
 #: The most tool calls one reply may make.
 MAX_CALLS_PER_TURN = 4
@@ -184,3 +187,47 @@ def parse_reply(raw: str, *, finish_reason: str | None, call_id_prefix: str) -> 
             return ParsedReply(raw, (), f"arguments of tool call {i} ({call['name']}) are not an object")
         parsed.append(ToolCall(f"{call_id_prefix}-{i}", call["name"], args))
     return ParsedReply("", tuple(parsed), None)
+
+
+def _text_of(content: object) -> str:
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(str(p.get("text", "")) for p in content if isinstance(p, Mapping))
+    return str(content)
+
+
+def normalize_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Plain ``role``/``content`` messages every chat template can render.
+
+    Assistant tool calls in OpenAI's shape become the JSON text our tool
+    protocol uses, so a history from another client still renders; tool
+    results become user turns that name the tool.
+    """
+    out: list[dict[str, Any]] = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, Mapping) or not isinstance(m.get("role"), str):
+            raise ValueError(f"message {i} must be a mapping with a string 'role', got {m!r}")
+        content = _text_of(m.get("content"))
+        if m["role"] == "assistant" and not content and m.get("tool_calls"):
+            calls = []
+            for c in m["tool_calls"]:
+                fn = c.get("function", c)
+                args = fn.get("arguments", {})
+                if isinstance(args, str):
+                    # Unparseable text stays as it is: the history is shown, not executed.
+                    with contextlib.suppress(json.JSONDecodeError):
+                        args = json.loads(args)
+                calls.append({"name": fn.get("name"), "arguments": args})
+            content = json.dumps({"tool_calls": calls})
+        if m["role"] == "tool":
+            # Tool results go in as user turns, the way most chat templates
+            # render them (Qwen wraps them in <tool_response> inside a user
+            # turn); templates of small models often know no "tool" role.
+            name = m.get("name") or "tool"
+            out.append({"role": "user", "content": f"Result of {name}: {content}"})
+            continue
+        out.append({"role": m["role"], "content": content})
+    return out

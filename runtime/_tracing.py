@@ -2,7 +2,9 @@
 
 One trace per program: ``invoke_workflow {name}`` at the root, ``step {name}``
 per step, ``invoke_agent {name}`` per agent loop, ``chat {model}`` per LLM call
-and ``execute_tool {name}`` per tool call, nested as the work was.  Span
+and ``execute_tool {name}`` per tool call (that one opened by
+``toolbridge.run_tool`` itself, so direct calls are traced too), nested as the
+work was.  Span
 parenting follows the OpenTelemetry context (contextvars), which anyio copies
 into every task ``ctx.gather`` starts.  Each function returns a context
 manager from :func:`telemetry.span`; while tracing is off it yields the
@@ -11,7 +13,6 @@ non-recording span and the ``is_recording()`` checks skip all attribute work.
 
 from __future__ import annotations
 
-import json
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
@@ -23,8 +24,7 @@ from telemetry import names as n
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from toolbridge import ToolUsage
-    from workflows import Agent, AgentResult, Step, ToolCall, ToolMessage
+    from workflows import Agent, AgentResult, Step
 
     from ._engines._base import Completion, SamplingOptions
     from ._program import Program
@@ -35,10 +35,8 @@ __all__ = [
     "end_agent",
     "end_chat",
     "end_program",
-    "end_tool",
     "program_span",
     "step_span",
-    "tool_span",
 ]
 
 
@@ -119,7 +117,7 @@ def chat_span(program: Program, sampling: SamplingOptions, model: str) -> Abstra
     return telemetry.span(f"{n.OP_CHAT} {model}", attributes, kind=SpanKind.CLIENT)
 
 
-def end_chat(span: Span, completion: Completion, *, priority: int, attempts: int) -> None:
+def end_chat(span: Span, completion: Completion, *, priority: int, attempts: int, held_s: float | None = None) -> None:
     if not span.is_recording():
         return
     attributes: dict[str, str | int | float | list[str]] = {
@@ -138,39 +136,6 @@ def end_chat(span: Span, completion: Completion, *, priority: int, attempts: int
         attributes[n.GEN_AI_RESPONSE_TIME_TO_FIRST_CHUNK] = completion.ttft_s
     if completion.queued_s is not None:
         attributes[n.AGENTRT_REQUEST_QUEUED_S] = completion.queued_s
+    if held_s is not None:
+        attributes[n.AGENTRT_REQUEST_HELD_S] = held_s
     span.set_attributes(attributes)
-
-
-def tool_span(call: ToolCall) -> AbstractContextManager[Span]:
-    if not telemetry.is_enabled():
-        return telemetry.span("execute_tool")
-    attributes: dict[str, str] = {
-        n.GEN_AI_OPERATION_NAME: n.OP_EXECUTE_TOOL,
-        n.GEN_AI_TOOL_NAME: call.name,
-        n.GEN_AI_TOOL_CALL_ID: call.id,
-        n.GEN_AI_TOOL_TYPE: "function",
-    }
-    if telemetry.capture_content():
-        attributes[n.GEN_AI_TOOL_CALL_ARGUMENTS] = json.dumps(call.arguments, default=str)
-    return telemetry.span(f"{n.OP_EXECUTE_TOOL} {call.name}", attributes)
-
-
-def end_tool(span: Span, message: ToolMessage, usage: ToolUsage | None) -> None:
-    if not span.is_recording():
-        return
-    if usage is not None:
-        span.set_attributes(
-            {
-                n.AGENTRT_TOOL_WALL_S: usage.wall_s,
-                n.AGENTRT_TOOL_CPU_S: usage.cpu_s,
-                n.AGENTRT_TOOL_OOM_KILLED: usage.oom_killed,
-            }
-        )
-        if usage.peak_memory_bytes is not None:
-            span.set_attribute(n.AGENTRT_TOOL_PEAK_MEMORY_BYTES, usage.peak_memory_bytes)
-    if telemetry.capture_content():
-        span.set_attribute(n.GEN_AI_TOOL_CALL_RESULT, message.content)
-    if not message.ok:
-        kind = message.error_kind or "error"
-        span.set_attribute(n.AGENTRT_TOOL_ERROR_KIND, kind)
-        telemetry.set_error(span, kind, message.content)

@@ -22,6 +22,7 @@ __all__ = [
     "AGENTRT_PROGRAM_PRIORITY",
     "AGENTRT_PROGRAM_STATE",
     "AGENTRT_PROGRAM_TOOL_CALLS",
+    "AGENTRT_REQUEST_HELD_S",
     "AGENTRT_REQUEST_PRIORITY",
     "AGENTRT_REQUEST_QUEUED_S",
     "AGENTRT_RESPONSE_E2E_S",
@@ -128,6 +129,8 @@ EVENT_ENGINE_UNAVAILABLE: Final = "engine unavailable"
 AGENTRT_LLM_ATTEMPTS: Final = "agentrt.llm.attempts"
 #: vLLM priority of the request (lower runs first).
 AGENTRT_REQUEST_PRIORITY: Final = "agentrt.request.priority"
+#: Seconds the runtime held the call in its admission queue (set only when a policy held it).
+AGENTRT_REQUEST_HELD_S: Final = "agentrt.request.held_s"
 #: Seconds the engine kept the request waiting before scheduling it.
 AGENTRT_REQUEST_QUEUED_S: Final = "agentrt.request.queued_s"
 #: Seconds from sending the request to its last token.

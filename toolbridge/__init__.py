@@ -6,11 +6,18 @@ Layering: toolbridge imports ``telemetry`` only; never ``runtime`` or
 - ``@tool(limits=Limits(memory="64M", cpu=0.5, pids=32, timeout_s=10),
   isolation="process")``: each call runs in a child process placed in its
   own cgroup before any tool code runs; ``shell()`` makes a shell-command tool.
-- ``await run_tool(tool, arguments)`` -> :class:`ToolResult` (``ok``,
-  ``value``, ``error.kind`` in oom/timeout/pids/exit/invalid_args/exception,
-  ``usage``).  Failures of a call are results, never exceptions.
+  :func:`as_tool` makes (once per function) a :class:`Tool` of a plain function.
+- ``await run_tool(tool, arguments, call_id=...)`` -> :class:`ToolResult`
+  (``ok``, ``value``, ``error.kind`` an :class:`ErrorKind`, ``usage``, and
+  ``content``: the text the model is shown).  Failures of a call are results,
+  never exceptions.  Each call is traced as an ``execute_tool {name}`` span.
+- :class:`ToolSet`: the tools of one model turn by name; ``await
+  toolset.run(name, arguments, call_id=...)`` runs one (an unknown name is a
+  result of kind ``unknown_tool``).
+- :func:`render_tool_value`: how a tool's return value is shown to the model.
 - Sandbox backends (:class:`SandboxDriver`): cgroup v2, cgroup v1, rlimits;
-  chosen at start by :func:`sandbox_driver`.
+  chosen at start by :func:`sandbox_driver` (``AGENTRT_SANDBOX=cgroup2|cgroup1|rlimit``
+  forces one; ``v2``/``v1`` also accepted).
 - :data:`durations`: per-tool wall-time distributions (:class:`DurationPredictor`).
 - SQL: :func:`sql_tools` over :class:`SQLiteDatabase` / :class:`PostgresDatabase`,
   read-only whatever SQL a model writes.
@@ -18,8 +25,11 @@ Layering: toolbridge imports ``telemetry`` only; never ``runtime`` or
 Exceptions (see :mod:`toolbridge._errors`)::
 
     ToolbridgeError
-     ├── ToolDefinitionError   a @tool declared wrongly (decoration time; also a TypeError)
+     ├── ToolDefinitionError   a @tool declared wrongly (decoration time; also a TypeError);
+     │                         two tools of a ToolSet with one name
      ├── ToolArgumentsError    a model's arguments do not match the schema (also a ValueError)
+     ├── ShellFailed           a shell tool's command exited non-zero (raised in the sandbox;
+     │                         the caller gets a result of kind ``exit``)
      └── SQLError              a database refused or failed a query (shown to the model)
           └── ReadOnlyViolation  the SQL tried to write
 
@@ -39,14 +49,22 @@ from ._cgroups import (
     set_sandbox_driver,
 )
 from ._chinook import chinook_sqlite, load_chinook_postgres
-from ._errors import ReadOnlyViolation, SQLError, ToolArgumentsError, ToolbridgeError, ToolDefinitionError
+from ._errors import (
+    ReadOnlyViolation,
+    ShellFailed,
+    SQLError,
+    ToolArgumentsError,
+    ToolbridgeError,
+    ToolDefinitionError,
+)
 from ._limits import Limits
 from ._predict import DurationPredictor, durations
-from ._result import ErrorKind, ToolError, ToolResult, ToolUsage
+from ._result import ErrorKind, ToolError, ToolResult, ToolUsage, render_tool_value
 from ._run import run_tool
 from ._shell import ShellTool, shell
 from ._sql import Database, PostgresDatabase, QueryResult, SQLiteDatabase, sql_tools
 from ._tool import Isolation, Tool, as_tool, tool
+from ._toolset import ToolSet
 
 __all__ = [
     "CgroupV1Driver",
@@ -65,18 +83,21 @@ __all__ = [
     "Sandbox",
     "SandboxDriver",
     "SandboxStats",
+    "ShellFailed",
     "ShellTool",
     "Tool",
     "ToolArgumentsError",
     "ToolDefinitionError",
     "ToolError",
     "ToolResult",
+    "ToolSet",
     "ToolUsage",
     "ToolbridgeError",
     "as_tool",
     "chinook_sqlite",
     "durations",
     "load_chinook_postgres",
+    "render_tool_value",
     "run_tool",
     "sandbox_driver",
     "select_driver",

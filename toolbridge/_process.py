@@ -18,7 +18,6 @@ import signal
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -91,8 +90,12 @@ async def run_isolated(
         sandbox: Sandbox = driver.create(f"{os.getpid()}-{next(_counter)}-{name}"[:200], limits)
     except OSError as exc:
         # The host's problem, not the model's; still a result, so an agent loop goes on.
-        return ToolResult(False, error=ToolError("exception", f"cannot create a sandbox for {what}: {exc}"))
-    started = time.monotonic()
+        return ToolResult(False, error=ToolError(ErrorKind.EXCEPTION, f"cannot create a sandbox for {what}: {exc}"))
+    # The event loop's clock, as for inline tools (run_tool): every tool is
+    # timed by the clock the runtime and the engines use, so under a
+    # virtual-time loop (trace replay) isolated calls too report, and teach the
+    # duration predictor, seconds of that clock rather than of time.monotonic().
+    started = anyio.current_time()
     answer = bytearray()
     stderr = bytearray()
     process: Process | None = None
@@ -113,7 +116,7 @@ async def run_isolated(
             # Never run the call unconfined: the child has read nothing yet, so it dies harmlessly.
             process.kill()
             await process.wait()
-            return ToolResult(False, error=ToolError("exception", f"cannot place {what} in its sandbox: {exc}"))
+            return ToolResult(False, error=ToolError(ErrorKind.EXCEPTION, f"cannot place {what} in its sandbox: {exc}"))
         header = json.dumps({"sys_path": sys.path, "rlimits": sandbox.runner_setup().rlimits}).encode()
         assert process.stdin is not None
         async with anyio.create_task_group() as tg:
@@ -127,7 +130,7 @@ async def run_isolated(
                     pass  # the child died early; its exit status says why
                 await process.wait()
             timed_out = scope.cancelled_caught
-            wall_s = time.monotonic() - started
+            wall_s = anyio.current_time() - started
             # The tool is over when its first process exits: whatever it left
             # running (a background job, a grandchild after a timeout) goes too,
             # which also closes the pipes the readers wait on.
@@ -184,13 +187,13 @@ def _result(
         return ToolResult(False, error=ToolError(kind, message), usage=usage)
 
     if timed_out:
-        return failed("timeout", f"{what} timed out after {limits.timeout_s} s; its processes were killed")
+        return failed(ErrorKind.TIMEOUT, f"{what} timed out after {limits.timeout_s} s; its processes were killed")
     if returncode == -signal.SIGXCPU:
-        return failed("timeout", f"{what} used up its CPU-time budget (rlimit) and was killed")
+        return failed(ErrorKind.TIMEOUT, f"{what} used up its CPU-time budget (rlimit) and was killed")
     memory_error = reply is not None and reply[0] == "error" and reply[1] == "MemoryError"
     if stats.oom_killed or memory_error:
         return failed(
-            "oom",
+            ErrorKind.OOM,
             f"{what} ran out of memory: limit {_size(limits.memory_bytes)}, peak {_size(peak)}; "
             "use less memory (stream or process the data in smaller pieces)",
         )
@@ -199,11 +202,13 @@ def _result(
     if stats.pids_limited:
         detail = f" ({reply[1]}: {reply[2]})" if reply is not None else ""
         return failed(
-            "pids",
+            ErrorKind.PIDS,
             f"{what} hit its limit of {limits.pids} processes/threads{detail}; start fewer processes",
         )
     if reply is not None:
-        if reply[5] == "exit":
-            return failed("exit", f"{what} failed: {reply[2]}")
-        return failed("exception", f"{reply[1]}: {reply[2]}")
-    return failed("exit", f"{what} {_exit_text(returncode)} without a result" + (f"; stderr: {tail}" if tail else ""))
+        if reply[5] == ErrorKind.EXIT:  # the runner sends the tool's own error_kind as a plain str
+            return failed(ErrorKind.EXIT, f"{what} failed: {reply[2]}")
+        return failed(ErrorKind.EXCEPTION, f"{reply[1]}: {reply[2]}")
+    return failed(
+        ErrorKind.EXIT, f"{what} {_exit_text(returncode)} without a result" + (f"; stderr: {tail}" if tail else "")
+    )

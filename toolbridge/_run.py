@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import anyio
@@ -15,8 +15,9 @@ from ._cgroups import SandboxDriver
 from ._errors import ToolArgumentsError
 from ._predict import DurationPredictor, durations
 from ._process import run_isolated
-from ._result import ToolError, ToolResult, ToolUsage
+from ._result import ErrorKind, ToolError, ToolResult, ToolUsage
 from ._tool import Tool, as_tool
+from ._tracing import end_tool, tool_span
 
 __all__ = ["run_tool"]
 
@@ -37,6 +38,7 @@ async def run_tool(
     tool: Tool | object,
     arguments: Mapping[str, Any] | str,
     *,
+    call_id: str | None = None,
     driver: SandboxDriver | None = None,
     predictor: DurationPredictor | None = durations,
 ) -> ToolResult:
@@ -47,10 +49,27 @@ async def run_tool(
     loop; ``isolation="process"`` tools run in a child process in their own
     sandbox (``driver``, default: the one chosen at start).  The wall time of
     every call that ran is recorded in ``predictor`` (``None``: not recorded).
-    Cancellation of the caller is never turned into a result: it propagates
-    (after an isolated call's processes are killed and its cgroup removed).
+
+    Each call is traced as an ``execute_tool {name}`` span (``call_id``, the
+    model's id for the call, goes into ``gen_ai.tool.call.id``); a failed
+    call's span has ERROR status and ``error.type`` set to its
+    :class:`ErrorKind`.  Cancellation of the caller is never turned into a
+    result: it propagates (after an isolated call's processes are killed and
+    its cgroup removed) and ends the span with ``error.type=cancelled``.
     """
     spec = as_tool(tool)
+    with tool_span(spec.name, arguments, call_id) as span:
+        result = await _run(spec, arguments, driver, predictor)
+        end_tool(span, result)
+        return result
+
+
+async def _run(
+    spec: Tool,
+    arguments: Mapping[str, Any] | str,
+    driver: SandboxDriver | None,
+    predictor: DurationPredictor | None,
+) -> ToolResult:
     # The event loop's clock (time.monotonic() on a normal loop) so that inline
     # tools timed under a virtual-time loop (trace replay in the simulator)
     # report, and teach the duration predictor, virtual seconds.
@@ -63,7 +82,7 @@ async def run_tool(
     try:
         kwargs = spec.validate(_parse_arguments(arguments))
     except ToolArgumentsError as exc:
-        return ToolResult(False, error=ToolError("invalid_args", str(exc)), usage=usage())
+        return ToolResult(False, error=ToolError(ErrorKind.INVALID_ARGS, str(exc)), usage=usage())
     if spec.isolation == "process":
         result = await run_isolated(
             spec.fn,
@@ -81,7 +100,7 @@ async def run_tool(
     return result
 
 
-async def _run_inline(spec: Tool, kwargs: dict[str, Any], usage: Any) -> ToolResult:
+async def _run_inline(spec: Tool, kwargs: dict[str, Any], usage: Callable[[], ToolUsage]) -> ToolResult:
     try:
         with anyio.fail_after(spec.timeout_s) if spec.timeout_s is not None else contextlib.nullcontext():
             if spec.is_async:
@@ -90,8 +109,10 @@ async def _run_inline(spec: Tool, kwargs: dict[str, Any], usage: Any) -> ToolRes
                 value = await anyio.to_thread.run_sync(lambda: spec.fn(**kwargs), abandon_on_cancel=True)
     except TimeoutError:
         return ToolResult(
-            False, error=ToolError("timeout", f"{spec.name} timed out after {spec.timeout_s} s"), usage=usage()
+            False,
+            error=ToolError(ErrorKind.TIMEOUT, f"{spec.name} timed out after {spec.timeout_s} s"),
+            usage=usage(),
         )
     except Exception as exc:
-        return ToolResult(False, error=ToolError("exception", f"{type(exc).__name__}: {exc}"), usage=usage())
+        return ToolResult(False, error=ToolError(ErrorKind.EXCEPTION, f"{type(exc).__name__}: {exc}"), usage=usage())
     return ToolResult(True, value=value, usage=usage())

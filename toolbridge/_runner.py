@@ -82,6 +82,10 @@ def main() -> None:
         data = pickle.dumps(("error", "MemoryError", "out of memory", "", usage(), None))
     except BaseException as exc:  # the child reports everything, SystemExit included
         kind = getattr(exc, "error_kind", None)  # e.g. "exit" from a shell tool's non-zero status
+        # Sent as a plain str (str.__str__ drops a subclass such as
+        # toolbridge.ErrorKind, whatever its __str__ says), anything else as
+        # None: the answer must unpickle in the parent without the tool's classes.
+        kind = str.__str__(kind) if isinstance(kind, str) else None
         data = pickle.dumps(("error", type(exc).__name__, str(exc), traceback.format_exc(limit=8), usage(), kind))
     answer.write(data)
     answer.flush()

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from ._errors import ShellFailed
 from ._limits import Limits
 from ._tool import Tool
 
@@ -15,13 +16,6 @@ __all__ = ["ShellTool", "shell"]
 
 #: Characters of each output stream shown to the model.
 OUTPUT_CHARS = 4000
-
-
-class ShellFailed(Exception):
-    """A command exited with a non-zero status; the message holds its output."""
-
-    #: Reported to the model as an error of kind "exit".
-    error_kind = "exit"
 
 
 def _clip(text: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import typing
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, Literal, TypeAlias, overload
 
@@ -186,10 +187,32 @@ def tool(
     return decorate(fn) if fn is not None else decorate
 
 
+#: Tools built by :func:`as_tool` from plain functions.  Building one builds a
+#: pydantic model, and the runtime turns a model turn's tools into a ToolSet
+#: every turn, so each function is built once.  No lock: under the GIL two
+#: threads racing on one function may both build it and one Tool wins the
+#: slot, which is harmless (they are alike, and either is a valid answer).
+#: The keys are weak, but a cached Tool holds its function (``Tool.fn``), so an
+#: entry lasts as long as the process, as module-level functions do anyway;
+#: a function made anew per call (a closure) should be made a Tool once by its
+#: owner (``@tool``), not handed here each time.
+_built: weakref.WeakKeyDictionary[Callable[..., Any], Tool] = weakref.WeakKeyDictionary()
+
+
 def as_tool(obj: object) -> Tool:
-    """``obj`` if it is a :class:`Tool`, else a tool built from the function ``obj``."""
+    """``obj`` if it is a :class:`Tool`, else the tool built from the function ``obj``.
+
+    The tool built for a function is remembered: ``as_tool(fn) is as_tool(fn)``.
+    Callables that cannot be weakly referenced or hashed are built anew each time.
+    """
     if isinstance(obj, Tool):
         return obj
-    if callable(obj):
+    if not callable(obj):
+        raise ToolDefinitionError(f"not a tool or a function: {obj!r}")
+    try:
+        cached = _built.get(obj)
+    except TypeError:  # not weak-referenceable (a builtin) or unhashable
         return Tool(obj)
-    raise ToolDefinitionError(f"not a tool or a function: {obj!r}")
+    if cached is None:
+        cached = _built.setdefault(obj, Tool(obj))
+    return cached

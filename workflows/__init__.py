@@ -2,7 +2,8 @@
 
 Layering: this package imports nothing else of agentrt.  The runtime
 (``runtime``) implements :class:`Context` and executes what is declared here;
-tools are described by ``toolbridge``, which this package only sees as objects.
+tools are described by ``toolbridge``, which this package sees only through
+the :class:`ToolSpec` protocol.
 
 Exceptions (see :mod:`workflows._errors`)::
 
@@ -13,11 +14,11 @@ Exceptions (see :mod:`workflows._errors`)::
      └── StepFailed
 """
 
-from ._agent import Agent, AgentResult, AgentTurn, render_tool_value, tool_name
+from ._agent import Agent, AgentResult, AgentTurn, tool_name
 from ._context import Context
 from ._decorators import Step, StepCall, Workflow, step, workflow
 from ._errors import ContextError, StepFailed, WorkflowDefinitionError, WorkflowError, WorkflowInputError
-from ._types import LLMReply, ToolCall, ToolChoice, ToolMessage, Usage
+from ._types import LLMReply, TokenReply, ToolCall, ToolChoice, ToolLike, ToolMessage, ToolSpec, Usage
 
 __all__ = [
     "Agent",
@@ -29,15 +30,17 @@ __all__ = [
     "Step",
     "StepCall",
     "StepFailed",
+    "TokenReply",
     "ToolCall",
     "ToolChoice",
+    "ToolLike",
     "ToolMessage",
+    "ToolSpec",
     "Usage",
     "Workflow",
     "WorkflowDefinitionError",
     "WorkflowError",
     "WorkflowInputError",
-    "render_tool_value",
     "step",
     "tool_name",
     "workflow",

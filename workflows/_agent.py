@@ -8,14 +8,13 @@ reached, in which case the last turn is made to answer.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ._context import Context
 from ._errors import WorkflowDefinitionError
-from ._types import LLMReply, ToolCall, ToolChoice, ToolMessage, Usage
+from ._types import LLMReply, ToolChoice, ToolLike, ToolMessage, Usage
 
 __all__ = ["Agent", "AgentResult", "AgentTurn"]
 
@@ -74,7 +73,7 @@ class Agent:
         self,
         instructions: str,
         *,
-        tools: Sequence[object] = (),
+        tools: Sequence[ToolLike] = (),
         max_turns: int = 8,
         name: str = "agent",
         max_tokens: int = 256,
@@ -106,7 +105,7 @@ class Agent:
         if tool_choice != "none" and tool_choice != "auto" and not names:
             raise WorkflowDefinitionError(f"Agent {name!r}: tool_choice={tool_choice!r} needs at least one tool")
         self.instructions = instructions
-        self.tools: tuple[object, ...] = tuple(tools)
+        self.tools: tuple[ToolLike, ...] = tuple(tools)
         self.tool_names: tuple[str, ...] = tuple(names)
         self.max_turns = max_turns
         self.name = name
@@ -131,7 +130,6 @@ class Agent:
         turns: list[AgentTurn] = []
         usage = Usage()
         reply: LLMReply | None = None
-        succeeded: dict[tuple[str, str], ToolMessage] = {}
         for turn in range(1, self.max_turns + 1):
             last = turn == self.max_turns
             choice: ToolChoice = "none" if last or not self.tools else self.tool_choice
@@ -163,38 +161,12 @@ class Agent:
             if not reply.tool_calls:
                 turns.append(AgentTurn(reply))
                 return AgentResult(reply.text, "answer", tuple(turns), tuple(messages), usage)
-            results = await ctx.gather(*(self._call(ctx, call, succeeded) for call in reply.tool_calls))
-            for call, result in zip(reply.tool_calls, results, strict=True):
-                if result.ok:
-                    succeeded.setdefault(_call_key(call), result)
+            # The context remembers what succeeded in this run: a repeated
+            # identical call gets the earlier result (unless repeat_calls).
+            results = await ctx.gather(
+                *(ctx.call_tool(call, self.tools, reuse_results=not self.repeat_calls) for call in reply.tool_calls)
+            )
             turns.append(AgentTurn(reply, tuple(results)))
             messages.extend(r.to_message() for r in results)
         answer = reply.text if reply is not None else ""
         return AgentResult(answer, "max_turns", tuple(turns), tuple(messages), usage)
-
-    async def _call(self, ctx: Context, call: ToolCall, succeeded: dict[tuple[str, str], ToolMessage]) -> ToolMessage:
-        earlier = None if self.repeat_calls else succeeded.get(_call_key(call))
-        if earlier is None:
-            return await ctx.call_tool(call, self.tools)
-        return ToolMessage(
-            call.id,
-            call.name,
-            f"{earlier.content} (you already called {call.name} with these arguments: "
-            "use this result, call another tool, or give the final answer)",
-            value=earlier.value,
-            error_kind="repeated",
-        )
-
-
-def _call_key(call: ToolCall) -> tuple[str, str]:
-    return call.name, json.dumps(call.arguments, sort_keys=True, default=str)
-
-
-def render_tool_value(value: object) -> str:
-    """How a tool's return value is shown to the model: strings as-is, the rest as JSON."""
-    if isinstance(value, str):
-        return value
-    try:
-        return json.dumps(value, default=str)
-    except (TypeError, ValueError):
-        return repr(value)

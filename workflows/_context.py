@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._types import LLMReply, ToolCall, ToolChoice, ToolMessage
+from ._types import LLMReply, TokenReply, ToolCall, ToolChoice, ToolLike, ToolMessage
 
 if TYPE_CHECKING:
     from ._agent import Agent, AgentResult
@@ -44,12 +44,13 @@ class Context(ABC):
         top_p: float = 1.0,
         seed: int | None = None,
         stop: Sequence[str] = (),
-        tools: Sequence[object] | None = None,
+        tools: Sequence[ToolLike] | None = None,
         tool_choice: ToolChoice = "auto",
         parallel_tool_calls: bool = True,
         json_schema: Mapping[str, Any] | None = None,
         priority: int | None = None,
         ignore_eos: bool = False,
+        stage: str | None = None,
     ) -> LLMReply:
         """Run one LLM call on the program's behalf.
 
@@ -59,7 +60,29 @@ class Context(ABC):
         call per reply); the output is constrained by structured output so it
         always parses.  ``json_schema`` constrains a plain reply
         to JSON valid against the schema.  ``priority`` (lower runs first)
-        overrides the program's priority for this call.
+        overrides the program's priority for this call.  ``stage`` names the
+        stage of the program the call belongs to, for scheduling policies
+        (default: the enclosing step's or agent's name).
+        """
+
+    @abstractmethod
+    async def llm_tokens(
+        self,
+        prompt_token_ids: Sequence[int],
+        *,
+        max_tokens: int,
+        ignore_eos: bool = False,
+        temperature: float = 0.0,
+        priority: int | None = None,
+        stage: str | None = None,
+    ) -> TokenReply:
+        """Run one LLM call on a prompt given as token ids; the reply carries the generated ids.
+
+        The token-level twin of :meth:`llm`, for callers that tokenize
+        themselves (trace replay, a completions endpoint): no chat template,
+        no tools.  It takes the same path as :meth:`llm` through the
+        runtime's policy, dispatch, failover and bookkeeping.  With
+        ``ignore_eos`` exactly ``max_tokens`` tokens are generated.
         """
 
     @abstractmethod
@@ -70,8 +93,14 @@ class Context(ABC):
         """
 
     @abstractmethod
-    async def call_tool(self, call: ToolCall, tools: Sequence[object]) -> ToolMessage:
-        """Run the tool a model asked for; errors come back in the message, never raised."""
+    async def call_tool(self, call: ToolCall, tools: Sequence[ToolLike], *, reuse_results: bool = False) -> ToolMessage:
+        """Run the tool a model asked for; errors come back in the message, never raised.
+
+        With ``reuse_results``, a call with the same name and arguments as one
+        that already succeeded through this context (one agent run) does not
+        run again: the message repeats the earlier result, tells the model
+        so, and has ``error_kind="repeated"``.
+        """
 
     @abstractmethod
     async def run_step(self, call: StepCall[T]) -> T:

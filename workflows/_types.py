@@ -1,12 +1,36 @@
-"""Values exchanged between workflow code and the runtime: replies, tool calls, usage."""
+"""Values exchanged between workflow code and the runtime: replies, tool calls, tools, usage."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias
+from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
-__all__ = ["LLMReply", "ToolCall", "ToolChoice", "ToolMessage", "Usage"]
+__all__ = ["LLMReply", "TokenReply", "ToolCall", "ToolChoice", "ToolLike", "ToolMessage", "ToolSpec", "Usage"]
+
+
+@runtime_checkable
+class ToolSpec(Protocol):
+    """A tool described to a model: what ``toolbridge.Tool`` objects are (this package never imports them).
+
+    ``parameters`` is the JSON schema of the arguments.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def description(self) -> str: ...
+
+    @property
+    def parameters(self) -> Mapping[str, Any]: ...
+
+
+#: What a workflow may hand the runtime as a tool: a described tool
+#: (:class:`ToolSpec`, e.g. ``toolbridge.tool(...)``) or a plain function,
+#: sync or async, whose annotations describe its arguments.
+ToolLike: TypeAlias = ToolSpec | Callable[..., Any]
 
 #: ``"auto"`` lets the model choose between calling tools and answering,
 #: ``"required"`` forces at least one tool call, ``"none"`` forces an answer;
@@ -75,6 +99,28 @@ class LLMReply:
     tool_call_error: str | None = None
     ttft_s: float | None = None
     latency_s: float = 0.0
+    queued_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenReply:
+    """What ``ctx.llm_tokens(...)`` returns: the generated token ids and how the call went.
+
+    Times in seconds from the moment the request reached the engine:
+    ``ttft_s`` to the first token, ``latency_s`` to the last; ``queued_s``
+    is how long the engine kept it waiting, when it can tell.
+    ``usage.cached_tokens`` is the part of the prompt served from the
+    engine's prefix cache.  ``engine`` names the engine that served it.
+    """
+
+    token_ids: tuple[int, ...]
+    usage: Usage
+    finish_reason: str | None
+    model: str
+    engine: str
+    ttft_s: float | None
+    latency_s: float
+    queued_s: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +128,11 @@ class ToolMessage:
     """The outcome of one tool call, as fed back to the model.
 
     ``content`` is what the model sees: the tool's value as text, or a short
-    error description when ``ok`` is false (``error_kind`` says which:
-    ``"invalid_args"``, ``"unknown_tool"``, ``"timeout"``, ``"exception"``...).
+    error description when ``ok`` is false.  ``error_kind`` is a value of
+    ``toolbridge.ErrorKind`` (``"invalid_args"``, ``"unknown_tool"``,
+    ``"timeout"``, ``"oom"``, ``"cancelled"`` ...); ``"repeated"`` marks an
+    ``ok`` message that repeats an earlier result instead of running the
+    tool again.
     """
 
     call_id: str

@@ -10,24 +10,28 @@ state) in one place so every backend reports the same statistics.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import Any, ClassVar, Self, TypeAlias
 
-from .._errors import EngineClosedError, EngineError
+from .._errors import EngineCapabilityError, EngineClosedError, EngineError
 
 __all__ = [
     "ChatPrompt",
     "Completion",
+    "METADATA_NODE_ID",
+    "METADATA_PIN_TTL_S",
+    "METADATA_PROGRAM_ID",
+    "METADATA_WORKFLOW",
     "Engine",
+    "EngineLoad",
     "EngineStats",
     "GenerateRequest",
     "MetadataValue",
+    "PinStats",
     "Prompt",
     "SamplingOptions",
     "TokenDelta",
@@ -37,6 +41,18 @@ __all__ = [
 #: Values vLLM accepts in ``SamplingParams.extra_args`` and in the HTTP body's
 #: ``vllm_xargs`` alike (the HTTP side is the narrower of the two).
 MetadataValue: TypeAlias = str | int | float | list[str | int | float]
+
+# Request metadata keys with a meaning shared by the runtime and the engines.
+#: The program a request belongs to (always sent by the runtime).
+METADATA_PROGRAM_ID = "program_id"
+#: The DAG node of the LLM call (always sent by the runtime).
+METADATA_NODE_ID = "node_id"
+#: The workflow's name (always sent by the runtime).
+METADATA_WORKFLOW = "workflow"
+#: Seconds to keep the request's KV blocks pinned for its program after it
+#: finishes (a policy's choice).  Only engines with ``supports_pins`` accept it:
+#: the runtime refuses to send it to any other.
+METADATA_PIN_TTL_S = "pin_ttl_s"
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +184,51 @@ class EngineStats:
     pin_hits: int | None = None
     pins_expired: int | None = None
     pins_released_pressure: int | None = None
+    pinned_blocks: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EngineLoad:
+    """What a policy may read of one engine before each call: cheap, no I/O, possibly a little stale.
+
+    ``in_flight`` (requests the runtime has sent and not seen finish) is
+    exact.  ``waiting``, ``running`` and ``kv_usage`` (0..1) are the engine
+    scheduler's latest figures where the backend has them (in-process vLLM:
+    after every engine step; remote servers: as of the last :meth:`Engine.stats`
+    call, which reads ``/metrics``; the simulator: now), else ``None``.
+    ``pinned_blocks`` is the KV blocks pins hold now on engines that pin
+    (``None`` elsewhere); ``kv_blocks`` the engine's total where known.
+    """
+
+    name: str
+    available: bool
+    in_flight: int
+    waiting: int | None = None
+    running: int | None = None
+    kv_usage: float | None = None
+    pinned_blocks: int | None = None
+    kv_blocks: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PinStats:
+    """Pin counters of one engine since it started, and what pins hold now.
+
+    ``pins`` created (at request finish or by :meth:`Engine.set_pin`),
+    ``pin_hits`` (the program's next request was admitted while its pin was
+    live), ``pins_expired`` (the time-to-live ran out), ``pins_released``
+    (released by :meth:`Engine.release_pin`), ``pins_released_pressure``
+    (given up because other requests needed the blocks); ``pinned_blocks``
+    and ``pinned_programs`` are live now.
+    """
+
+    pins: int = 0
+    pin_hits: int = 0
+    pins_expired: int = 0
+    pins_released: int = 0
+    pins_released_pressure: int = 0
+    pinned_blocks: int = 0
+    pinned_programs: int = 0
 
 
 class Engine(ABC):
@@ -176,8 +237,19 @@ class Engine(ABC):
     ``async with engine:`` starts it and closes it.  :meth:`stream` and
     :meth:`generate` are the request API; backends implement :meth:`_start`,
     :meth:`_stream`, :meth:`_abort`, :meth:`_check_health`, :meth:`_aclose`
-    and may extend :meth:`_engine_stats`.
+    and may extend :meth:`_engine_stats` and :meth:`_load_figures`.
+
+    **Engine control** (program state kept in the engine, driven by
+    policies): engines whose :attr:`supports_pins` is true keep a finished
+    request's KV blocks referenced for its program (a *pin*) when the request
+    asks (metadata ``pin_ttl_s``), and implement :meth:`_set_pin`,
+    :meth:`_release_pin` and :meth:`_pin_stats`.  On any other engine
+    :meth:`set_pin`, :meth:`release_pin` and :meth:`pin_stats` raise
+    :class:`~runtime.EngineCapabilityError`: a pin is never silently ignored.
     """
+
+    #: Whether this backend can pin KV blocks (see the class docstring).
+    supports_pins: ClassVar[bool] = False
 
     def __init__(self, name: str, model: str) -> None:
         self.name = name
@@ -299,6 +371,42 @@ class Engine(ABC):
         """Requests sent to this engine and not finished yet."""
         return len(self._in_flight)
 
+    def load(self) -> EngineLoad:
+        """The engine's load now, for policies (see :class:`EngineLoad`); no I/O."""
+        return EngineLoad(self.name, self.available, len(self._in_flight), **self._load_figures())
+
+    # -- engine control: pins ------------------------------------------------
+
+    def _require_pins(self, what: str) -> None:
+        if not self.supports_pins:
+            raise EngineCapabilityError(
+                f"engine {self.name} ({type(self).__name__}) cannot pin KV blocks, so it cannot {what}"
+            )
+        if self._closed:
+            raise EngineClosedError(f"engine {self.name} is closed")
+
+    async def set_pin(self, program_id: str, ttl_s: float) -> bool:
+        """Pin ``program_id``'s KV blocks for ``ttl_s`` seconds from now, or change its pin's expiry.
+
+        The blocks are those of the program's last finished request, as far
+        as the engine still holds them; ``ttl_s <= 0`` releases the pin.
+        Returns False when the engine holds none of them (nothing to pin).
+        """
+        self._require_pins("set a pin")
+        if ttl_s <= 0:
+            return await self._release_pin(program_id)
+        return await self._set_pin(program_id, float(ttl_s))
+
+    async def release_pin(self, program_id: str) -> bool:
+        """Release ``program_id``'s pin now; False if it holds none."""
+        self._require_pins("release a pin")
+        return await self._release_pin(program_id)
+
+    async def pin_stats(self) -> PinStats:
+        """Pin counters and what pins hold now (see :class:`PinStats`)."""
+        self._require_pins("report pin statistics")
+        return await self._pin_stats()
+
     # -- backend hooks -----------------------------------------------------
 
     @abstractmethod
@@ -329,16 +437,18 @@ class Engine(ABC):
         """Backend-specific fields of :class:`EngineStats` (waiting, running, kv_usage, preemptions)."""
         return {}
 
+    def _load_figures(self) -> dict[str, Any]:
+        """Backend-specific fields of :class:`EngineLoad` (waiting, running, kv_usage, pinned/kv blocks); no I/O."""
+        return {}
 
-def monotonic() -> float:
-    """The clock every engine uses for request timings (seconds).
+    async def _set_pin(self, program_id: str, ttl_s: float) -> bool:
+        """Engines with ``supports_pins``: pin or re-pin (``ttl_s`` > 0 seconds)."""
+        raise NotImplementedError
 
-    Inside a running event loop this is ``loop.time()``, so timings follow a
-    virtual clock (:func:`runtime._vclock.run_virtual`); asyncio's default
-    ``loop.time()`` is ``time.monotonic()``, which is used outside a loop.
-    """
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        return time.monotonic()
-    return loop.time()
+    async def _release_pin(self, program_id: str) -> bool:
+        """Engines with ``supports_pins``: release now."""
+        raise NotImplementedError
+
+    async def _pin_stats(self) -> PinStats:
+        """Engines with ``supports_pins``: the counters."""
+        raise NotImplementedError

@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import telemetry
 
+from .._clock import now
 from .._errors import (
     EngineClosedError,
     EngineError,
@@ -38,7 +39,6 @@ from ._base import (
     Engine,
     GenerateRequest,
     TokenDelta,
-    monotonic,
 )
 
 __all__ = [
@@ -259,7 +259,7 @@ class _StreamState:
         if not text and not ids:  # the role-only first chat chunk, the usage chunk
             return None
         if self.first_token_at is None:
-            self.first_token_at = monotonic()
+            self.first_token_at = now()
         self.text.append(text)
         self.token_ids.extend(ids)
         return TokenDelta(text, tuple(ids))
@@ -274,7 +274,7 @@ class _StreamState:
         completion_tokens = usage.get("completion_tokens")
         if completion_tokens is None:
             completion_tokens = len(self.token_ids)
-        now = monotonic()
+        finished_at = now()
         return Completion(
             request_id=self.request.request_id,
             engine=self.engine,
@@ -286,7 +286,7 @@ class _StreamState:
             completion_tokens=int(completion_tokens),
             cached_tokens=int(details.get("cached_tokens") or 0),
             ttft_s=None if self.first_token_at is None else self.first_token_at - self.sent_at,
-            e2e_s=now - self.sent_at,
+            e2e_s=finished_at - self.sent_at,
             queued_s=self.queued_s,
             prompt_token_ids=None if self.prompt_token_ids is None else tuple(self.prompt_token_ids),
         )
@@ -361,6 +361,8 @@ class RemoteEngine(Engine):
         # client, which is how vLLM learns to abort the request.
         self._responses: dict[str, aiohttp.ClientResponse] = {}
         self._aborted: set[str] = set()
+        # The scheduler figures of the last /metrics read, for load().
+        self._last_metrics: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -462,7 +464,7 @@ class RemoteEngine(Engine):
         path, body = request_body(request, self.model)
         url = self._url(path)
         what = f"POST {url} ({request.request_id})"
-        state = _StreamState(request, self.name, self.model, monotonic())
+        state = _StreamState(request, self.name, self.model, now())
         request_id = request.request_id
         response: aiohttp.ClientResponse | None = None
         finished = False
@@ -537,10 +539,16 @@ class RemoteEngine(Engine):
         if status != 200:
             return {}
         try:
-            return parse_vllm_metrics(body)
+            metrics = parse_vllm_metrics(body)
         except ValueError as exc:  # malformed exposition text
             logger.warning("%s: cannot parse /metrics: %s", self.name, exc)
             return {}
+        self._last_metrics = {k: metrics[k] for k in ("waiting", "running", "kv_usage")}
+        return metrics
+
+    def _load_figures(self) -> dict[str, Any]:
+        # No I/O here: what the last stats() call read from /metrics.
+        return self._last_metrics
 
 
 def _json_object(data: str, what: str) -> dict[str, Any]:

@@ -25,8 +25,10 @@ from typing import IO
 
 import telemetry
 
+from .._clock import now
 from .._errors import EngineStartError, EngineUnavailableError
-from ._base import Completion, GenerateRequest, TokenDelta, monotonic
+from ._base import Completion, GenerateRequest, TokenDelta
+from ._dtype import resolve_dtype
 from ._remote import RemoteEngine
 
 __all__ = ["ServerEngine"]
@@ -96,9 +98,9 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
 
 
 async def _wait_group_gone(pgid: int, timeout_s: float) -> bool:
-    deadline = monotonic() + timeout_s
+    deadline = now() + timeout_s
     while _group_members(pgid):
-        if monotonic() >= deadline:
+        if now() >= deadline:
             return False
         await asyncio.sleep(0.1)
     return True
@@ -133,7 +135,9 @@ class ServerEngine(RemoteEngine):
 
     The server always runs with priority scheduling (lower ``priority`` runs
     first), prefix caching, cached-token counts in usage, per-request queue
-    times, bf16 and xgrammar structured output without free whitespace;
+    times, ``dtype`` (``"auto"``: bfloat16 on GPUs and on CPUs with native
+    bfloat16, else float32; :attr:`dtype` holds the one in use) and xgrammar
+    structured output without free whitespace;
     ``extra_args`` are appended after these and so override them.
 
     ``kv_cache_gib`` (GiB) sizes the KV cache of the CPU build
@@ -157,6 +161,7 @@ class ServerEngine(RemoteEngine):
         kv_cache_gib: int = 1,
         max_model_len: int | None = None,
         max_num_seqs: int | None = None,
+        dtype: str = "auto",
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
         startup_timeout_s: float = 300,
@@ -180,6 +185,8 @@ class ServerEngine(RemoteEngine):
         self._kv_cache_gib = kv_cache_gib
         self._max_model_len = max_model_len
         self._max_num_seqs = max_num_seqs
+        #: The number format the server runs in (``"auto"`` resolved for this machine).
+        self.dtype = resolve_dtype(dtype)
         self._extra_args = tuple(extra_args)
         self._env = dict(env or {})
         self._startup_timeout_s = startup_timeout_s
@@ -228,7 +235,7 @@ class ServerEngine(RemoteEngine):
             "--enable-prompt-tokens-details",
             "--enable-per-request-metrics",
             "--dtype",
-            "bfloat16",
+            self.dtype,
             "--structured-outputs-config",
             _STRUCTURED_OUTPUTS_CONFIG,
             "--disable-uvicorn-access-log",
@@ -292,7 +299,7 @@ class ServerEngine(RemoteEngine):
         with _open_log(self.log_path, f"--- agentrt: starting {' '.join(command)}") as log:
             proc = await self._spawn(command, env, log)
         self._proc = proc
-        t0 = monotonic()
+        t0 = now()
         logger.info("%s: started vllm serve (pid %d), log %s", self.name, proc.pid, self.log_path)
         launched = False
         try:
@@ -301,7 +308,7 @@ class ServerEngine(RemoteEngine):
         finally:
             if not launched:
                 await self._stop_process()
-        logger.info("%s: healthy after %.1f s", self.name, monotonic() - t0)
+        logger.info("%s: healthy after %.1f s", self.name, now() - t0)
 
     @staticmethod
     async def _spawn(command: list[str], env: dict[str, str], log: IO[bytes]) -> asyncio.subprocess.Process:
@@ -325,7 +332,7 @@ class ServerEngine(RemoteEngine):
             while True:
                 if await self._probe_health():
                     return
-                if monotonic() - t0 > self._startup_timeout_s:
+                if now() - t0 > self._startup_timeout_s:
                     raise EngineStartError(
                         f"{self.name}: vllm serve (pid {proc.pid}) not healthy after "
                         f"{self._startup_timeout_s:.0f} s; "

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime._bench import compare, plot_labels, slo_attainment_at
-from runtime._results import CallResult, ProgramResult, ReplayResult, summarize
-from runtime._trace import load_trace
+from runtime.replay._bench import compare, plot_labels, slo_attainment_at
+from runtime.replay._results import CallResult, ProgramResult, ReplayResult, summarize
+from runtime.replay._trace import load_trace
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -62,7 +62,7 @@ def make_result(
 
 
 def test_slo_attainment_at_scales(tmp_path: Path) -> None:
-    from runtime._results import load_result
+    from runtime.replay._results import load_result
 
     r = load_result(make_result(tmp_path, "a.json", "vllm", [2.0, 6.0, 12.0, None]))
     assert slo_attainment_at(r, 1.0) == 0.5
@@ -73,7 +73,7 @@ def test_slo_attainment_at_scales(tmp_path: Path) -> None:
 
 
 def test_plot_labels_tell_apart_results_of_the_same_policy_and_engine(tmp_path: Path) -> None:
-    from runtime._results import load_result
+    from runtime.replay._results import load_result
 
     paths = [
         make_result(tmp_path, "base.json", "vllm", [1.0]),

@@ -10,11 +10,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-from runtime._replay import replay_trace
-from runtime._results import ReplayResult, load_result, summarize
-from runtime._tokens import model_vocabulary
-from runtime._trace import TraceCall, TraceProgram, dump_trace, load_trace
-from runtime._workloads import generate_workload
+from runtime.replay._replay import replay_trace
+from runtime.replay._results import ReplayResult, load_result, summarize
+from runtime.replay._tokens import model_vocabulary
+from runtime.replay._trace import TraceCall, TraceProgram, dump_trace, load_trace
+from runtime.replay._workloads import generate_workload
 
 
 def chain(pid: str, arrival: float, *, tool_s: float) -> TraceProgram:
@@ -85,8 +85,8 @@ async def test_generated_agent_trace_replays(rt: Any, tiny_model: Path, tmp_path
 
 
 async def test_calibrate_measures_a_profile_the_simulator_loads(rt: Any, tiny_model: Path) -> None:
-    from runtime._calibrate import calibrate_engine
-    from runtime._sim import CostProfile
+    from runtime.replay._calibrate import calibrate_engine
+    from runtime.replay._sim import CostProfile
 
     (engine,) = rt.engines
     profile = await calibrate_engine(

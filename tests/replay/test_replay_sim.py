@@ -13,15 +13,15 @@ from typing import Any
 
 import pytest
 
-from runtime._replay import replay_trace
-from runtime._replay_cli import _young_collections_every
-from runtime._results import load_result, summarize
 from runtime._runtime import Runtime
-from runtime._sim import CostProfile, SimEngine
-from runtime._tokens import Vocabulary
-from runtime._trace import TraceCall, TraceProgram, dump_trace
-from runtime._vclock import run_virtual
-from runtime._workloads import generate_workload
+from runtime.replay._cli import _young_collections_every
+from runtime.replay._replay import replay_trace
+from runtime.replay._results import load_result, summarize
+from runtime.replay._sim import CostProfile, SimEngine
+from runtime.replay._tokens import Vocabulary
+from runtime.replay._trace import TraceCall, TraceProgram, dump_trace
+from runtime.replay._vclock import run_virtual
+from runtime.replay._workloads import generate_workload
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime._results import (
+from runtime.replay._results import (
     CallResult,
     ProgramResult,
     ReplayResult,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime._trace import MAX_PROBLEMS, TraceError, TraceProgram, dump_trace, load_trace, topological_order
+from runtime.replay._trace import MAX_PROBLEMS, TraceError, TraceProgram, dump_trace, load_trace, topological_order
 
 
 def call(cid: str, **kw: Any) -> dict[str, Any]:

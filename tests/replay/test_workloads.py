@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from runtime._results import percentile
-from runtime._trace import TraceProgram, dump_trace, load_trace
-from runtime._workloads import (
+from runtime.replay._results import percentile
+from runtime.replay._trace import TraceProgram, dump_trace, load_trace
+from runtime.replay._workloads import (
     AGENT_SYSTEM_TOKENS,
     DECODE_S_PER_TOKEN,
     PREFILL_S_PER_TOKEN,

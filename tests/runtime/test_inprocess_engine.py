@@ -19,7 +19,7 @@ from runtime import (
     TokenDelta,
     TokenPrompt,
 )
-from runtime._engines._base import monotonic
+from runtime._clock import now as monotonic
 from tests.runtime._helpers import wait_until_idle
 
 pytestmark = pytest.mark.engine

@@ -1,4 +1,4 @@
-"""Tests for runtime._models: resolving and preparing local models.
+"""Tests for runtime._models and runtime._model_build: resolving and preparing local models.
 
 The tiny model is built for real (twice, ~7 s each on 2 cores) to check that
 the build is deterministic; SmolLM2's conversion downloads ~93 MB and takes
@@ -19,10 +19,11 @@ import pytest
 
 from runtime import _models
 from runtime._errors import ModelNotFoundError, ModelPreparationError
+from runtime._model_build import _common, _prepare, _recipes, _tiny
+from runtime._model_build._cli import main
 from runtime._models import (
     KNOWN_MODELS,
     MARKER_NAME,
-    main,
     models_dir,
     prepare_model,
     resolve_model,
@@ -38,6 +39,8 @@ REPO_ROOT = Path(_models.__file__).resolve().parent.parent
 
 def test_known_models() -> None:
     assert KNOWN_MODELS == ("tiny", "smollm2-135m")
+    # KNOWN_MODELS is spelled out so the core need not import the builders.
+    assert tuple(_recipes._RECIPES) == KNOWN_MODELS
 
 
 def test_models_dir_default_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -50,11 +53,12 @@ def test_models_dir_default_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: P
 def test_import_is_cheap() -> None:
     code = (
         "import sys, runtime._models; "
-        "print(sorted(m for m in ('torch', 'transformers', 'tokenizers', 'gguf') if m in sys.modules))"
+        "print(sorted(m for m in ('torch', 'transformers', 'tokenizers', 'gguf') if m in sys.modules)); "
+        "print(sorted(m for m in sys.modules if m.startswith('runtime._model_build')))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
-    assert out.stdout.strip() == "[]"
+    assert out.stdout.split() == ["[]", "[]"]
 
 
 def _fake_model_dir(path: Path) -> Path:
@@ -127,7 +131,7 @@ class _FakeBuild:
 @pytest.fixture
 def fake_recipe(monkeypatch: pytest.MonkeyPatch) -> _FakeBuild:
     build = _FakeBuild()
-    monkeypatch.setitem(_models._RECIPES, "fake", _models._Recipe("fake", 1, "a fake", build))
+    monkeypatch.setitem(_recipes._RECIPES, "fake", _recipes._Recipe("fake", 1, "a fake", build))
     return build
 
 
@@ -170,7 +174,7 @@ def test_prepare_rebuilds_outdated_recipe(
 ) -> None:
     target = tmp_path / "fake"
     prepare_model("fake", dest_dir=target)
-    monkeypatch.setitem(_models._RECIPES, "fake", _models._Recipe("fake", 2, "newer", fake_recipe))
+    monkeypatch.setitem(_recipes._RECIPES, "fake", _recipes._Recipe("fake", 2, "newer", fake_recipe))
     prepare_model("fake", dest_dir=target)
     assert fake_recipe.calls == 2
     assert json.loads((target / MARKER_NAME).read_text())["recipe_version"] == 2
@@ -217,7 +221,7 @@ def test_prepare_refuses_foreign_directory(fake_recipe: _FakeBuild, tmp_path: Pa
 def _weights_sha256(model_dir: Path) -> str:
     from safetensors.torch import load_file
 
-    return _models._state_dict_sha256(load_file(str(model_dir / "model.safetensors")))
+    return _common._state_dict_sha256(load_file(str(model_dir / "model.safetensors")))
 
 
 @pytest.fixture(scope="module")
@@ -247,8 +251,8 @@ def test_tiny_is_idempotent(tiny_builds: tuple[Path, Path], monkeypatch: pytest.
     a, _ = tiny_builds
     before = (a / MARKER_NAME).stat().st_mtime_ns
     # Only the marker is read: no build (which would fail here) and no lock.
-    monkeypatch.setattr(_models, "_build_into", _must_not_build)
-    monkeypatch.setattr(_models, "_build_lock", _must_not_build)
+    monkeypatch.setattr(_prepare, "_build_into", _must_not_build)
+    monkeypatch.setattr(_prepare, "_build_lock", _must_not_build)
     assert prepare_model("tiny", dest_dir=a) == a
     assert (a / MARKER_NAME).stat().st_mtime_ns == before
 
@@ -318,11 +322,11 @@ def test_tiny_model_runs(tiny_builds: tuple[Path, Path]) -> None:
 
 
 def test_tiny_corpus_is_stable() -> None:
-    docs = _models._stdlib_corpus()
-    again = _models._stdlib_corpus()
+    docs = _tiny._stdlib_corpus()
+    again = _tiny._stdlib_corpus()
     assert docs == again
     size = sum(len(d.encode("utf-8")) for d in docs)
-    assert _models.TINY_CORPUS_MAX_BYTES <= size < _models.TINY_CORPUS_MAX_BYTES + (64 << 10)
+    assert _tiny.TINY_CORPUS_MAX_BYTES <= size < _tiny.TINY_CORPUS_MAX_BYTES + (64 << 10)
 
 
 # --------------------------------------------------------------------------

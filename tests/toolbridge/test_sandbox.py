@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from toolbridge import Limits, RlimitDriver, SandboxDriver, run_tool, sandbox_driver, shell, tool
+from toolbridge import (
+    ErrorKind,
+    Limits,
+    RlimitDriver,
+    SandboxDriver,
+    run_tool,
+    sandbox_driver,
+    shell,
+    tool,
+)
 
 
 @pytest.fixture(scope="module")
@@ -202,6 +211,9 @@ async def test_shell_tool(driver: SandboxDriver) -> None:
     failed = await run_tool(sh, {"command": "echo out; echo err >&2; exit 4"})
     assert failed.error is not None and failed.error.kind == "exit"
     assert "exit code 4" in failed.error.message and "err" in failed.error.message
+    # ShellFailed (a ToolbridgeError) raised in the child still reads as kind exit, an ErrorKind here.
+    assert failed.error.kind is ErrorKind.EXIT
+    assert failed.content.startswith("error (exit): command 'echo out; echo err >&2; exit 4' failed: exit code 4")
     oom = await run_tool(sh, {"command": "python3 -c 'x = bytearray(300 << 20)'"})
     assert oom.error is not None and oom.error.kind == "oom"
     assert "command \"python3 -c 'x = bytearray(300 << 20)'\"" in oom.error.message
@@ -231,3 +243,47 @@ async def test_sandbox_failures_are_results() -> None:
     result = await run_tool(crunch, {"n": 1}, driver=Broken())
     assert result.error is not None and result.error.kind == "exception"
     assert "cannot create a sandbox for crunch" in result.error.message
+
+
+async def test_error_kind_from_the_child_is_sent_as_a_plain_str(driver: SandboxDriver) -> None:
+    @tool(isolation="process", limits=Limits(timeout_s=20))
+    def odd_kind() -> None:
+        # A str subclass only the child knows: the answer must still unpickle in the parent.
+        class Kind(str):
+            pass
+
+        class Failed(Exception):
+            error_kind = Kind("exit")
+
+        raise Failed("it failed its own way")
+
+    @tool(isolation="process", limits=Limits(timeout_s=20))
+    def not_a_kind() -> None:
+        class Failed(Exception):
+            error_kind = object()  # not a kind at all: ignored
+
+        raise Failed("plain failure")
+
+    odd = await run_tool(odd_kind, {})
+    assert odd.error is not None and odd.error.kind is ErrorKind.EXIT
+    assert odd.error.message == "odd_kind failed: it failed its own way"
+    plain = await run_tool(not_a_kind, {})
+    assert plain.error is not None and (plain.error.kind, plain.error.message) == ("exception", "Failed: plain failure")
+
+
+class _TenthSpeedLoop(asyncio.SelectorEventLoop):
+    """An event loop whose clock runs at a tenth of real time, as a virtual-time loop's may."""
+
+    def time(self) -> float:
+        return super().time() / 10
+
+
+def test_isolated_calls_are_timed_by_the_event_loop_clock() -> None:
+    # Run on a loop of its own: the session's loop keeps its real clock.
+    started = time.monotonic()
+    with asyncio.Runner(loop_factory=_TenthSpeedLoop) as runner:
+        result = runner.run(run_tool(crunch, {"n": 2}, driver=RlimitDriver(), predictor=None))
+    real_s = time.monotonic() - started
+    assert result.ok and result.value == 4
+    # Loop seconds (a tenth of real ones), as inline tools report, not time.monotonic()'s.
+    assert 0 < result.usage.wall_s < real_s / 3, (result.usage.wall_s, real_s)

@@ -9,7 +9,18 @@ from __future__ import annotations
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from workflows import Agent, AgentResult, Context, LLMReply, StepCall, ToolCall, ToolChoice, ToolMessage
+from workflows import (
+    Agent,
+    AgentResult,
+    Context,
+    LLMReply,
+    StepCall,
+    TokenReply,
+    ToolCall,
+    ToolChoice,
+    ToolLike,
+    ToolMessage,
+)
 
 T = TypeVar("T")
 
@@ -19,6 +30,8 @@ class FakeContext(Context):
         self.replies = list(replies)
         self.llm_calls: list[dict[str, Any]] = []
         self.tool_calls: list[ToolCall] = []
+        #: ``reuse_results`` of each call_tool call, in order.
+        self.reuse_results: list[bool] = []
 
     @property
     def program_id(self) -> str:
@@ -33,21 +46,35 @@ class FakeContext(Context):
         top_p: float = 1.0,
         seed: int | None = None,
         stop: Sequence[str] = (),
-        tools: Sequence[object] | None = None,
+        tools: Sequence[ToolLike] | None = None,
         tool_choice: ToolChoice = "auto",
         parallel_tool_calls: bool = True,
         json_schema: Mapping[str, Any] | None = None,
         priority: int | None = None,
         ignore_eos: bool = False,
+        stage: str | None = None,
     ) -> LLMReply:
         self.llm_calls.append({"messages": [dict(m) for m in messages], "tool_choice": tool_choice})
         return self.replies.pop(0)
 
+    async def llm_tokens(
+        self,
+        prompt_token_ids: Sequence[int],
+        *,
+        max_tokens: int,
+        ignore_eos: bool = False,
+        temperature: float = 0.0,
+        priority: int | None = None,
+        stage: str | None = None,
+    ) -> TokenReply:
+        raise NotImplementedError("the fake context runs no token-level calls")
+
     async def gather(self, *aws: Awaitable[T]) -> list[T]:
         return [await aw for aw in aws]
 
-    async def call_tool(self, call: ToolCall, tools: Sequence[object]) -> ToolMessage:
+    async def call_tool(self, call: ToolCall, tools: Sequence[ToolLike], *, reuse_results: bool = False) -> ToolMessage:
         self.tool_calls.append(call)
+        self.reuse_results.append(reuse_results)
         fn = {getattr(t, "__name__", ""): t for t in tools}[call.name]
         assert callable(fn)
         return ToolMessage(call.id, call.name, str(fn(**call.arguments)))

@@ -67,18 +67,13 @@ def test_agent_declaration_errors() -> None:
         Agent("x", tools=[42])
 
 
-async def test_repeated_identical_call_is_answered_from_the_earlier_result() -> None:
+async def test_agent_asks_the_context_to_reuse_results_unless_repeat_calls() -> None:
+    # Reusing an identical call's result is the context's job (tested on the
+    # runtime in tests/runtime/test_tool_reuse.py); the agent only asks for it.
     call = ToolCall("c1", "add", {"a": 2, "b": 3})
-    again = ToolCall("c2", "add", {"b": 3, "a": 2})
-    other = ToolCall("c3", "add", {"a": 1, "b": 3})
-    ctx = FakeContext([tool_reply(call), tool_reply(again, other), LLMReply(text="5")])
-    result = await Agent("x", tools=[add], max_turns=4).run(ctx, "go")
-    assert [c.id for c in ctx.tool_calls] == ["c1", "c3"]  # c2 did not run the tool again
-    repeated = result.turns[1].tool_results[0]
-    assert (
-        repeated.ok and repeated.error_kind == "repeated" and repeated.content.startswith("5 (you already called add")
-    )
-    # Opting out runs every call.
-    ctx2 = FakeContext([tool_reply(call), tool_reply(again), LLMReply(text="5")])
+    ctx = FakeContext([tool_reply(call), LLMReply(text="5")])
+    await Agent("x", tools=[add], max_turns=4).run(ctx, "go")
+    assert ctx.reuse_results == [True]
+    ctx2 = FakeContext([tool_reply(call), LLMReply(text="5")])
     await Agent("x", tools=[add], max_turns=4, repeat_calls=True).run(ctx2, "go")
-    assert [c.id for c in ctx2.tool_calls] == ["c1", "c2"]
+    assert ctx2.reuse_results == [False]

@@ -3,7 +3,9 @@
 ``select_driver()`` picks, in order: cgroup v2 (a unified hierarchy with the
 memory and pids controllers that we may write), cgroup v1 (writable memory
 and pids hierarchies), then rlimits with a warning.  ``AGENTRT_SANDBOX=
-cgroup2|cgroup1|rlimit`` forces one.
+cgroup2|cgroup1|rlimit`` forces one (``v2`` and ``v1`` are accepted for
+``cgroup2`` and ``cgroup1``); a forced cgroup backend the host lacks is an
+``OSError``, not a fall-back.
 """
 
 from __future__ import annotations
@@ -38,9 +40,20 @@ _driver: SandboxDriver | None = None
 _lock = threading.Lock()
 
 
+#: Other names ``AGENTRT_SANDBOX`` accepts for a backend (the README's short ones).
+_ALIASES = {"v2": "cgroup2", "v1": "cgroup1"}
+
+
 def select_driver(name: str | None = None, *, mount: Path = Path("/sys/fs/cgroup")) -> SandboxDriver:
-    """Build the best backend this host allows, or the one named (``cgroup2``, ``cgroup1``, ``rlimit``)."""
+    """Build the best backend this host allows, or the one named.
+
+    Names (``name``, else ``$AGENTRT_SANDBOX``): ``cgroup2`` (or ``v2``),
+    ``cgroup1`` (or ``v1``), ``rlimit``.  A named cgroup backend this host
+    lacks raises ``OSError``; an unknown name raises ``ValueError``.
+    """
     name = name or os.environ.get("AGENTRT_SANDBOX") or None
+    if name is not None:
+        name = _ALIASES.get(name, name)
     if name == "rlimit":
         return RlimitDriver()
     if name == "cgroup2":
@@ -48,7 +61,7 @@ def select_driver(name: str | None = None, *, mount: Path = Path("/sys/fs/cgroup
     if name == "cgroup1":
         return CgroupV1Driver(mount)
     if name is not None:
-        raise ValueError(f"unknown sandbox backend {name!r}; use cgroup2, cgroup1 or rlimit")
+        raise ValueError(f"unknown sandbox backend {name!r}; use cgroup2 (v2), cgroup1 (v1) or rlimit")
     reasons: list[str] = []
     unified = mount / "cgroup.controllers"
     if unified.exists() and "memory" in unified.read_text().split():

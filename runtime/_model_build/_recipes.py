@@ -1,0 +1,56 @@
+"""The known models' recipes: name, version, description and build function.
+
+:data:`runtime._models.KNOWN_MODELS` lists the same names without importing
+this module; the check at the bottom keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .._models import KNOWN_MODELS
+from ._smollm2 import SMOLLM2_REQUIREMENT, _build_smollm2
+from ._tiny import _build_tiny
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """How to build one known model.
+
+    ``build(out, scratch)`` writes the model files into ``out`` (an empty
+    directory) and may use ``scratch`` for downloads; it returns details that
+    are recorded in the marker file. Bump ``version`` whenever the output
+    changes, so that prepared copies are rebuilt.
+    """
+
+    name: str
+    version: int
+    description: str
+    build: Callable[[Path, Path], dict[str, Any]]
+
+
+_RECIPES: dict[str, _Recipe] = {
+    recipe.name: recipe
+    for recipe in (
+        _Recipe(
+            "tiny",
+            version=2,
+            description="random-weight Llama, 2 layers, hidden 128, local BPE tokenizer",
+            build=_build_tiny,
+        ),
+        _Recipe(
+            "smollm2-135m",
+            version=1,
+            description=f"SmolLM2-135M-Instruct (bf16) from the GGUF in {SMOLLM2_REQUIREMENT}",
+            build=_build_smollm2,
+        ),
+    )
+}
+
+# Fails at import, so that a recipe added or renamed here without updating
+# KNOWN_MODELS (or the other way round) cannot go unnoticed.
+if tuple(_RECIPES) != KNOWN_MODELS:
+    raise RuntimeError(f"recipes {tuple(_RECIPES)} do not match runtime._models.KNOWN_MODELS {KNOWN_MODELS}")

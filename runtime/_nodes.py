@@ -1,0 +1,106 @@
+"""Opening a DAG node: the node, its span, its start and finish events, as one act.
+
+Every piece of work a context starts (a step, an LLM call, a tool call, an
+agent loop) is a node of the program's DAG.  :func:`open_node` opens it
+with ``after`` edges to the siblings that finished since the last node
+opened (a :class:`DagCursor` per context tracks them), enters its span,
+emits its start event, and on the way out closes the node as succeeded or
+failed and emits its finish event, however the block ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import telemetry
+
+from ._events import Event
+from ._program import Node, NodeKind, Program
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+__all__ = ["DagCursor", "NodeScope", "open_node"]
+
+
+class DagCursor:
+    """Where a context adds nodes: under ``parent``, after the siblings it saw finish."""
+
+    __slots__ = ("_after", "_finished_since_open", "parent", "program")
+
+    def __init__(self, program: Program, parent: Node | None) -> None:
+        self.program = program
+        self.parent = parent
+        self._finished_since_open: list[str] = []
+        self._after: tuple[str, ...] = ()
+
+    def open(self, kind: NodeKind, name: str) -> Node:
+        # Nodes opened together (ctx.gather) share the same `after`: the
+        # siblings that had finished before the first of them opened.
+        if self._finished_since_open:
+            self._after = tuple(self._finished_since_open)
+            self._finished_since_open.clear()
+        parent = self.parent.id if self.parent is not None else None
+        return self.program.add_node(kind, name, parent=parent, after=self._after)
+
+    def close(self, node: Node, *, ok: bool, error: str | None) -> None:
+        self.program.finish_node(node, ok=ok, error=error)
+        self._finished_since_open.append(node.id)
+
+
+@dataclass(slots=True, eq=False)
+class NodeScope:
+    """An open node and its span; the block marks it failed with :meth:`fail` (or by raising)."""
+
+    node: Node
+    span: Span
+    error: str | None = None
+
+    def fail(self, error: str) -> None:
+        """Close the node as failed with ``error`` even if the block completes."""
+        self.error = error
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@contextlib.contextmanager
+def open_node(
+    cursor: DagCursor,
+    kind: NodeKind,
+    name: str,
+    *,
+    span: AbstractContextManager[Span] | None = None,
+    started: Callable[[Node], Event] | None = None,
+    finished: Callable[[NodeScope], Event] | None = None,
+    failure: str,
+) -> Iterator[NodeScope]:
+    """Open a ``kind`` node called ``name`` for the ``with`` block, with its span and events.
+
+    ``span`` is entered after the node opens (none: no span of its own);
+    ``started(node)`` is emitted once it is open; ``finished(scope)`` after the
+    node is closed, whatever happened.  A block left by an exception or by
+    cancellation, without a :meth:`NodeScope.fail` of its own, closes the node
+    with ``failure`` as its error.
+    """
+    program = cursor.program
+    node = cursor.open(kind, name)
+    with span if span is not None else contextlib.nullcontext(telemetry.INVALID_SPAN) as current:
+        scope = NodeScope(node, current)
+        if started is not None:
+            program.emit(started(node))
+        completed = False
+        try:
+            yield scope
+            completed = True
+        finally:
+            if not completed and scope.error is None:
+                scope.error = failure
+            cursor.close(node, ok=scope.error is None, error=scope.error)
+            if finished is not None:
+                program.emit(finished(scope))

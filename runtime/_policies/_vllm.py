@@ -1,0 +1,34 @@
+"""The ``vllm`` policy: what plain vLLM behind a load balancer gives."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+from .._engines._base import Engine
+from ._base import CallInfo, Policy, Route
+
+__all__ = ["VLLMPolicy"]
+
+
+class VLLMPolicy(Policy):
+    """First come first served, least-loaded dispatch, no program awareness.
+
+    Every call is admitted at once.  Its priority is the caller's, else the
+    program's user priority, so equal priorities are served in arrival order
+    by vLLM's scheduler.  Engines are picked by fewest requests in flight,
+    ties broken round-robin.  No request metadata beyond the runtime's own.
+    """
+
+    name = "vllm"
+    recheck_s = None  # never holds a call
+
+    def __init__(self) -> None:
+        self._turn = itertools.count()
+
+    def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route:
+        requested = call.requested_priority
+        priority = call.program.priority if requested is None else requested
+        least = min(e.in_flight for e in engines)
+        candidates = [e for e in engines if e.in_flight == least]
+        return Route(candidates[next(self._turn) % len(candidates)], priority)

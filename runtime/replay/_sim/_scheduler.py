@@ -1,0 +1,624 @@
+"""A discrete-event model of one vLLM v1 engine's scheduler.
+
+Each step follows vLLM v1's ``Scheduler.schedule``: running requests first
+(a decoding request computes one token, a request still in chunked prefill
+takes what is left of the token budget), then waiting requests in queue order
+while ``max_num_seqs`` and the per-step token budget allow, skipping prompt
+tokens found in the prefix cache.  When a running request needs a block and
+none is free even after releasing pins, the lowest-priority running request
+(largest ``(priority, arrival)``, or the last admitted under FCFS) is preempted
+by recompute: its blocks go back to the cache, its computed tokens reset to 0,
+and it returns to the waiting queue.  No waiting request is admitted in a step
+that preempted.
+
+Time is the caller's: :meth:`Scheduler.schedule` plans a step and prices it
+with the :class:`~._cost.CostProfile`; the caller lets that much time pass and
+calls :meth:`Scheduler.complete`, which applies the step and reports first
+tokens and finished requests.  Output token ids are known up front (the
+simulated requests ignore EOS and generate exactly ``max_tokens``), so the
+blocks they fill are hash-chained like prompt blocks and the next turn of a
+program hits them.
+"""
+
+from __future__ import annotations
+
+import heapq
+import random
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from ._cost import CostProfile
+from ._kv import BlockManager, ChainHashCache, PrefixMemo
+
+__all__ = ["DecodeRun", "QueueOrder", "Scheduler", "SimRequest", "Step", "StepResult", "output_ids"]
+
+#: How the waiting queue is ordered: ``"priority"`` (lower value first, then arrival; vLLM's
+#: ``--scheduling-policy priority``) or ``"fcfs"`` (arrival).  Not to be confused with the
+#: runtime's scheduling *policies* (:class:`runtime.Policy`), which decide those priorities.
+QueueOrder = Literal["fcfs", "priority"]
+
+# Shared by every scheduler of the process: a program's next call may go to
+# another engine, and the hashes of a token sequence do not depend on one.
+_CHAIN_HASHES = ChainHashCache()
+
+
+def output_ids(seed: int, request_id: str, count: int, first_id: int, vocab_size: int) -> list[int]:
+    """``count`` deterministic pseudo-random token ids in ``[first_id, vocab_size)`` for one request."""
+    rng = random.Random(f"{seed}:{request_id}")
+    # A 32-bit draw per id, reduced modulo the range (bias below range / 2**32):
+    # random.choices cost a tenth of a replay's time.
+    picks = np.frombuffer(rng.randbytes(4 * count), dtype=np.uint32) % (vocab_size - first_id)
+    return (picks + first_id).tolist()  # type: ignore[no-any-return]
+
+
+@dataclass(slots=True, eq=False)
+class SimRequest:
+    """One request inside the simulator; times are the scheduler's clock (seconds)."""
+
+    request_id: str
+    prompt_len: int
+    tokens: list[int]
+    max_tokens: int
+    arrival: float
+    priority: int = 0
+    program_id: str | None = None
+    pin_ttl_s: float | None = None
+    hashes: list[int] = field(default_factory=list)
+    #: The cached prefix found while waiting, kept between steps (see :class:`PrefixMemo`).
+    prefix: PrefixMemo = field(default_factory=PrefixMemo)
+    blocks: list[int] = field(default_factory=list)
+    num_registered: int = 0
+    num_computed: int = 0
+    generated: int = 0
+    cached_tokens: int | None = None
+    first_scheduled: float | None = None
+    first_token_time: float | None = None
+    finish_time: float | None = None
+    preemptions: int = 0
+    aborted: bool = False
+    seq: int = 0
+    #: Prompt tokens plus the output tokens generated so far.
+    num_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.num_tokens = self.prompt_len + self.generated
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.tokens[self.prompt_len : self.prompt_len + self.generated]
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_time is not None
+
+    @property
+    def queued_s(self) -> float | None:
+        """Seconds from arrival to first being scheduled."""
+        return None if self.first_scheduled is None else self.first_scheduled - self.arrival
+
+
+@dataclass(slots=True)
+class Step:
+    """One planned engine step: requests, the tokens each computes, and the step's duration in seconds."""
+
+    requests: list[SimRequest]
+    tokens: list[int]
+    duration: float
+    #: The context the decoding sequences attend to when the step is decode-only; -1 if it prefills.
+    decode_context: int = -1
+
+
+@dataclass(slots=True)
+class StepResult:
+    """What a completed step produced."""
+
+    first_tokens: list[SimRequest]
+    finished: list[SimRequest]
+
+
+@dataclass(slots=True, eq=False)
+class DecodeRun:
+    """Steps 1..k that repeat a decode-only step's batch, planned at once (see :meth:`Scheduler.decode_run`).
+
+    Step ``j`` ends at ``ends[j - 1]`` and lasts ``durations[j - 1]``.  The
+    boundaries (a step's end: its completion, then the next step's plan) are
+    applied lazily by :meth:`Scheduler.advance`; the last step, or the one in
+    flight when the run is cut short, is completed as an ordinary
+    :class:`Step` (:meth:`DecodeRun.step`), so finishes go the usual way.
+    """
+
+    requests: list[SimRequest]
+    ends: list[float]
+    durations: list[float]
+    #: Each request's ``num_computed`` before step 1.
+    base: list[int]
+    #: Block bookkeeping at boundaries, in the order the one-step-at-a-time
+    #: scheduler does it: ``(boundary, 0, i)`` registers request i's newly
+    #: full block, ``(boundary, 1, i)`` allocates its next block.
+    events: list[tuple[int, int, int]]
+    next_event: int = 0
+    #: Boundaries applied so far: steps 1..done are complete, step done + 1 is planned.
+    done: int = 0
+    #: The last boundary the run may apply: len(ends) - 1, or ``done`` once cut short.
+    limit: int = 0
+
+    def step(self) -> Step:
+        """The step in flight after the applied boundaries, as an ordinary step."""
+        return Step(list(self.requests), [1] * len(self.requests), self.durations[self.done])
+
+    @property
+    def end(self) -> float:
+        """When the step in flight ends."""
+        return self.ends[self.done]
+
+    def cut(self) -> None:
+        """Apply no more boundaries: the step in flight becomes the run's last."""
+        self.limit = self.done
+
+
+class Scheduler:
+    """Continuous batching over a :class:`BlockManager` (see the module docstring)."""
+
+    def __init__(
+        self,
+        profile: CostProfile,
+        *,
+        kv_blocks: int | None = None,
+        max_num_seqs: int | None = None,
+        max_num_batched_tokens: int | None = None,
+        queue_order: QueueOrder = "priority",
+    ) -> None:
+        if queue_order not in ("fcfs", "priority"):
+            raise ValueError(f"unknown queue order {queue_order!r}; known: fcfs, priority")
+        self.profile = profile
+        self.kv = BlockManager(kv_blocks or profile.kv_blocks, profile.block_size)
+        self.max_num_seqs = max_num_seqs or profile.max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens or profile.max_num_batched_tokens
+        self.queue_order: QueueOrder = queue_order
+        self.running: list[SimRequest] = []
+        self._fifo: deque[SimRequest] = deque()
+        self._heap: list[tuple[int, float, int, SimRequest]] = []
+        self._requests: dict[str, SimRequest] = {}
+        # Per program, the block hashes of its last finished unpinned request
+        # (and how many of them were registered), for a pin set afterwards.
+        self._last_finished: OrderedDict[str, tuple[list[int], int]] = OrderedDict()
+        self._num_waiting = 0
+        self._seq = 0
+        self.preemptions = 0
+
+    # -- queue -------------------------------------------------------------
+
+    @property
+    def num_waiting(self) -> int:
+        return self._num_waiting
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.running) or self._num_waiting > 0
+
+    def _push_waiting(self, req: SimRequest, *, front: bool) -> None:
+        self._num_waiting += 1
+        if self.queue_order == "priority":
+            heapq.heappush(self._heap, (req.priority, req.arrival, req.seq, req))
+        elif front:
+            self._fifo.appendleft(req)
+        else:
+            self._fifo.append(req)
+
+    def _peek_waiting(self) -> SimRequest | None:
+        """The next live waiting request, dropping aborted ones on the way."""
+        if self.queue_order == "priority":
+            while self._heap:
+                req = self._heap[0][3]
+                if not req.aborted:
+                    return req
+                heapq.heappop(self._heap)
+            return None
+        while self._fifo:
+            req = self._fifo[0]
+            if not req.aborted:
+                return req
+            self._fifo.popleft()
+        return None
+
+    def _pop_waiting(self) -> None:
+        self._num_waiting -= 1
+        if self.queue_order == "priority":
+            heapq.heappop(self._heap)
+        else:
+            self._fifo.popleft()
+
+    # -- requests ----------------------------------------------------------
+
+    def add(self, req: SimRequest) -> None:
+        """Queue a request; raise ValueError if it could never fit in the KV cache or its id is taken."""
+        if req.request_id in self._requests:
+            raise ValueError(f"request id {req.request_id!r} is already in the simulator")
+        if req.prompt_len < 1 or req.max_tokens < 1:
+            raise ValueError("a request needs at least one prompt token and max_tokens >= 1")
+        if len(req.tokens) != req.prompt_len + req.max_tokens:
+            raise ValueError("tokens must hold the prompt and all max_tokens output ids")
+        needed = self.kv.blocks_for(req.prompt_len + req.max_tokens - 1)
+        if needed > self.kv.num_blocks:
+            raise ValueError(
+                f"request {req.request_id!r} needs {needed} KV blocks "
+                f"({req.prompt_len} prompt + {req.max_tokens} output tokens) but the cache has {self.kv.num_blocks}"
+            )
+        self._seq += 1
+        req.seq = self._seq
+        req.hashes = _CHAIN_HASHES.hashes(req.tokens, self.kv.block_size)
+        self._requests[req.request_id] = req
+        self._push_waiting(req, front=False)
+
+    def abort(self, request_id: str) -> bool:
+        """Drop a request wherever it is and release its blocks; False if unknown or finished."""
+        req = self._requests.pop(request_id, None)
+        if req is None:
+            return False
+        req.aborted = True
+        if req in self.running:
+            self.running.remove(req)
+            self.kv.release(req.blocks)
+            req.blocks = []
+        else:
+            self._num_waiting -= 1
+        return True
+
+    def unpin(self, program_id: str) -> bool:
+        """Release a program's pin early, on request; False if it has none."""
+        return self.kv.release_pin(program_id)
+
+    def _remember_finished(self, req: SimRequest) -> None:
+        assert req.program_id is not None
+        last = self._last_finished
+        last[req.program_id] = (req.hashes, req.num_registered)  # the list itself: no copy per request
+        last.move_to_end(req.program_id)
+        if len(last) > _LAST_FINISHED_KEPT:
+            last.popitem(last=False)
+
+    def set_pin(self, program_id: str, expiry: float) -> bool:
+        """Pin ``program_id`` until ``expiry``: move its live pin's expiry, or pin its last request's cached blocks.
+
+        False when the program has neither a pin nor cached blocks of its
+        last finished request.
+        """
+        kv = self.kv
+        if kv.set_expiry(program_id, expiry):
+            return True
+        last = self._last_finished.get(program_id)
+        if last is None:
+            return False
+        hashes, registered = last
+        return kv.pin_cached(program_id, hashes[:registered], expiry) > 0
+
+    # -- steps -------------------------------------------------------------
+
+    def _preempt(self, victim: SimRequest) -> None:
+        self.running.remove(victim)
+        self.kv.release(victim.blocks)
+        victim.blocks = []
+        victim.num_registered = 0
+        victim.num_computed = 0
+        victim.preemptions += 1
+        self.preemptions += 1
+        self._push_waiting(victim, front=True)
+
+    def _victim(self) -> SimRequest:
+        if self.queue_order == "priority":
+            return max(self.running, key=lambda r: (r.priority, r.arrival, r.seq))
+        return self.running[-1]
+
+    def schedule(self, now: float) -> Step | None:
+        """Plan the next step at time ``now`` (seconds); None when there is nothing to run."""
+        kv = self.kv
+        kv.expire_pins(now)
+        if not self.has_work:
+            return None
+        plan = _Plan(self.max_num_batched_tokens)
+        preempted_before = self.preemptions
+        self._schedule_running(plan)
+        if self.preemptions == preempted_before:
+            self._admit(now, plan)
+        duration = self.profile.step_time(plan.prefill, plan.decode_batch, plan.decode_context)
+        return Step(plan.requests, plan.tokens, duration, -1 if plan.prefill else plan.decode_context)
+
+    def decode_run(self, step: Step, now: float) -> DecodeRun | None:
+        """The run of steps that repeat ``step``, just planned at ``now``, if it has at least 2; else None.
+
+        While a decode-only step runs the whole batch and nothing waiting could
+        be admitted, the next step has the same batch, each context one token
+        longer, until a request finishes, a pin expires or the free blocks run
+        out: the run ends with the step that finishes the first request, with
+        the step that ends at or after the next pin expiry (its boundary would
+        release the pin before planning), or before the step whose plan needs
+        one block more than are free (that would release pins or preempt).
+        A request arriving or aborted meanwhile must cut the run
+        (:meth:`DecodeRun.cut`) after :meth:`advance` to the time it happens.
+        The steps' durations are priced as :meth:`schedule` would price them.
+        """
+        ctx = step.decode_context
+        reqs = step.requests
+        batch = len(reqs)
+        if ctx < 0 or batch != len(self.running):
+            return None
+        # A waiting request is admitted by the next plan unless the sequence
+        # slots or the token budget are full, and stay so while the batch does.
+        if self._num_waiting and batch < self.max_num_seqs and batch < self.max_num_batched_tokens:
+            return None
+        k = min(r.max_tokens - r.generated for r in reqs)
+        if k < 2:
+            return None
+        expiry = self.kv.next_expiry()
+        profile = self.profile
+        no_prefill: list[tuple[int, int]] = []
+        d = step.duration
+        t = now
+        ends: list[float] = []
+        durations: list[float] = []
+        # t accumulates like the loop clock does, one step's duration at a time.
+        for j in range(1, k + 1):
+            t += d
+            ends.append(t)
+            durations.append(d)
+            if j == k or t >= expiry:
+                break
+            ctx += batch
+            d = profile.step_time(no_prefill, batch, ctx)
+        k = len(ends)
+        if k < 2:
+            return None
+        # Block bookkeeping at boundaries 1..k-1: boundary b completes step b
+        # (a request whose computed tokens reach a block end registers it)
+        # and plans step b + 1 (a request whose computed tokens fill its
+        # blocks allocates one).
+        bs = self.kv.block_size
+        base = [r.num_computed for r in reqs]
+        allocs: list[tuple[int, int, int]] = []
+        events: list[tuple[int, int, int]] = []
+        for i, r in enumerate(reqs):
+            c0 = base[i]
+            events += [(b, 0, i) for b in range(bs - c0 % bs, k, bs)]
+            allocs += [(b, 1, i) for b in range(len(r.blocks) * bs - c0, k, bs)]
+        free = self.kv.num_free
+        if len(allocs) > free:
+            allocs.sort()
+            # The plan of step b + 1 would find no free block: end the run with step b.
+            k = allocs[free][0]
+            if k < 2:
+                return None
+            del ends[k:], durations[k:]
+            events = [e for e in events if e[0] < k]
+            del allocs[free:]
+            allocs = [e for e in allocs if e[0] < k]
+        events += allocs
+        events.sort()
+        return DecodeRun(list(reqs), ends, durations, base, events, limit=k - 1)
+
+    def advance(self, run: DecodeRun, now: float) -> None:
+        """Apply the run's boundaries up to ``now`` (at most ``run.limit``), as complete + schedule would.
+
+        No request finishes or gets its first token at these boundaries (the
+        run ends before), no pin expires, and every allocation succeeds.
+        """
+        ends = run.ends
+        old = done = run.done
+        while done < run.limit and ends[done] <= now:
+            done += 1
+        if done == old:
+            return
+        run.done = done
+        kv = self.kv
+        bs = kv.block_size
+        reqs = run.requests
+        base = run.base
+        events = run.events
+        e = run.next_event
+        while e < len(events) and events[e][0] <= done:
+            b, kind, i = events[e]
+            e += 1
+            req = reqs[i]
+            if kind:
+                got = kv.allocate(1)
+                if got is None:  # pragma: no cover - decode_run counted the free blocks
+                    raise AssertionError("a decode run ran out of blocks")
+                req.blocks += got
+            else:
+                full = (base[i] + b) // bs
+                registered = req.num_registered
+                if full > registered:
+                    kv.register_many(req.blocks[registered:full], req.hashes[registered:full])
+                    req.num_registered = full
+        run.next_event = e
+        steps = done - old
+        for req in reqs:
+            req.num_computed += steps
+            req.generated += steps
+            req.num_tokens += steps
+
+    def _schedule_running(self, plan: _Plan) -> None:
+        """Running requests in admission order.
+
+        A request short of a block first gets pins released, then preempts
+        the lowest-priority running request (possibly one already planned
+        this step, or itself).
+        """
+        kv = self.kv
+        bs = kv.block_size
+        running = self.running
+        requests = plan.requests
+        tokens = plan.tokens
+        # The common case, a decode that fits in its last block, is inlined:
+        # this loop runs once per running request per step.
+        decode_batch = 0
+        decode_context = 0
+        budget = plan.budget
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            computed = req.num_computed
+            n = req.num_tokens - computed
+            if n == 1 and req.generated and computed < len(req.blocks) * bs:
+                requests.append(req)
+                tokens.append(1)
+                budget -= 1
+                decode_batch += 1
+                decode_context += computed + 1
+                i += 1
+                continue
+            if n > budget:
+                n = budget
+            plan.budget = budget
+            lost = False
+            need = -(-(computed + n) // bs) - len(req.blocks)
+            while need > 0:
+                got = kv.allocate(need)
+                if got is not None:
+                    req.blocks.extend(got)
+                    break
+                kv.release_pins_under_pressure(need)
+                if kv.num_free >= need:
+                    continue
+                victim = self._victim()
+                if running.index(victim) < i:
+                    i -= 1
+                plan.drop(victim)
+                self._preempt(victim)
+                if victim is req:
+                    lost = True
+                    break
+            if not lost:  # else the next request moved into slot i
+                plan.add(req, n)
+                i += 1
+            budget = plan.budget
+        plan.budget = budget
+        plan.decode_batch += decode_batch
+        plan.decode_context += decode_context
+
+    def _admit(self, now: float, plan: _Plan) -> None:
+        """Admit waiting requests in queue order while sequence slots, token budget and blocks allow."""
+        kv = self.kv
+        bs = kv.block_size
+        while plan.budget > 0 and len(self.running) < self.max_num_seqs:
+            req = self._peek_waiting()
+            if req is None:
+                return
+            total = req.num_tokens
+            hit = kv.cached_prefix(req.hashes, total, req.prefix)
+            computed = len(hit) * bs
+            n = min(total - computed, plan.budget)
+            need = -(-(computed + n) // bs) - len(hit)
+            free = kv.num_free
+            # Counting the free blocks among the hit ones takes a pass over
+            # thousands of blocks: skip it when the bounds 0 <= reused <=
+            # len(hit) already decide (the pins are only released when the
+            # exact check fails, and there are none to release).
+            if free - len(hit) < need and (free >= need or kv.num_pins):
+                reused = kv.evictable_among(hit)
+                if free - reused < need:
+                    kv.release_pins_under_pressure(need + reused)
+                    # Releasing pins may have dropped some of the hit blocks to the free LRU.
+                    reused = kv.evictable_among(hit)
+                    if kv.num_free - reused < need:
+                        return
+            elif free < need:
+                return
+            self._pop_waiting()
+            kv.touch(hit)
+            got = kv.allocate(need)
+            if got is None:  # pragma: no cover - excluded by the check above
+                raise AssertionError("allocation failed after a successful capacity check")
+            req.blocks = hit + got
+            req.prefix = PrefixMemo()  # admitted: the blocks are the request's now
+            req.num_computed = computed
+            req.num_registered = len(hit)
+            if req.cached_tokens is None:
+                req.cached_tokens = computed
+                req.first_scheduled = now
+            if req.program_id is not None:
+                kv.consume_pin(req.program_id)
+            self.running.append(req)
+            plan.add(req, n)
+
+    def complete(self, step: Step, now: float) -> StepResult:
+        """Apply a planned step that ended at time ``now``: advance requests, finish or pin them."""
+        kv = self.kv
+        bs = kv.block_size
+        first: list[SimRequest] = []
+        finished: list[SimRequest] = []
+        for req, n in zip(step.requests, step.tokens, strict=True):
+            if req.aborted:  # while the step ran
+                continue
+            computed = req.num_computed + n
+            req.num_computed = computed
+            full = computed // bs
+            registered = req.num_registered
+            if full > registered:
+                kv.register_many(req.blocks[registered:full], req.hashes[registered:full])
+                req.num_registered = full
+            if computed == req.num_tokens:
+                generated = req.generated + 1
+                req.generated = generated
+                req.num_tokens = computed + 1
+                if req.first_token_time is None:
+                    req.first_token_time = now
+                    first.append(req)
+                if generated == req.max_tokens:
+                    req.finish_time = now
+                    finished.append(req)
+        if finished:
+            self.running = [r for r in self.running if r.finish_time is None]
+            for req in finished:
+                del self._requests[req.request_id]
+                if req.pin_ttl_s is not None and req.pin_ttl_s > 0 and req.program_id is not None:
+                    kv.pin(req.program_id, req.blocks, now + req.pin_ttl_s)
+                else:
+                    kv.release(req.blocks)
+                    if req.program_id is not None:
+                        self._remember_finished(req)
+                req.blocks = []
+        return StepResult(first, finished)
+
+
+_LAST_FINISHED_KEPT = 1024
+"""Programs whose last finished request's block hashes are kept for a later pin (most recent first)."""
+
+
+class _Plan:
+    """A step being planned: what each request computes, what is left of the token budget, the cost inputs."""
+
+    __slots__ = ("budget", "decode_batch", "decode_context", "prefill", "requests", "tokens")
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.requests: list[SimRequest] = []
+        self.tokens: list[int] = []
+        self.prefill: list[tuple[int, int]] = []
+        self.decode_batch = 0
+        self.decode_context = 0
+
+    def add(self, req: SimRequest, n: int) -> None:
+        self.requests.append(req)
+        self.tokens.append(n)
+        self.budget -= n
+        if n == 1 and req.generated and req.num_computed + 1 == req.num_tokens:
+            self.decode_batch += 1
+            self.decode_context += req.num_tokens
+        else:
+            self.prefill.append((req.num_computed, n))
+
+    def drop(self, req: SimRequest) -> None:
+        """Take back a planned request about to be preempted (its computed tokens not yet reset)."""
+        for k, planned in enumerate(self.requests):
+            if planned is req:
+                n = self.tokens.pop(k)
+                del self.requests[k]
+                self.budget += n
+                if n == 1 and req.generated and req.num_computed + 1 == req.num_tokens:
+                    self.decode_batch -= 1
+                    self.decode_context -= req.num_tokens
+                else:
+                    self.prefill.remove((req.num_computed, n))
+                return
