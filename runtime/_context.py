@@ -213,7 +213,8 @@ class RuntimeContext(Context):
         toolset = ToolSet(tools)
         program = self.program
         program.tool_calls += 1
-        outcome: list[ToolMessage] = []  # the message, once there is one
+        message: ToolMessage | None = None  # once the tool has answered
+        wall_s = 0.0
 
         def started(node: Node) -> ToolCallStarted:
             return ToolCallStarted(
@@ -226,16 +227,15 @@ class RuntimeContext(Context):
             )
 
         def finished(scope: NodeScope) -> ToolCallFinished:
-            node = scope.node
             return ToolCallFinished(
                 program_id=program.id,
                 t=program.elapsed(),
-                node_id=node.id,
+                node_id=scope.node.id,
                 name=call.name,
                 call_id=call.id,
                 ok=scope.ok,
-                duration_s=node.duration_s or 0.0,
-                error_kind=outcome[0].error_kind if outcome else ErrorKind.CANCELLED,
+                duration_s=scope.node.duration_s or 0.0,
+                error_kind=message.error_kind if message is not None else ErrorKind.CANCELLED,
             )
 
         with open_node(
@@ -243,23 +243,20 @@ class RuntimeContext(Context):
         ) as scope:
             node = scope.node
             await self._dispatcher.tool_started(program, node, call)
-            wall_s = 0.0
             try:
                 # toolbridge opens the execute_tool span (an unknown name included).
                 result = await toolset.run(call.name, call.arguments, call_id=call.id)
                 wall_s = result.usage.wall_s
                 node.attributes["usage"] = result.usage
                 message = tool_message(call, result)
-                outcome.append(message)
             finally:
-                done = outcome[0] if outcome else None
                 await self._dispatcher.tool_finished(
                     program,
                     node,
                     call,
-                    ok=done is not None and done.ok,
+                    ok=message is not None and message.ok,
                     wall_s=wall_s,
-                    error_kind=done.error_kind if done is not None else ErrorKind.CANCELLED,
+                    error_kind=message.error_kind if message is not None else ErrorKind.CANCELLED,
                 )
             if message.ok:
                 self._succeeded.setdefault(key, message)

@@ -9,13 +9,13 @@ import pytest
 from pydantic import Field
 
 from runtime import (
-    AgentRuntimeError,
     LLMCallFinished,
     NodeKind,
     ProgramCancelledError,
     ProgramFinished,
     ProgramState,
     Runtime,
+    RuntimeStateError,
     StepFinished,
     StepStarted,
     TokenGenerated,
@@ -264,7 +264,7 @@ async def test_runtime_must_be_entered(tiny_model: Any) -> None:
     from runtime import InProcessEngine
 
     runtime = Runtime([InProcessEngine(tiny_model)])
-    with pytest.raises(AgentRuntimeError, match="async with"):
+    with pytest.raises(RuntimeStateError, match="async with"):
         runtime.submit(pipeline, docs=[])
     with pytest.raises(ValueError, match="non-empty list of engines"):
         Runtime([])
