@@ -47,7 +47,7 @@ from ._engines._base import (
     TokenDelta,
     TokenPrompt,
 )
-from ._engines._dtype import resolve_dtype
+from ._engines._dtype import DTYPE_BYTES, resolve_dtype
 from ._errors import (
     AgentRuntimeError,
     EngineCapabilityError,
@@ -101,6 +101,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MODEL",
+    "DTYPE_BYTES",
     "KNOWN_MODELS",
     "METADATA_NODE_ID",
     "METADATA_PIN_TTL_S",

@@ -18,7 +18,10 @@ workflows take; the simulator is one more engine backend behind
   :func:`load_result`, :func:`compare` (a table and a PNG);
 - the simulator: :class:`SimEngine` priced by a :class:`CostProfile`, run in
   virtual time by :func:`run_virtual`;
-- calibration: :func:`calibrate_engine` measures a real engine into a profile.
+- calibration: :func:`calibrate_engine` measures a real engine into a profile,
+  on the grid points that fit its KV cache (:func:`fitting_decode_points`,
+  :func:`fitting_prefill_contexts`); :func:`model_context_limit` is the
+  context a model holds (replays size their engines' limit under it).
 
 Exceptions::
 
@@ -34,14 +37,18 @@ from __future__ import annotations
 from ._bench import SLO_SCALES, compare, plot_labels, slo_attainment_at
 from ._calibrate import (
     CPU_BLOCK_SIZE,
+    KV_HEADROOM,
     REPLAY_MAX_MODEL_LEN,
     CalibrationProbe,
     cached_prompt_length,
     calibrate_engine,
     calibration_engine,
+    fitting_decode_points,
+    fitting_prefill_contexts,
     kv_bytes_per_token,
 )
 from ._errors import ReplayError
+from ._model_limits import model_context_limit
 from ._replay import ReplayRun, longest_context, replay_trace
 from ._results import (
     CallResult,
@@ -62,6 +69,7 @@ from ._workloads import WorkloadKind, estimate_unloaded_s, generate_workload, wo
 
 __all__ = [
     "CPU_BLOCK_SIZE",
+    "KV_HEADROOM",
     "REPLAY_MAX_MODEL_LEN",
     "SLO_SCALES",
     "CalibrationProbe",
@@ -89,12 +97,15 @@ __all__ = [
     "compare",
     "dump_trace",
     "estimate_unloaded_s",
+    "fitting_decode_points",
+    "fitting_prefill_contexts",
     "format_summary",
     "generate_workload",
     "kv_bytes_per_token",
     "load_result",
     "load_trace",
     "longest_context",
+    "model_context_limit",
     "model_vocabulary",
     "percentile",
     "plot_labels",

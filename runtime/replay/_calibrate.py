@@ -45,27 +45,43 @@ import anyio
 
 from runtime import Completion, GenerateRequest, InProcessEngine, SamplingOptions, TokenPrompt
 
+from ._model_limits import model_context_limit
 from ._tokens import Vocabulary
 
 __all__ = [
     "CPU_BLOCK_SIZE",
+    "KV_HEADROOM",
     "REPLAY_MAX_MODEL_LEN",
     "CalibrationProbe",
     "cached_prompt_length",
     "calibrate_engine",
     "calibration_engine",
+    "fitting_decode_points",
+    "fitting_prefill_contexts",
     "kv_bytes_per_token",
 ]
 
 #: vLLM's KV block size on the CPU backend (tokens).
 CPU_BLOCK_SIZE = 128
 
-#: Context limit (tokens) of real engines in replays, and of the engine ``agentrt calibrate`` measures.
+#: Context limit (tokens) of the engine ``agentrt calibrate`` measures (at most the model's own).
 REPLAY_MAX_MODEL_LEN = 16384
 
+#: Share of the engine's KV blocks a calibration point may fill.  A point
+#: whose sequences fill the cache measures preemption, not decoding (float32
+#: on the 1 GiB cache: 32 sequences at 4,096 tokens took 3.77 s per step
+#: against 0.16 s for 16), and vLLM needs some blocks beyond the sequences'
+#: own (the block a step's new token opens, the warm-up and probe requests
+#: still cached), so the last tenth stays free.
+KV_HEADROOM = 0.9
 
-def kv_bytes_per_token(model_dir: Path, dtype_bytes: int = 2) -> int:
-    """KV-cache bytes one token takes for the model in ``model_dir`` (from its config.json)."""
+
+def kv_bytes_per_token(model_dir: Path, dtype_bytes: int) -> int:
+    """KV-cache bytes one token takes for the model in ``model_dir`` (from its config.json).
+
+    ``dtype_bytes``: bytes per element of the engine's format
+    (``runtime.DTYPE_BYTES[engine.dtype]``: 4 in float32, 2 in bfloat16).
+    """
     config = json.loads((model_dir / "config.json").read_text())
     heads = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // heads
@@ -74,17 +90,83 @@ def kv_bytes_per_token(model_dir: Path, dtype_bytes: int = 2) -> int:
 
 
 def calibration_engine(
-    model_dir: Path, *, name: str = "calibrate", kv_cache_gib: int = 1, kv_blocks: int | None = None
+    model_dir: Path,
+    *,
+    name: str = "calibrate",
+    kv_cache_gib: int = 1,
+    kv_blocks: int | None = None,
+    dtype: str = "auto",
 ) -> InProcessEngine:
-    """The in-process engine ``agentrt calibrate`` measures, not started."""
+    """The in-process engine ``agentrt calibrate`` measures, not started.
+
+    Its context limit is :data:`REPLAY_MAX_MODEL_LEN`, or the model's own
+    where that is smaller; ``dtype`` is the number format (``"auto"``: the
+    faster one for this machine, see :func:`runtime.resolve_dtype`).
+    """
+    model_limit = model_context_limit(model_dir)
     return InProcessEngine(
         model_dir,
         name=name,
         kv_cache_gib=kv_cache_gib,
-        # The replay's default limit: the prefill curve then reaches every context a replay may use.
-        max_model_len=REPLAY_MAX_MODEL_LEN,
+        # Long: the prefill curve then reaches the contexts replays use.
+        max_model_len=REPLAY_MAX_MODEL_LEN if model_limit is None else min(REPLAY_MAX_MODEL_LEN, model_limit),
         num_kv_blocks=kv_blocks,
+        dtype=dtype,
     )
+
+
+def _blocks(tokens: int, block_size: int) -> int:
+    return -(-tokens // block_size)
+
+
+def fitting_decode_points(
+    batches: Sequence[int],
+    contexts: Sequence[int],
+    decode_tokens: int,
+    kv_blocks: int,
+    block_size: int = CPU_BLOCK_SIZE,
+    max_model_len: int | None = None,
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Which decode points ``(batch, context)`` calibration can measure, and which it leaves out.
+
+    A point fits when ``batch`` sequences of its prompt
+    (:func:`cached_prompt_length` of the context) plus ``decode_tokens``
+    take at most :data:`KV_HEADROOM` of the ``kv_blocks`` blocks, and one
+    sequence fits ``max_model_len``.  Returns ``(fitting, left_out)``, each
+    sorted by context, then batch.
+    """
+    usable = int(kv_blocks * KV_HEADROOM)
+    fitting: list[tuple[int, int]] = []
+    left_out: list[tuple[int, int]] = []
+    for context in sorted(set(contexts)):
+        tokens = cached_prompt_length(context) + decode_tokens
+        for batch in sorted(set(batches)):
+            fits = batch * _blocks(tokens, block_size) <= usable and (max_model_len is None or tokens <= max_model_len)
+            (fitting if fits else left_out).append((batch, context))
+    return fitting, left_out
+
+
+def fitting_prefill_contexts(
+    contexts: Sequence[int],
+    chunk: int,
+    kv_blocks: int,
+    block_size: int = CPU_BLOCK_SIZE,
+    max_model_len: int | None = None,
+) -> tuple[list[int], list[int]]:
+    """Which prefill contexts calibration can measure (``context`` cached tokens, then ``chunk`` fresh ones).
+
+    The rule of :func:`fitting_decode_points` for one sequence of
+    ``context + chunk`` tokens and its one output token.  Returns
+    ``(fitting, left_out)`` in the given order.
+    """
+    usable = int(kv_blocks * KV_HEADROOM)
+    fitting: list[int] = []
+    left_out: list[int] = []
+    for context in contexts:
+        tokens = context + chunk + 1
+        fits = _blocks(tokens, block_size) <= usable and (max_model_len is None or tokens <= max_model_len)
+        (fitting if fits else left_out).append(context)
+    return fitting, left_out
 
 
 def cached_prompt_length(context: int) -> int:
@@ -186,24 +268,76 @@ async def calibrate_engine(
 
     Batch sizes past the engine's ``max_num_seqs`` are left out (they would
     not run as one batch), and so are those whose prompts at a context would
-    exceed ``pool_tokens`` in all (computing them would take minutes).  The
-    prefill curve is stored at the measured contexts and, from the fitted
+    exceed ``pool_tokens`` in all (computing them would take minutes).  No
+    point may exceed the KV cache: decode points and prefill contexts that
+    :func:`fitting_decode_points` and :func:`fitting_prefill_contexts` leave
+    out for the engine's real cache (vLLM's block count once started;
+    ``kv_blocks``, the figure the profile records, where vLLM has none) and
+    context limit are reported through ``progress`` and recorded in the
+    profile's ``measurements`` (``skipped_decode``: ``[batch, context]``,
+    ``skipped_prefill``: ``[context, chunk]``); a batch size with no point
+    left is absent from the fit.  :class:`ValueError` when not even the
+    smallest batch at the smallest context, or no prefill context, fits.
+    The prefill curve is stored at the measured contexts and, from the fitted
     line, at the engine's context limit: the simulator does not extrapolate
-    it, and replays reach contexts calibration does not measure.
+    it, and replays reach contexts calibration does not measure.  The
+    profile's ``dtype`` is the engine's number format.
     """
     scheduler = engine.vllm.vllm_config.scheduler_config
+    cache = engine.vllm.vllm_config.cache_config
     max_model_len = int(engine.vllm.vllm_config.model_config.max_model_len)
     batches = sorted({b for b in batches if b <= scheduler.max_num_seqs} or {scheduler.max_num_seqs})
     for context in contexts:
         if context % CPU_BLOCK_SIZE:
             raise ValueError(f"prefill contexts must be multiples of {CPU_BLOCK_SIZE} tokens, got {context}")
+    cache_blocks = int(cache.num_gpu_blocks or kv_blocks)
+    block_size = int(cache.block_size or CPU_BLOCK_SIZE)
+    usable = int(cache_blocks * KV_HEADROOM)
+
+    def too_big(sequences: int, tokens: int) -> str:
+        if tokens > max_model_len:
+            return f"{tokens} tokens per sequence exceed the engine's context limit of {max_model_len}"
+        return (
+            f"{sequences * _blocks(tokens, block_size)} KV blocks exceed {usable}, "
+            f"{KV_HEADROOM:.0%} of the engine's {cache_blocks}"
+        )
+
+    decode_points, decode_left_out = fitting_decode_points(
+        batches, decode_contexts, decode_tokens, cache_blocks, block_size, max_model_len
+    )
+    smallest = (batches[0], min(decode_contexts))
+    if smallest not in decode_points:
+        raise ValueError(
+            f"the KV cache is too small to calibrate: even {smallest[0]} sequence(s) at context {smallest[1]} do "
+            f"not fit ({too_big(smallest[0], cached_prompt_length(smallest[1]) + decode_tokens)}); "
+            "give the engine more KV cache"
+        )
+    prefill_contexts, prefill_left_out = fitting_prefill_contexts(
+        contexts, chunk, cache_blocks, block_size, max_model_len
+    )
+    if not prefill_contexts:
+        raise ValueError(
+            f"the KV cache is too small to calibrate: no prefill of {chunk} tokens after "
+            f"{', '.join(map(str, contexts))} fits ({too_big(1, min(contexts) + chunk + 1)})"
+        )
+    for batch, context in decode_left_out:
+        progress(
+            f"decode of {batch} sequences at context {context} left out: "
+            f"{too_big(batch, cached_prompt_length(context) + decode_tokens)}"
+        )
+    for context in prefill_left_out:
+        progress(f"prefill of {chunk} tokens after {context} left out: {too_big(1, context + chunk + 1)}")
+    batches_at: dict[int, list[int]] = {}
+    for batch, context in decode_points:
+        batches_at.setdefault(context, []).append(batch)
+
     load_before = _load()
     probe = CalibrationProbe(engine, vocabulary, seed)
     await probe.run(probe.tokens(64), 4)  # warm-up: first-step costs are not representative
 
     rows: list[tuple[int, int, float]] = []
-    for context in sorted(set(decode_contexts)):
-        fitting = [b for b in batches if b * context <= pool_tokens] or batches[:1]
+    for context, measurable in sorted(batches_at.items()):
+        fitting = [b for b in measurable if b * context <= pool_tokens] or measurable[:1]
         progress(f"computing {fitting[-1]} prompts of {context} tokens for decode")
         # Distinct prompts: sequences sharing cached blocks would read the
         # same KV from the CPU caches, and attention would look cheaper
@@ -224,7 +358,7 @@ async def calibrate_engine(
     ttft_cached = statistics.median(cached)
 
     prefill_rows: list[tuple[float, float]] = []
-    for context in contexts:
+    for context in prefill_contexts:
         times = []
         for _ in range(repeats):
             times.append(await probe.chunk_ttft(context, chunk))
@@ -239,6 +373,7 @@ async def calibrate_engine(
         "name": name,
         "model": engine.model,
         "device": "cpu",
+        "dtype": engine.dtype,
         "source": (
             f"measured by `agentrt calibrate` with vLLM {_vllm_version()} on this machine "
             f"({os.cpu_count()} CPUs, load average {load_before:.1f} before, {load_after:.1f} after), "
@@ -256,6 +391,8 @@ async def calibrate_engine(
         "measurements": {
             "decode": [[batch, context, round(seconds, 7)] for batch, context, seconds in rows],
             "prefill": [[context, round(seconds, 7)] for context, seconds in prefill_rows],
+            "skipped_decode": [[batch, context] for batch, context in decode_left_out],
+            "skipped_prefill": [[context, chunk] for context in prefill_left_out],
         },
     }
 
@@ -277,13 +414,17 @@ def _fit_decode(
     to (a step's fixed part and its cost per context token).  Returns
     ``(overhead, [(batch, f(batch) - overhead), ...], [(batch, per_context), ...])``:
     the overhead is the intercept of a line through the ``f`` values (what a
-    step costs with nothing to decode); every value is kept physical.
+    step costs with nothing to decode); every value is kept physical.  A
+    batch size measured at one context only (the others did not fit the KV
+    cache) says nothing about its cost per context token: it takes the
+    nearest batch size's, where one was measured at several contexts.
     """
     import numpy as np
 
     batches = sorted({b for b, _, _ in rows})
     fixed: list[float] = []
     per_context: list[float] = []
+    lone: list[int] = []  # indexes of the batch sizes measured at a single context
     for batch in batches:
         mine = [(b * c, s) for b, c, s in rows if b == batch]
         tokens = np.array([t for t, _ in mine], dtype=float)
@@ -295,8 +436,16 @@ def _fit_decode(
                 intercept = float(seconds.mean())
         else:
             slope, intercept = 0.0, float(seconds.mean())
+            lone.append(len(fixed))
         fixed.append(max(float(intercept), 1e-6))
         per_context.append(slope)
+    fitted = [i for i in range(len(batches)) if i not in lone]
+    for i in lone if fitted else []:
+        nearest = min(fitted, key=lambda j: (abs(batches[j] - batches[i]), batches[j]))
+        slope = per_context[nearest]
+        mine = [(b * c, s) for b, c, s in rows if b == batches[i]]
+        per_context[i] = slope
+        fixed[i] = max(float(np.mean([s - slope * t for t, s in mine])), 1e-6)
     if len(batches) > 1:
         _slope, intercept = np.polyfit(np.array(batches, dtype=float), np.array(fixed), 1)
         overhead = min(max(float(intercept), 1e-4), min(fixed) * 0.9)

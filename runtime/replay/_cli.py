@@ -1,8 +1,8 @@
 """The lab's ``agentrt`` subcommands: replay, calibrate, workload, bench compare.
 
 agentrt replay TRACE.jsonl --engine vllm|sim --engines N --policy NAME --out RESULT.json
-               [--model M] [--kv-blocks B] [--seed S] [--profile P]
-agentrt calibrate [--model M] [--out PROFILE.json]
+               [--model M] [--kv-blocks B] [--seed S] [--profile P] [--dtype D] [--max-model-len L]
+agentrt calibrate [--model M] [--out PROFILE.json] [--dtype D]
 agentrt workload agent|text2sql|bfcl --programs N --rate R --seed S --out TRACE.jsonl
 agentrt bench compare A.json B.json ... [--png compare.png]
 
@@ -12,7 +12,9 @@ every ``agentrt.commands`` entry point, and this package's
 
 The trace is loaded and checked before any engine starts.  ``--engine vllm``
 replays on in-process vLLM engines (real time); ``--engine sim`` on simulated
-engines priced by a cost profile, in virtual time.
+engines priced by a cost profile, in virtual time.  The real engines' context
+limit is sized from the trace and the model (:mod:`._model_limits`); a trace
+the model cannot hold is refused in one line, before any engine starts.
 """
 
 from __future__ import annotations
@@ -26,12 +28,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._calibrate import REPLAY_MAX_MODEL_LEN
-
 if TYPE_CHECKING:
     from runtime import Engine
 
 __all__ = ["register"]
+
+_DTYPE_HELP = (
+    "(default auto: bfloat16 on GPUs and on CPUs with native bfloat16, AVX-512 BF16 or AMX; else float32, "
+    "several times faster there); or any vLLM --dtype: bfloat16, float16, float32 ..."
+)
 
 
 def profiles_dir() -> Path:
@@ -66,7 +71,16 @@ def register(sub: Any) -> None:
         "default: .cache/profiles/MODEL.json written by `agentrt calibrate`",
     )
     replay.add_argument(
-        "--max-model-len", type=int, default=REPLAY_MAX_MODEL_LEN, help="context limit of real engines (tokens)"
+        "--max-model-len",
+        type=int,
+        help="context limit of real engines, tokens (default: what the trace's longest call needs, "
+        "in whole 128-token blocks plus one, at most the model's max_position_embeddings)",
+    )
+    replay.add_argument(
+        "--dtype",
+        default="auto",
+        help="number format of the real engines " + _DTYPE_HELP + "; recorded in the result "
+        "(--engine sim simulates the profile's format and records that)",
     )
     replay.add_argument("--max-num-seqs", type=int, help="sequences per engine step (default: the engine's)")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -78,6 +92,11 @@ def register(sub: Any) -> None:
     calibrate.add_argument("--out", type=Path, help="profile to write (default: .cache/profiles/MODEL.json)")
     calibrate.add_argument("--kv-blocks", type=int, help="KV blocks to record in the profile (default: the engine's)")
     calibrate.add_argument("--repeats", type=int, default=3, help="runs per measurement (medians are kept)")
+    calibrate.add_argument(
+        "--dtype",
+        default="auto",
+        help="number format of the engine measured " + _DTYPE_HELP + "; recorded in the profile",
+    )
     calibrate.add_argument("-v", "--verbose", action="store_true", help="show vLLM's own logs")
     calibrate.set_defaults(handler=run_calibrate)
 
@@ -177,33 +196,58 @@ def _replay_vllm(args: argparse.Namespace, programs: list[Any]) -> int:
 
     from runtime import AgentRuntimeError, InProcessEngine, resolve_model
 
+    from ._calibrate import CPU_BLOCK_SIZE
+    from ._model_limits import model_context_limit, sized_context_limit
     from ._replay import longest_context
     from ._tokens import model_vocabulary
 
+    if (bad := _bad_dtype(args.dtype)) is not None:
+        return _usage_error(bad)
     try:
         model_dir = resolve_model(args.model)
     except AgentRuntimeError as exc:
         return _usage_error(str(exc))
-    too_long = longest_context(programs)
-    if too_long[0] > args.max_model_len:
+    # Checked here, not by vLLM: an engine asked for more context than the
+    # model holds dies with a traceback once it starts.
+    model_limit = model_context_limit(model_dir)
+    needed, program, call = longest_context(programs)
+    max_model_len: int | None = args.max_model_len
+    if max_model_len is not None:
+        if model_limit is not None and max_model_len > model_limit:
+            return _usage_error(
+                f"--max-model-len {max_model_len} is more than model {model_dir.name} holds "
+                f"({model_limit} tokens, its config.json): lower it, or leave it out to size it from the trace"
+            )
+        if needed > max_model_len:
+            return _usage_error(
+                f"program {program} call {call} needs {needed} tokens of context, more than "
+                f"--max-model-len {max_model_len}: raise it or generate the trace with a smaller --scale"
+            )
+    elif model_limit is not None and needed > model_limit:
         return _usage_error(
-            f"program {too_long[1]} call {too_long[2]} needs {too_long[0]} tokens of context, more than "
-            f"--max-model-len {args.max_model_len}: raise it or generate the trace with a smaller --scale"
+            f"program {program} call {call} needs {needed} tokens of context, more than model {model_dir.name} "
+            f"holds ({model_limit} tokens, its config.json): generate the trace with a smaller --scale"
         )
+    else:
+        max_model_len = sized_context_limit(needed, model_limit, CPU_BLOCK_SIZE)
     vocabulary = model_vocabulary(model_dir)
-    engines: list[Engine] = [
+    real = [
         InProcessEngine(
             model_dir,
             name=f"vllm-{i}",
-            max_model_len=args.max_model_len,
+            max_model_len=max_model_len,
             max_num_seqs=args.max_num_seqs,
             num_kv_blocks=args.kv_blocks,
+            dtype=args.dtype,
         )
         for i in range(args.engines)
     ]
+    engines: list[Engine] = list(real)
 
     async def main() -> int:
-        return await _replay_and_report(args, programs, engines, vocabulary, model=model_dir.name, profile=None)
+        return await _replay_and_report(
+            args, programs, engines, vocabulary, model=model_dir.name, profile=None, dtype=real[0].dtype
+        )
 
     return anyio.run(main, backend="asyncio")
 
@@ -223,6 +267,12 @@ def _replay_sim(args: argparse.Namespace, programs: list[Any]) -> int:
         profile = CostProfile.load(source)
     except (ProfileError, OSError) as exc:
         return _usage_error(str(exc))
+    if args.dtype != "auto" and args.dtype != profile.dtype:
+        print(
+            f"agentrt replay: note: --dtype {args.dtype} does not apply to --engine sim: it simulates the format "
+            f"profile {profile.name} was measured in ({profile.dtype or 'not recorded'})",
+            file=sys.stderr,
+        )
     sims = [
         SimEngine(profile, name=f"sim-{i}", kv_blocks=args.kv_blocks, max_num_seqs=args.max_num_seqs, seed=args.seed)
         for i in range(args.engines)
@@ -231,7 +281,9 @@ def _replay_sim(args: argparse.Namespace, programs: list[Any]) -> int:
     vocabulary = Vocabulary(sims[0].vocab_size, frozenset(range(sims[0].first_token_id)))
 
     async def main() -> int:
-        return await _replay_and_report(args, programs, engines, vocabulary, model=profile.model, profile=profile.name)
+        return await _replay_and_report(
+            args, programs, engines, vocabulary, model=profile.model, profile=profile.name, dtype=profile.dtype
+        )
 
     with _young_collections_every(50_000):
         return run_virtual(main)
@@ -264,6 +316,7 @@ async def _replay_and_report(
     *,
     model: str,
     profile: str | None,
+    dtype: str | None,
 ) -> int:
     from runtime import Runtime
 
@@ -286,6 +339,7 @@ async def _replay_and_report(
         seed=args.seed,
         wall_s=round(time.perf_counter() - started, 3),
         profile=profile,
+        dtype=dtype,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     result.write(args.out)
@@ -343,25 +397,29 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     import anyio
 
-    from runtime import AgentRuntimeError, resolve_model
+    from runtime import DTYPE_BYTES, AgentRuntimeError, resolve_model
 
     from ._calibrate import CPU_BLOCK_SIZE, calibrate_engine, calibration_engine, kv_bytes_per_token
     from ._tokens import model_vocabulary
 
+    if (bad := _bad_dtype(args.dtype)) is not None:
+        return _usage_error(bad)
     try:
         model_dir = resolve_model(args.model)
     except AgentRuntimeError as exc:
         return _usage_error(str(exc))
     out: Path = args.out or profiles_dir() / f"{model_dir.name}.json"
     kv_cache_gib = 1
-    kv_blocks = args.kv_blocks or (kv_cache_gib << 30) // (kv_bytes_per_token(model_dir) * CPU_BLOCK_SIZE)
-    engine = calibration_engine(model_dir, kv_cache_gib=kv_cache_gib, kv_blocks=args.kv_blocks)
+    engine = calibration_engine(model_dir, kv_cache_gib=kv_cache_gib, kv_blocks=args.kv_blocks, dtype=args.dtype)
+    # The KV cache holds the engine's format: 4 bytes per element in float32, not bfloat16's 2.
+    bytes_per_token = kv_bytes_per_token(model_dir, DTYPE_BYTES[engine.dtype])
+    kv_blocks = args.kv_blocks or (kv_cache_gib << 30) // (bytes_per_token * CPU_BLOCK_SIZE)
 
     def say(what: str) -> None:
         print(f"calibrate: {what}", file=sys.stderr, flush=True)
 
     async def main() -> dict[str, Any]:
-        say(f"starting an in-process engine for {model_dir.name}")
+        say(f"starting an in-process engine for {model_dir.name} in {engine.dtype}")
         async with engine:
             return await calibrate_engine(
                 engine,
@@ -372,12 +430,25 @@ def run_calibrate(args: argparse.Namespace) -> int:
                 progress=say,
             )
 
-    profile = anyio.run(main, backend="asyncio")
+    try:
+        profile = anyio.run(main, backend="asyncio")
+    except ValueError as exc:  # the engine cannot hold the grid (calibrate_engine says why)
+        print(f"agentrt calibrate: error: {exc}", file=sys.stderr)
+        return 2
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(profile, indent=2) + "\n")
     print(json.dumps(profile, indent=2))
     print(f"profile written to {out}")
     return 0
+
+
+def _bad_dtype(dtype: str) -> str | None:
+    """Why ``dtype`` is not a number format vLLM takes (``auto`` or a name of ``runtime.DTYPE_BYTES``), or ``None``."""
+    from runtime import DTYPE_BYTES
+
+    if dtype == "auto" or dtype in DTYPE_BYTES:
+        return None
+    return f"--dtype {dtype!r} is not a number format vLLM knows: auto, {', '.join(sorted(DTYPE_BYTES))}"
 
 
 def _usage_error(message: str) -> int:

@@ -108,8 +108,10 @@ class ReplayResult(_Doc):
     ``policy``, ``engine`` (``"vllm"`` or ``"sim"``), ``engines`` (count),
     ``trace`` (file name), ``summary`` and ``programs`` are the contract's.
     Our additions: ``model`` (name or path served), ``seed``, ``wall_s``
-    (wall-clock seconds the replay took) and ``profile`` (the simulator's
-    calibration profile).
+    (wall-clock seconds the replay took), ``profile`` (the simulator's
+    calibration profile) and ``dtype`` (the number format: the real
+    engines', or the one the simulator's profile was measured in; ``None``
+    where unknown, as in documents written before it was recorded).
     """
 
     policy: str
@@ -122,6 +124,7 @@ class ReplayResult(_Doc):
     seed: int | None = None
     wall_s: float | None = None
     profile: str | None = None
+    dtype: str | None = None
 
     def write(self, path: str | Path) -> Path:
         """Write the document as indented JSON; returns the path."""
@@ -245,8 +248,9 @@ def format_summary(result: ReplayResult) -> str:
             f"{s.pins} ({s.pin_hits} hit, {s.pins_expired} expired, {s.pins_released_pressure} released on pressure)",
         ),
     ]
-    if result.model is not None:
-        rows.insert(1, ("model", result.model))
+    if result.model is not None or result.dtype is not None:
+        model = result.model if result.model is not None else "-"
+        rows.insert(1, ("model", model + (f" ({result.dtype})" if result.dtype is not None else "")))
     if result.wall_s is not None:
         rows.append(("wall time", f"{result.wall_s:.1f} s"))
     width = max(len(k) for k, _ in rows)

@@ -7,14 +7,24 @@ submitted to it as programs, like any workflow.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from runtime import resolve_dtype
 from runtime.replay._replay import replay_trace
 from runtime.replay._results import ReplayResult, load_result, summarize
 from runtime.replay._tokens import model_vocabulary
 from runtime.replay._trace import TraceCall, TraceProgram, dump_trace, load_trace
 from runtime.replay._workloads import generate_workload
+
+pytestmark = pytest.mark.engine
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def chain(pid: str, arrival: float, *, tool_s: float) -> TraceProgram:
@@ -85,24 +95,28 @@ async def test_generated_agent_trace_replays(rt: Any, tiny_model: Path, tmp_path
 
 
 async def test_calibrate_measures_a_profile_the_simulator_loads(rt: Any, tiny_model: Path) -> None:
-    from runtime.replay._calibrate import calibrate_engine
+    from runtime.replay._calibrate import KV_HEADROOM, cached_prompt_length, calibrate_engine
     from runtime.replay._sim import CostProfile
 
     (engine,) = rt.engines
+    said: list[str] = []
     profile = await calibrate_engine(
         engine,
         name="tiny-test",
         vocabulary=model_vocabulary(tiny_model),
         kv_blocks=1000,
-        contexts=(0, 256),
+        # Context 4096 is past the shared engine's limit (4,096 tokens): left out, not measured.
+        contexts=(0, 256, 4096),
         chunk=256,
         batches=(1, 2, 4),
         decode_tokens=12,
-        decode_contexts=(16, 384),
+        decode_contexts=(16, 384, 4096),
         repeats=1,
+        progress=said.append,
     )
     loaded = CostProfile.model_validate(profile)
     assert loaded.block_size == 128 and loaded.kv_blocks == 1000 and loaded.model == engine.model
+    assert loaded.dtype == engine.dtype == resolve_dtype("auto")
     assert loaded.max_num_seqs == 4  # the shared engine's setting, read from vLLM's config
     # The measured contexts, then the fitted curve at the engine's context limit.
     limit = engine.vllm.vllm_config.model_config.max_model_len
@@ -113,8 +127,45 @@ async def test_calibrate_measures_a_profile_the_simulator_loads(rt: Any, tiny_mo
     assert loaded.measurements is not None
     assert sorted((b, c) for b, c, _ in loaded.measurements["decode"]) == [(b, c) for b in (1, 2, 4) for c in (16, 384)]
     assert [c for c, _ in loaded.measurements["prefill"]] == [128.0, 384.0]
+    # What did not fit is recorded and was reported.
+    assert loaded.measurements["skipped_decode"] == [[1, 4096], [2, 4096], [4, 4096]]
+    assert loaded.measurements["skipped_prefill"] == [[4096, 256]]
+    assert "decode of 4 sequences at context 4096 left out: 4109 tokens per sequence exceed the engine's" in said[2]
+    # No measured point needed more than the usable part of the engine's KV cache.
+    cache = engine.vllm.vllm_config.cache_config
+    for batch, context, _ in loaded.measurements["decode"]:
+        blocks = -(-(cached_prompt_length(int(context)) + 12) // cache.block_size)
+        assert batch * blocks <= KV_HEADROOM * cache.num_gpu_blocks
     # Physically plausible for a 2-layer model on a CPU: thousands of prefill
     # tokens per second, steps of milliseconds, not zero and not seconds.
     assert all(100 < rate < 1e6 for _, rate in loaded.prefill_tokens_per_s)
     assert 1e-4 <= loaded.step_overhead_s < 0.5 and 0 <= loaded.request_latency_s < 1
     assert loaded.step_time([], 4, 64) < 1
+
+
+def test_cli_replay_on_a_real_engine_records_its_format(tiny_model: Path, tmp_path: Path) -> None:
+    trace = dump_trace([chain("p0", 0.0, tool_s=0.1)], tmp_path / "chain.jsonl")
+    out = tmp_path / "real.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "runtime._cli", "replay", str(trace), "--engine", "vllm", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=dict(os.environ, VLLM_LOGGING_LEVEL="WARNING"),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = load_result(out)
+    assert result.dtype == resolve_dtype("auto") and result.model == "tiny"
+    assert f"tiny ({result.dtype})" in done.stdout and "1 (1 completed, 0 failed)" in done.stdout
+
+
+async def test_calibrate_refuses_a_grid_the_engine_cannot_hold(rt: Any, tiny_model: Path) -> None:
+    from runtime.replay._calibrate import calibrate_engine
+
+    (engine,) = rt.engines
+    # 8,193 prompt tokens do not fit the shared engine's 4,096: nothing would be measured.
+    with pytest.raises(ValueError, match=r"too small to calibrate: even 1 sequence\(s\) at context 8192 do not fit"):
+        await calibrate_engine(
+            engine, name="x", vocabulary=model_vocabulary(tiny_model), kv_blocks=1000, decode_contexts=(8192,)
+        )

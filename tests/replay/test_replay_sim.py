@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ PROFILE: dict[str, Any] = {
     "name": "test-cpu",
     "model": "test-model",
     "device": "cpu",
+    "dtype": "float32",
     "source": "round numbers for tests",
     "block_size": 128,
     "kv_blocks": 512,
@@ -153,9 +155,11 @@ def test_cli_replay_on_the_simulator(tmp_path: Path, profile_path: Path) -> None
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         assert "8 (8 completed, 0 failed)" in done.stdout
+        assert "test-model (float32)" in done.stdout  # the format the profile was measured in
         outs.append(load_result(out))
     first, second = outs
     assert first.engine == "sim" and first.engines == 2 and first.policy == "vllm" and first.trace == "a.jsonl"
+    assert first.dtype == "float32" and first.profile == "test-cpu"
     assert first.summary.cached_token_ratio is not None and first.summary.cached_token_ratio > 0.5
     assert first.model_dump(exclude={"wall_s"}) == second.model_dump(exclude={"wall_s"})
 
@@ -176,6 +180,99 @@ def test_cli_rejects_a_trace_longer_than_the_engine_context(tmp_path: Path) -> N
     trace = dump_trace([program], tmp_path / "long.jsonl")
     done = agentrt("replay", str(trace), "--engine", "vllm", "--max-model-len", "4096", "--out", str(tmp_path / "r"))
     assert done.returncode == 2 and "needs 5010 tokens" in done.stderr and "--max-model-len 4096" in done.stderr
+
+
+def run_cli(*args: str) -> tuple[int, str, bool]:
+    """``agentrt`` in a fresh interpreter: exit code, stderr, and whether vLLM was imported by the end."""
+    code = (
+        "import sys\nfrom runtime._cli import main\ncode = main(sys.argv[1:])\n"
+        "print('vllm' in sys.modules)\nsys.exit(code)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, env=dict(os.environ), timeout=120
+    )
+    return done.returncode, done.stderr, done.stdout.strip().splitlines()[-1] == "True"
+
+
+@pytest.fixture
+def short_model(tiny_model: Path, tmp_path: Path) -> Path:
+    """A copy of the tiny model that holds 1,024 tokens of context (its config.json says 32,768)."""
+    copy = tmp_path / "tiny-1k"
+    shutil.copytree(tiny_model, copy)
+    config = json.loads((copy / "config.json").read_text())
+    assert config["max_position_embeddings"] == 32768
+    (copy / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 1024}))
+    return copy
+
+
+def test_cli_refuses_a_trace_longer_than_the_model_holds_before_any_engine(tmp_path: Path, short_model: Path) -> None:
+    program = TraceProgram(id="p7", arrival_s=0, calls=[TraceCall(id="c3", new_tokens=1500, output_tokens=20)])
+    trace = dump_trace([program], tmp_path / "long.jsonl")
+    out = tmp_path / "r.json"
+    code, stderr, vllm_loaded = run_cli(
+        "replay", str(trace), "--engine", "vllm", "--model", str(short_model), "--out", str(out)
+    )
+    assert code == 2 and not vllm_loaded and not out.exists()
+    assert stderr.splitlines() == [
+        "agentrt: error: program p7 call c3 needs 1520 tokens of context, more than model tiny-1k holds "
+        "(1024 tokens, its config.json): generate the trace with a smaller --scale"
+    ]
+
+
+def test_cli_refuses_a_context_limit_above_the_models(tmp_path: Path, short_model: Path) -> None:
+    program = TraceProgram(id="p", arrival_s=0, calls=[TraceCall(id="c", new_tokens=100, output_tokens=10)])
+    trace = dump_trace([program], tmp_path / "t.jsonl")
+    args = ("replay", str(trace), "--engine", "vllm", "--model", str(short_model), "--out", str(tmp_path / "r.json"))
+    code, stderr, vllm_loaded = run_cli(*args, "--max-model-len", "2048")
+    assert code == 2 and not vllm_loaded
+    assert stderr.splitlines() == [
+        "agentrt: error: --max-model-len 2048 is more than model tiny-1k holds (1024 tokens, its config.json): "
+        "lower it, or leave it out to size it from the trace"
+    ]
+    code, stderr, vllm_loaded = run_cli(*args, "--max-model-len", "64")  # below the trace's 110 tokens
+    assert code == 2 and not vllm_loaded
+    assert stderr.splitlines() == [
+        "agentrt: error: program p call c needs 110 tokens of context, more than --max-model-len 64: "
+        "raise it or generate the trace with a smaller --scale"
+    ]
+
+
+def test_cli_refuses_an_unknown_number_format(tmp_path: Path) -> None:
+    program = TraceProgram(id="p", arrival_s=0, calls=[TraceCall(id="c", new_tokens=5, output_tokens=5)])
+    trace = dump_trace([program], tmp_path / "t.jsonl")
+    code, stderr, vllm_loaded = run_cli("replay", str(trace), "--dtype", "bf16", "--out", str(tmp_path / "r.json"))
+    assert code == 2 and not vllm_loaded
+    assert stderr.splitlines() == [
+        "agentrt: error: --dtype 'bf16' is not a number format vLLM knows: "
+        "auto, bfloat16, float, float16, float32, half"
+    ]
+    code, stderr, _ = run_cli("calibrate", "--dtype", "fp32")
+    assert (
+        code == 2
+        and stderr.startswith("agentrt: error: --dtype 'fp32' is not a number format")
+        and "\n" not in stderr.strip()
+    )
+
+
+def test_cli_sim_replays_the_profiles_format_whatever_dtype_says(tmp_path: Path, profile_path: Path) -> None:
+    program = TraceProgram(id="p", arrival_s=0, calls=[TraceCall(id="c", new_tokens=5, output_tokens=5)])
+    trace = dump_trace([program], tmp_path / "t.jsonl")
+    out = tmp_path / "r.json"
+    done = agentrt(
+        "replay",
+        str(trace),
+        "--engine",
+        "sim",
+        "--profile",
+        str(profile_path),
+        "--dtype",
+        "bfloat16",
+        "--out",
+        str(out),
+    )
+    assert done.returncode == 0, done.stderr
+    assert "--dtype bfloat16 does not apply to --engine sim" in done.stderr and "(float32)" in done.stderr
+    assert load_result(out).dtype == "float32"
 
 
 def test_cli_sim_without_a_profile_says_how_to_get_one(tmp_path: Path) -> None:

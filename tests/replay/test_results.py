@@ -121,3 +121,23 @@ def test_format_summary_shows_the_numbers() -> None:
     assert "2 (2 completed, 0 failed)" in text
     assert "3.00 / 3.00 / 3.90 / 3.98" in text  # mean / p50 / p95 / p99 of [2, 4]
     assert "50.0%" in text
+
+
+def test_the_number_format_is_recorded_and_old_documents_still_load(tmp_path: Path) -> None:
+    with_dtype = result().model_copy(update={"dtype": "float32", "model": "tiny"})
+    path = with_dtype.write(tmp_path / "new.json")
+    assert json.loads(path.read_text())["dtype"] == "float32"
+    assert load_result(path).dtype == "float32"
+    # A document written before the field existed has none.
+    doc = result().model_dump(mode="json")
+    del doc["dtype"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(doc))
+    assert load_result(old).dtype is None
+
+
+def test_format_summary_shows_the_model_and_its_format() -> None:
+    lines = format_summary(result().model_copy(update={"dtype": "bfloat16", "model": "tiny"})).splitlines()
+    assert any(line.split() == ["model", "tiny", "(bfloat16)"] for line in lines)
+    assert "(float32)" in format_summary(result().model_copy(update={"dtype": "float32"}))  # no model name
+    assert "model" not in format_summary(result())  # neither: no row

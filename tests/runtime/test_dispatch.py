@@ -314,7 +314,10 @@ async def test_unknown_tools_and_failures_are_messages_and_events() -> None:
     )
     assert failed.error_kind == "exception" and failed.content == "error (exception): RuntimeError: no"
     ended = [e for e in policy.events if isinstance(e, ToolFinished)]
-    assert [(e.tool, e.ok, e.error_kind) for e in ended] == [("nope", False, "unknown_tool"), ("boom", False, "exception")]
+    assert [(e.tool, e.ok, e.error_kind) for e in ended] == [
+        ("nope", False, "unknown_tool"),
+        ("boom", False, "exception"),
+    ]
     nodes = [n for n in handle.program.nodes.values() if n.kind == "tool"]
     assert [(n.ok, n.error) for n in nodes] == [(False, missing.content), (False, failed.content)]
 

@@ -3,7 +3,7 @@
 A :class:`CostProfile` describes one model on one device as a few measured
 curves, stored as JSON (bundled profiles live in ``profiles/``)::
 
-    {"name": "tiny-cpu", "model": "tiny", "device": "cpu",
+    {"name": "tiny-cpu", "model": "tiny", "device": "cpu", "dtype": "float32",
      "source": "how it was measured, or the publication it follows",
      "block_size": 128, "kv_blocks": 2048,
      "max_num_seqs": 256, "max_num_batched_tokens": 2048,
@@ -26,9 +26,14 @@ context token than a large one.  ``request_latency_s`` (optional, default
 0) is the time every request spends outside the engine loop, in the frontend
 and between processes: half of it before the request reaches the scheduler,
 half before its first token and its completion reach the caller.
+``dtype`` (optional) is the number format the engine computed in
+(``bfloat16``, ``float32`` ...; ``agentrt calibrate`` records the engine's):
+on a CPU without native bfloat16 it changes every price several times over.
 ``measurements`` (optional) keeps what ``agentrt calibrate`` measured before
 fitting (``decode``: ``[batch, context, seconds per step]`` rows;
-``prefill``: ``[mean context, seconds per chunk]`` rows), for checking the
+``prefill``: ``[mean context, seconds per chunk]`` rows; ``skipped_decode``:
+``[batch, context]`` and ``skipped_prefill``: ``[context, chunk]``, the grid
+points left out because they would not fit the KV cache), for checking the
 fit; it does not enter the price.
 """
 
@@ -98,6 +103,7 @@ class CostProfile(BaseModel):
     name: str
     model: str
     device: str
+    dtype: str | None = None
     source: str
     block_size: int = Field(gt=0)
     kv_blocks: int = Field(gt=0)

@@ -100,3 +100,14 @@ def test_decode_fit_recovers_per_batch_lines() -> None:
     # The profile prices every measured step as measured.
     for b, c, seconds in rows:
         assert profile.step_time([], b, b * c) == pytest.approx(seconds, rel=1e-6)
+
+
+def test_the_number_format_is_optional(tmp_path: Path) -> None:
+    assert CostProfile.load("h100-llama3-8b").dtype == "bfloat16"
+    assert CostProfile.model_validate(profile_data()).dtype is None  # a profile from before the field
+    path = tmp_path / "p.json"
+    skipped = {"decode": [[1, 16, 0.01]], "prefill": [[256, 0.05]], "skipped_decode": [[32, 4096]]}
+    path.write_text(json.dumps(profile_data(dtype="float32", measurements={**skipped, "skipped_prefill": []})))
+    loaded = CostProfile.load(path)
+    assert loaded.dtype == "float32"
+    assert loaded.measurements is not None and loaded.measurements["skipped_decode"] == [[32, 4096]]
