@@ -164,8 +164,9 @@ class EngineStats:
     blocks referenced for its program's next turn (the simulator): ``pins``
     created, ``pin_hits`` (a program's next request admitted while its pin was
     live), ``pins_expired`` (TTL ran out) and ``pins_released_pressure``
-    (released early because other requests needed the blocks); ``None`` when
-    the backend does not report them.
+    (released early because other requests needed the blocks), and
+    ``pinned_blocks`` (held by pins now); ``None`` when the backend does not
+    report them.
     """
 
     name: str

@@ -10,6 +10,7 @@ between releases) and every piece of it is exercised by the integration tests.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
@@ -29,6 +30,23 @@ if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 __all__ = ["InProcessEngine"]
+
+
+async def _stop_output_handler(llm: AsyncLLM) -> None:
+    """Cancel ``llm``'s output-handler task before its engine core stops.
+
+    vLLM 0.32's ``AsyncLLM.shutdown`` stops the engine core first and cancels
+    its output handler after; the handler often reads the core's end in
+    between and logs it as a crash ("AsyncLLM output_handler failed ...
+    EngineDeadError", a traceback at every other exit of the demo).  With
+    nothing in flight the handler has nothing left to deliver, so it goes
+    first.  (With requests in flight vLLM's order stands: the handler's error
+    is what fails their streams instead of leaving them waiting.)
+    """
+    handler = getattr(llm, "output_handler", None)
+    if isinstance(handler, asyncio.Task) and not handler.done():
+        handler.cancel()
+        await asyncio.wait({handler})  # not awaited itself: its CancelledError is not ours
 
 _engine_counter = 0
 
@@ -232,10 +250,13 @@ class InProcessEngine(Engine):
 
     async def _aclose(self) -> None:
         llm, self._llm = self._llm, None
-        if llm is not None:
+        if llm is None:
+            return
+        with anyio.CancelScope(shield=True):
+            if not self._in_flight:
+                await _stop_output_handler(llm)
             # shutdown() joins the engine-core process: keep the loop free.
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(llm.shutdown)
+            await anyio.to_thread.run_sync(llm.shutdown)
 
     @property
     def vllm(self) -> AsyncLLM:
