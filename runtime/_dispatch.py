@@ -107,10 +107,9 @@ class Dispatcher:
             candidates = self._candidates(held.tried)
             if candidates:
                 try:
-                    route = self.policy.route(call, candidates)
+                    route = self._route(call, candidates)
                     if route is None:
                         continue
-                    self._check_route(route, candidates)
                 except Exception as exc:  # a policy bug: the held call raises it, not whoever woke us
                     held.error = exc
                 else:
@@ -225,9 +224,8 @@ class Dispatcher:
                     f"(engines: {', '.join(e.name for e in self._engines)}; "
                     f"failed here: {', '.join(sorted(tried)) or 'none'})"
                 )
-            route = self.policy.route(call, candidates)
+            route = self._route(call, candidates)
             if route is not None:
-                self._check_route(route, candidates)
                 return route, len(candidates)
             held = _Held(call, tried)
             self._held.append(held)
@@ -246,7 +244,11 @@ class Dispatcher:
                 return held.route, len(self._candidates(tried))
             # Released without a route (no candidate left when offered): look again.
 
-    def _check_route(self, route: Route, candidates: Sequence[Engine]) -> None:
+    def _route(self, call: CallInfo, candidates: Sequence[Engine]) -> Route | None:
+        """The policy's decision for ``call`` among ``candidates``, refused if the runtime cannot carry it out."""
+        route = self.policy.route(call, candidates)
+        if route is None:
+            return None
         if not any(route.engine is e for e in candidates):
             raise PolicyError(
                 f"policy {self.policy.name!r} routed a call to engine {route.engine.name!r}, "
@@ -257,6 +259,7 @@ class Dispatcher:
                 f"policy {self.policy.name!r} asked engine {route.engine.name!r} "
                 f"({type(route.engine).__name__}) to pin KV blocks ({METADATA_PIN_TTL_S}), which it cannot"
             )
+        return route
 
     async def _stream(self, program: Program, node: Node, engine: Engine, request: GenerateRequest) -> Completion:
         async with aclosing(engine.stream(request)) as chunks:

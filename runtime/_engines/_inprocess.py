@@ -48,6 +48,7 @@ async def _stop_output_handler(llm: AsyncLLM) -> None:
         handler.cancel()
         await asyncio.wait({handler})  # not awaited itself: its CancelledError is not ours
 
+
 _engine_counter = 0
 
 

@@ -119,6 +119,21 @@ def _blocks(tokens: int, block_size: int) -> int:
     return -(-tokens // block_size)
 
 
+def _misfit(sequences: int, tokens: int, kv_blocks: int, block_size: int, max_model_len: int | None) -> str | None:
+    """Why ``sequences`` sequences of ``tokens`` tokens cannot be a calibration point; ``None`` if they can.
+
+    The one rule: each fits ``max_model_len``, and together they take at most
+    :data:`KV_HEADROOM` of the ``kv_blocks`` blocks.
+    """
+    if max_model_len is not None and tokens > max_model_len:
+        return f"{tokens} tokens per sequence exceed the engine's context limit of {max_model_len}"
+    usable = int(kv_blocks * KV_HEADROOM)
+    needed = sequences * _blocks(tokens, block_size)
+    if needed > usable:
+        return f"{needed} KV blocks exceed {usable}, {KV_HEADROOM:.0%} of the engine's {kv_blocks}"
+    return None
+
+
 def fitting_decode_points(
     batches: Sequence[int],
     contexts: Sequence[int],
@@ -135,13 +150,12 @@ def fitting_decode_points(
     sequence fits ``max_model_len``.  Returns ``(fitting, left_out)``, each
     sorted by context, then batch.
     """
-    usable = int(kv_blocks * KV_HEADROOM)
     fitting: list[tuple[int, int]] = []
     left_out: list[tuple[int, int]] = []
     for context in sorted(set(contexts)):
         tokens = cached_prompt_length(context) + decode_tokens
         for batch in sorted(set(batches)):
-            fits = batch * _blocks(tokens, block_size) <= usable and (max_model_len is None or tokens <= max_model_len)
+            fits = _misfit(batch, tokens, kv_blocks, block_size, max_model_len) is None
             (fitting if fits else left_out).append((batch, context))
     return fitting, left_out
 
@@ -159,12 +173,10 @@ def fitting_prefill_contexts(
     ``context + chunk`` tokens and its one output token.  Returns
     ``(fitting, left_out)`` in the given order.
     """
-    usable = int(kv_blocks * KV_HEADROOM)
     fitting: list[int] = []
     left_out: list[int] = []
     for context in contexts:
-        tokens = context + chunk + 1
-        fits = _blocks(tokens, block_size) <= usable and (max_model_len is None or tokens <= max_model_len)
+        fits = _misfit(1, context + chunk + 1, kv_blocks, block_size, max_model_len) is None
         (fitting if fits else left_out).append(context)
     return fitting, left_out
 
@@ -292,15 +304,9 @@ async def calibrate_engine(
             raise ValueError(f"prefill contexts must be multiples of {CPU_BLOCK_SIZE} tokens, got {context}")
     cache_blocks = int(cache.num_gpu_blocks or kv_blocks)
     block_size = int(cache.block_size or CPU_BLOCK_SIZE)
-    usable = int(cache_blocks * KV_HEADROOM)
 
-    def too_big(sequences: int, tokens: int) -> str:
-        if tokens > max_model_len:
-            return f"{tokens} tokens per sequence exceed the engine's context limit of {max_model_len}"
-        return (
-            f"{sequences * _blocks(tokens, block_size)} KV blocks exceed {usable}, "
-            f"{KV_HEADROOM:.0%} of the engine's {cache_blocks}"
-        )
+    def too_big(sequences: int, tokens: int) -> str | None:
+        return _misfit(sequences, tokens, cache_blocks, block_size, max_model_len)
 
     decode_points, decode_left_out = fitting_decode_points(
         batches, decode_contexts, decode_tokens, cache_blocks, block_size, max_model_len

@@ -323,20 +323,16 @@ class SimEngine(Engine):
         return self._loop_task is not None and not self._loop_task.done()
 
     async def _engine_stats(self) -> dict[str, Any]:
-        self._catch_up()
-        sched = self.scheduler
-        kv = sched.kv
-        kv.expire_pins(monotonic())
+        pins = await self._pin_stats()  # first: it releases the pins that have expired by now
+        figures = self._load_figures()
+        del figures["kv_blocks"]  # a load figure, not a statistic
         return {
-            "waiting": sched.num_waiting,
-            "running": len(sched.running),
-            "kv_usage": kv.num_used / kv.num_blocks,
-            "preemptions": sched.preemptions,
-            "pins": kv.pins,
-            "pin_hits": kv.pin_hits,
-            "pins_expired": kv.pins_expired,
-            "pins_released_pressure": kv.pins_released_pressure,
-            "pinned_blocks": kv.pinned_blocks,
+            **figures,
+            "preemptions": self.scheduler.preemptions,
+            "pins": pins.pins,
+            "pin_hits": pins.pin_hits,
+            "pins_expired": pins.pins_expired,
+            "pins_released_pressure": pins.pins_released_pressure,
         }
 
     def _load_figures(self) -> dict[str, Any]:
