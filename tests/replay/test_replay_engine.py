@@ -107,7 +107,10 @@ async def test_calibrate_measures_a_profile_the_simulator_loads(rt: Any, tiny_mo
         kv_blocks=1000,
         # Context 4096 is past the shared engine's limit (4,096 tokens): left out, not measured.
         contexts=(0, 256, 4096),
-        chunk=256,
+        # 1,024 fresh tokens: in float32 the tiny model prefills 256 in 0-3 ms
+        # over a cached prompt's TTFT, inside the timing noise (a rate could
+        # come out near-infinite); 1,024 take 30-55 ms.
+        chunk=1024,
         batches=(1, 2, 4),
         decode_tokens=12,
         decode_contexts=(16, 384, 4096),
@@ -120,16 +123,16 @@ async def test_calibrate_measures_a_profile_the_simulator_loads(rt: Any, tiny_mo
     assert loaded.max_num_seqs == 4  # the shared engine's setting, read from vLLM's config
     # The measured contexts, then the fitted curve at the engine's context limit.
     limit = engine.vllm.vllm_config.model_config.max_model_len
-    assert [x for x, _ in loaded.prefill_tokens_per_s] == [128.0, 384.0, float(limit)]
+    assert [x for x, _ in loaded.prefill_tokens_per_s] == [512.0, 768.0, float(limit)]
     assert [x for x, _ in loaded.decode_s_per_context_token] == [1, 2, 4]  # type: ignore[union-attr]
     assert [x for x, _ in loaded.decode_step_s] == [1, 2, 4]
     # The raw measurements the fit used travel with the profile: every batch at every decode context.
     assert loaded.measurements is not None
     assert sorted((b, c) for b, c, _ in loaded.measurements["decode"]) == [(b, c) for b in (1, 2, 4) for c in (16, 384)]
-    assert [c for c, _ in loaded.measurements["prefill"]] == [128.0, 384.0]
+    assert [c for c, _ in loaded.measurements["prefill"]] == [512.0, 768.0]
     # What did not fit is recorded and was reported.
     assert loaded.measurements["skipped_decode"] == [[1, 4096], [2, 4096], [4, 4096]]
-    assert loaded.measurements["skipped_prefill"] == [[4096, 256]]
+    assert loaded.measurements["skipped_prefill"] == [[4096, 1024]]
     assert "decode of 4 sequences at context 4096 left out: 4109 tokens per sequence exceed the engine's" in said[2]
     # No measured point needed more than the usable part of the engine's KV cache.
     cache = engine.vllm.vllm_config.cache_config
