@@ -10,12 +10,13 @@ state) in one place so every backend reports the same statistics.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Self, TypeAlias
+from typing import Any, Self, TypeAlias
 
 from .._errors import EngineCapabilityError, EngineClosedError, EngineError
 
@@ -161,7 +162,7 @@ class EngineStats:
     else ``None``.  Token totals are since the engine started.
 
     The pin counters come from backends that keep a finished request's KV
-    blocks referenced for its program's next turn (the simulator): ``pins``
+    blocks referenced for its program's next turn (``supports_pins``): ``pins``
     created, ``pin_hits`` (a program's next request admitted while its pin was
     live), ``pins_expired`` (TTL ran out) and ``pins_released_pressure``
     (released early because other requests needed the blocks), and
@@ -249,8 +250,10 @@ class Engine(ABC):
     :class:`~runtime.EngineCapabilityError`: a pin is never silently ignored.
     """
 
-    #: Whether this backend can pin KV blocks (see the class docstring).
-    supports_pins: ClassVar[bool] = False
+    @property
+    def supports_pins(self) -> bool:
+        """Whether this engine can pin KV blocks (see the class docstring); backends that can override it."""
+        return False
 
     def __init__(self, name: str, model: str) -> None:
         self.name = name
@@ -376,6 +379,13 @@ class Engine(ABC):
         """The engine's load now, for policies (see :class:`EngineLoad`); no I/O."""
         return EngineLoad(self.name, self.available, len(self._in_flight), **self._load_figures())
 
+    def prefill_cost_s(self, tokens: int) -> float | None:
+        """Seconds this engine takes to prefill ``tokens`` uncached tokens, from its calibration; None when it has none.
+
+        For policies weighing a KV pin against recomputing the prompt; no I/O.
+        """
+        return None
+
     # -- engine control: pins ------------------------------------------------
 
     def _require_pins(self, what: str) -> None:
@@ -386,17 +396,24 @@ class Engine(ABC):
         if self._closed:
             raise EngineClosedError(f"engine {self.name} is closed")
 
-    async def set_pin(self, program_id: str, ttl_s: float) -> bool:
+    async def set_pin(self, program_id: str, ttl_s: float, *, value: float | None = None) -> bool:
         """Pin ``program_id``'s KV blocks for ``ttl_s`` seconds from now, or change its pin's expiry.
 
         The blocks are those of the program's last finished request, as far
         as the engine still holds them; ``ttl_s <= 0`` releases the pin.
-        Returns False when the engine holds none of them (nothing to pin).
+        ``value`` is what the pin is worth per block it holds (the prefill
+        seconds it saves times the chance that the program's next turn
+        comes before expiry, per block; any consistent unit): under memory
+        pressure the engine gives up the least valuable pin first, and among
+        equal values (``None`` counts as 0) the latest program's.  Returns
+        False when the engine holds none of the blocks (nothing to pin).
         """
         self._require_pins("set a pin")
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"a pin's value must be a finite number, got {value!r}")
         if ttl_s <= 0:
             return await self._release_pin(program_id)
-        return await self._set_pin(program_id, float(ttl_s))
+        return await self._set_pin(program_id, float(ttl_s), None if value is None else float(value))
 
     async def release_pin(self, program_id: str) -> bool:
         """Release ``program_id``'s pin now; False if it holds none."""
@@ -442,8 +459,8 @@ class Engine(ABC):
         """Backend-specific fields of :class:`EngineLoad` (waiting, running, kv_usage, pinned/kv blocks); no I/O."""
         return {}
 
-    async def _set_pin(self, program_id: str, ttl_s: float) -> bool:
-        """Engines with ``supports_pins``: pin or re-pin (``ttl_s`` > 0 seconds)."""
+    async def _set_pin(self, program_id: str, ttl_s: float, value: float | None) -> bool:
+        """Engines with ``supports_pins``: pin or re-pin (``ttl_s`` > 0 seconds, ``value`` as in :meth:`set_pin`)."""
         raise NotImplementedError
 
     async def _release_pin(self, program_id: str) -> bool:

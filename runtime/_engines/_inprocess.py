@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
+import shutil
+import tempfile
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -23,7 +26,9 @@ from .._clock import now
 from .._errors import EngineRequestError, EngineStartError, EngineUnavailableError
 from .._models import resolve_model
 from ._base import ChatPrompt, Completion, Engine, GenerateRequest, TokenDelta
-from ._dtype import resolve_dtype
+from ._dtype import engine_build, resolve_dtype
+from ._pin_control import CONFIG_KEY, PinControlClient
+from ._pinned import PinControlled
 from ._vllm_stats import SchedulerSnapshot, make_stat_logger_factory
 
 if TYPE_CHECKING:
@@ -58,7 +63,13 @@ def _next_name() -> str:
     return f"inproc-{_engine_counter - 1}"
 
 
-class InProcessEngine(Engine):
+def plugin_scheduler_cls() -> str:
+    """The dotted path of agentrt's pinning scheduler for this vLLM build (synchronous on the CPU)."""
+    name = "PinningScheduler" if engine_build() == "cpu" else "AsyncPinningScheduler"
+    return f"runtime.vllm_scheduler.{name}"
+
+
+class InProcessEngine(PinControlled, Engine):
     """A vLLM engine running inside this process (``AsyncLLM``).
 
     ``model`` is a name under the models directory (``tiny``, ``smollm2-135m``)
@@ -72,6 +83,13 @@ class InProcessEngine(Engine):
     one in use.  Requests run with vLLM's priority scheduling
     (lower value first) and prefix caching on.  Extra ``AsyncEngineArgs``
     fields go in ``engine_args``.
+
+    ``pins`` runs vLLM with agentrt's scheduler plug-in
+    (:mod:`runtime.vllm_scheduler`) and its control path on a private Unix
+    socket, so policies can pin KV blocks (:attr:`supports_pins`).  By
+    default it is on unless ``scheduler_cls`` names a scheduler of your own;
+    ``pins=True`` with your own ``scheduler_cls`` says that it is (or
+    subclasses) the plug-in.
     """
 
     def __init__(
@@ -85,6 +103,7 @@ class InProcessEngine(Engine):
         num_kv_blocks: int | None = None,
         dtype: str = "auto",
         scheduler_cls: str | None = None,
+        pins: bool | None = None,
         enforce_eager: bool | None = None,
         engine_args: Mapping[str, Any] | None = None,
     ) -> None:
@@ -111,6 +130,10 @@ class InProcessEngine(Engine):
         self._enforce_eager = enforce_eager
         self._args = {k: v for k, v in self._args.items() if v is not None}
         self._args.update(engine_args or {})
+        self._pins = scheduler_cls is None if pins is None else pins
+        if self._pins and scheduler_cls is None:
+            self._args["scheduler_cls"] = plugin_scheduler_cls()
+        self._pin_dir: str | None = None
         self._llm: AsyncLLM | None = None
         self._snapshot = SchedulerSnapshot()
 
@@ -119,15 +142,36 @@ class InProcessEngine(Engine):
         # start without it on these machines; the engine-core child process
         # reads it when it is spawned, so set it just before.
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._kv_cache_gib)
+        if self._pins:
+            self._open_pin_control()
         try:
             self._llm = await anyio.to_thread.run_sync(self._build)
         except Exception as exc:
+            await self._close_pins()
             # vLLM's messages can run to pages (every supported architecture);
             # the whole text stays on the chained cause.
             detail = " ".join(str(exc).split())
             if len(detail) > 400:
                 detail = detail[:400] + " ..."
             raise EngineStartError(f"in-process vLLM engine on {self.model_path} failed to start: {detail}") from exc
+
+    def _open_pin_control(self) -> None:
+        # The control server listens in the engine-core process, on a socket
+        # in a directory only this user can enter, with a token as well.
+        self._pin_dir = tempfile.mkdtemp(prefix="agentrt-pins-")
+        address = f"unix:{self._pin_dir}/control.sock"
+        token = secrets.token_urlsafe(24)
+        extra = dict(self._args.get("additional_config") or {})
+        extra[CONFIG_KEY] = {"listen": address, "token": token}
+        self._args["additional_config"] = extra
+        self._pin_client = PinControlClient(address, token, engine=self.name)
+
+    async def _close_pins(self) -> None:
+        await self._close_pin_client()
+        self._pin_client = None
+        if self._pin_dir is not None:
+            shutil.rmtree(self._pin_dir, ignore_errors=True)
+            self._pin_dir = None
 
     def _build(self) -> AsyncLLM:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -243,14 +287,16 @@ class InProcessEngine(Engine):
         return self._llm is not None and not self._llm.errored
 
     async def _engine_stats(self) -> dict[str, Any]:
-        return self._snapshot.as_stats()
+        return {**self._snapshot.as_stats(), **await self._pin_engine_stats()}
 
     def _load_figures(self) -> dict[str, Any]:
         snap = self._snapshot
-        return {"waiting": snap.waiting, "running": snap.running, "kv_usage": snap.kv_usage}
+        return {"waiting": snap.waiting, "running": snap.running, "kv_usage": snap.kv_usage, **self._pin_load_figures()}
 
     async def _aclose(self) -> None:
         llm, self._llm = self._llm, None
+        with anyio.CancelScope(shield=True):
+            await self._close_pins()
         if llm is None:
             return
         with anyio.CancelScope(shield=True):

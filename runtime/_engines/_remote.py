@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import AsyncGenerator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -40,6 +41,8 @@ from ._base import (
     GenerateRequest,
     TokenDelta,
 )
+from ._pin_control import ENV_TOKEN, PinControlClient
+from ._pinned import PinControlled
 
 __all__ = [
     "RemoteEngine",
@@ -330,7 +333,7 @@ def request_body(request: GenerateRequest, model: str) -> tuple[str, dict[str, A
 # -- the engine --------------------------------------------------------------
 
 
-class RemoteEngine(Engine):
+class RemoteEngine(PinControlled, Engine):
     """An engine behind a vLLM OpenAI-compatible HTTP server.
 
     ``base_url`` is the server's root (``http://host:8000``; a trailing ``/v1``
@@ -340,6 +343,12 @@ class RemoteEngine(Engine):
     control calls (``/health``, ``/metrics``, ``/v1/models``); generation
     requests have no overall timeout, since they may legitimately wait in the
     server's queue for long.
+
+    ``pin_control`` is the address of the pin control path of a server that
+    runs agentrt's scheduler plug-in (``http://host:port``, the server's
+    ``AGENTRT_PIN_LISTEN``; see :mod:`runtime.vllm_scheduler`), and
+    ``pin_token`` its shared token (default: ``AGENTRT_PIN_TOKEN`` of this
+    process).  With it the engine pins KV blocks (:attr:`supports_pins`).
     """
 
     def __init__(
@@ -350,6 +359,8 @@ class RemoteEngine(Engine):
         api_key: str | None = None,
         name: str | None = None,
         connect_timeout_s: float = 10.0,
+        pin_control: str | None = None,
+        pin_token: str | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         super().__init__(name or f"remote@{urlsplit(self.base_url).netloc}", model or "")
@@ -363,6 +374,11 @@ class RemoteEngine(Engine):
         self._aborted: set[str] = set()
         # The scheduler figures of the last /metrics read, for load().
         self._last_metrics: dict[str, Any] = {}
+        if pin_control is not None:
+            token = pin_token if pin_token is not None else os.environ.get(ENV_TOKEN)
+            if not token:
+                raise ValueError(f"pin_control={pin_control!r} needs pin_token= or {ENV_TOKEN} in the environment")
+            self._pin_client = PinControlClient(pin_control, token, engine=self.name, timeout_s=connect_timeout_s)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -380,6 +396,7 @@ class RemoteEngine(Engine):
         for response in list(self._responses.values()):
             response.close()
         await self._close_session()
+        await self._close_pin_client()
 
     async def _open_session(self) -> None:
         if self._session is not None:
@@ -544,11 +561,12 @@ class RemoteEngine(Engine):
             logger.warning("%s: cannot parse /metrics: %s", self.name, exc)
             return {}
         self._last_metrics = {k: metrics[k] for k in ("waiting", "running", "kv_usage")}
-        return metrics
+        return {**metrics, **await self._pin_engine_stats()}
 
     def _load_figures(self) -> dict[str, Any]:
-        # No I/O here: what the last stats() call read from /metrics.
-        return self._last_metrics
+        # No I/O here: what the last stats() call read from /metrics, and the
+        # pin control path's last answer.
+        return {**self._last_metrics, **self._pin_load_figures()}
 
 
 def _json_object(data: str, what: str) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -29,6 +30,8 @@ from .._clock import now
 from .._errors import EngineStartError, EngineUnavailableError
 from ._base import Completion, GenerateRequest, TokenDelta
 from ._dtype import resolve_dtype
+from ._inprocess import plugin_scheduler_cls
+from ._pin_control import ENV_LISTEN, ENV_TOKEN
 from ._remote import RemoteEngine
 
 __all__ = ["ServerEngine"]
@@ -150,6 +153,12 @@ class ServerEngine(RemoteEngine):
     engine's life.  Server output goes to ``log_path`` (default: a temporary
     file, removed on a clean close).  ``connect_timeout_s`` is the client's
     bound on connecting and on control requests (see :class:`RemoteEngine`).
+
+    With ``pins`` (the default) the server runs agentrt's scheduler plug-in
+    (``--scheduler-cls``, :mod:`runtime.vllm_scheduler`) with its control
+    path on ``pin_port`` (default: a free port chosen now) and ``pin_token``
+    (default: one made for this engine), so policies can pin KV blocks.  A restarted server
+    starts with no pins.
     """
 
     def __init__(
@@ -170,16 +179,32 @@ class ServerEngine(RemoteEngine):
         name: str | None = None,
         log_path: Path | None = None,
         connect_timeout_s: float = 10.0,
+        pins: bool = True,
+        pin_port: int | None = None,
+        pin_token: str | None = None,
     ) -> None:
         self.host = host
         self.port = port if port is not None else _free_port(host)
         url_host = f"[{host}]" if ":" in host else host
+        self._pin_env: dict[str, str] = {}
+        pin_control = None
+        #: The pin control path's port (``None`` without ``pins``).
+        self.pin_port: int | None = None
+        if pins:
+            self.pin_port = pin_port if pin_port is not None else _free_port(host)
+            self._pin_env = {
+                ENV_LISTEN: f"{url_host}:{self.pin_port}",
+                ENV_TOKEN: pin_token or secrets.token_urlsafe(24),
+            }
+            pin_control = f"http://{url_host}:{self.pin_port}"
         super().__init__(
             f"http://{url_host}:{self.port}",
             name=name or f"server@{url_host}:{self.port}",
             # The served model id is the path or name as given to vllm serve.
             model=os.fspath(model),
             connect_timeout_s=connect_timeout_s,
+            pin_control=pin_control,
+            pin_token=self._pin_env.get(ENV_TOKEN),
         )
         self._model_arg = os.fspath(model)
         self._kv_cache_gib = kv_cache_gib
@@ -244,6 +269,8 @@ class ServerEngine(RemoteEngine):
             args += ["--max-model-len", str(self._max_model_len)]
         if self._max_num_seqs is not None:
             args += ["--max-num-seqs", str(self._max_num_seqs)]
+        if self._pin_env:
+            args += ["--scheduler-cls", plugin_scheduler_cls()]
         if (otlp := telemetry.otlp_endpoint()) is not None:
             # vLLM's own spans (llm_request) go to our collector and join our
             # traces through the traceparent header RemoteEngine sends.
@@ -291,6 +318,7 @@ class ServerEngine(RemoteEngine):
             **os.environ,
             "VLLM_CPU_KVCACHE_SPACE": str(self._kv_cache_gib),
             "PYTHONUNBUFFERED": "1",  # so the log tail is current when we quote it
+            **self._pin_env,  # the token goes by environment, not on a command line others can read
             **self._env,
         }
         if (otlp := telemetry.otlp_endpoint()) is not None:

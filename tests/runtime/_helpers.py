@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -15,4 +16,13 @@ async def wait_until_idle(engine: Any, timeout_s: float = 20.0) -> Any:
             stats = await engine.stats()
             if stats.in_flight == 0 and not stats.running and not stats.waiting:
                 return stats
+            await anyio.sleep(0.1)
+
+
+async def poll_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
+    """Await ``check`` every 0.1 s until it is true (engine state has no change notification)."""
+    with anyio.fail_after(timeout_s):
+        while True:
+            if await check():
+                return
             await anyio.sleep(0.1)

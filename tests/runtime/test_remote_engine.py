@@ -27,6 +27,8 @@ import pytest_asyncio
 from aiohttp import web
 
 from runtime._engines._base import (
+    METADATA_PIN_TTL_S,
+    METADATA_PROGRAM_ID,
     ChatPrompt,
     Completion,
     GenerateRequest,
@@ -56,6 +58,8 @@ from runtime._errors import (
 #: positions (meaningless for random weights), so that a filler request keeps
 #: a slot busy for minutes whatever the load on this machine.
 MAX_MODEL_LEN = 32768
+#: The shared server's pin-control token (a user's own server gets one the same way).
+PIN_TOKEN = "test-pin-token"
 #: Seconds to wait for another process to finish preparing the tiny model.
 
 
@@ -427,6 +431,7 @@ async def server(tiny_model: Path) -> AsyncIterator[ServerEngine]:
         # more than the default 10 s; a connect timing out then is the load,
         # not the server (seen in CI).
         connect_timeout_s=60,
+        pin_token=PIN_TOKEN,
     )
     t0 = time.monotonic()
     await engine.start()
@@ -606,9 +611,44 @@ async def test_bad_requests(server: ServerEngine) -> None:
     await server.check_health()
 
 
+def pinned_request(rid: str, prompt: tuple[int, ...], program: str, pin_s: float | None) -> GenerateRequest:
+    meta: dict[str, str | float] = {METADATA_PROGRAM_ID: program}
+    if pin_s is not None:
+        meta[METADATA_PIN_TTL_S] = pin_s
+    return GenerateRequest(rid, TokenPrompt(prompt), SamplingOptions(max_tokens=2, ignore_eos=True), 0, meta)
+
+
+@pytest.mark.server
+async def test_pins_through_the_authenticated_control_path(server: ServerEngine) -> None:
+    """The launched server runs the plug-in: pins go through its control path, and only with the token."""
+    assert server.supports_pins and server.pin_port is not None
+    prompt = tuple(range(100, 100 + 700))
+    first = await server.generate(pinned_request("pin-1", prompt, "pin-A", 5.0))
+    assert await server.set_pin("pin-A", 120, value=1.0)
+    assert (await server.pin_stats()).pinned_programs == 1
+    control = f"http://127.0.0.1:{server.pin_port}"
+    # A client of the user's own, by address and token, sees the same pins.
+    async with RemoteEngine(server.base_url, pin_control=control, pin_token=PIN_TOKEN) as mine:
+        assert (await mine.pin_stats()).pinned_programs == 1
+    async with RemoteEngine(server.base_url, pin_control=control, pin_token="not-the-token") as stranger:
+        with pytest.raises(EngineRequestError, match="401"):
+            await stranger.release_pin("pin-A")
+    async with aiohttp.ClientSession() as session, session.delete(f"{control}/agentrt/v1/pins/pin-A") as response:
+        assert response.status == 401
+    assert (await server.pin_stats()).pinned_programs == 1  # unchanged
+    # The program's next turn reuses the pinned blocks and takes the pin over.
+    second = await server.generate(pinned_request("pin-2", prompt + first.token_ids + (7, 8, 9), "pin-A", None))
+    assert second.cached_tokens >= 640
+    stats = await server.pin_stats()
+    assert stats.pin_hits == 1 and stats.pinned_programs == 0
+    assert server.load().pinned_blocks == 0 and server.load().kv_blocks
+
+
 @pytest.mark.server
 async def test_crash_restarts_server(server: ServerEngine) -> None:
-    """SIGKILL mid-request: the request fails as unavailable, the supervisor restarts the server."""
+    """SIGKILL mid-request: the request fails as unavailable, the supervisor restarts the server, with no pins."""
+    await server.generate(pinned_request("pin-before-crash", tuple(range(200, 600)), "pin-B", 300.0))
+    assert (await server.pin_stats()).pinned_programs == 1
     old_pid = server.pid
     assert old_pid is not None and server.restarts == 0
     request = long_request("crash-1")
@@ -641,6 +681,9 @@ async def test_crash_restarts_server(server: ServerEngine) -> None:
     assert server.restarts == 1 and server.pid not in (None, old_pid)
     done = await server.generate(GenerateRequest("crash-3", chat("hi"), SamplingOptions(max_tokens=3)))
     assert done.completion_tokens == 3
+    # The pins died with the old server; the new one starts with none.
+    assert (await server.pin_stats()).pinned_programs == 0
+    assert not await server.set_pin("pin-B", 60)
 
 
 @pytest.mark.server

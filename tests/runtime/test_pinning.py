@@ -1,0 +1,177 @@
+"""KV pins on a real in-process vLLM engine: agentrt's scheduler plug-in and its control path.
+
+One engine on the tiny model with a 40-block cache (128 tokens a block), so
+that a few 1,500-token prompts fill it and pins matter.  Program ids keep
+the tests apart; each test leaves no pin behind.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+
+import anyio
+import pytest
+import pytest_asyncio
+
+from runtime import InProcessEngine
+from runtime._engines._base import (
+    METADATA_PIN_TTL_S,
+    METADATA_PROGRAM_ID,
+    Completion,
+    GenerateRequest,
+    SamplingOptions,
+    TokenDelta,
+    TokenPrompt,
+)
+
+from ._helpers import poll_until
+
+pytestmark = pytest.mark.engine
+
+BLOCKS = 40
+BLOCK = 128
+
+
+@pytest_asyncio.fixture(scope="module")
+async def engine(tiny_model: Path) -> AsyncIterator[InProcessEngine]:
+    eng = InProcessEngine(tiny_model, name="pins-0", num_kv_blocks=BLOCKS, max_model_len=4096, max_num_seqs=4)
+    async with eng:
+        yield eng
+
+
+_rng = random.Random(7)
+
+
+def tokens(n: int) -> tuple[int, ...]:
+    # Random ids: no two prompts share a prefix by chance.
+    return tuple(_rng.randrange(10, 4000) for _ in range(n))
+
+
+async def generate(
+    engine: InProcessEngine, rid: str, prompt: tuple[int, ...], program: str, pin_s: float | None = None, n: int = 4
+) -> Completion:
+    meta: dict[str, str | float] = {METADATA_PROGRAM_ID: program}
+    if pin_s is not None:
+        meta[METADATA_PIN_TTL_S] = pin_s
+    request = GenerateRequest(rid, TokenPrompt(prompt), SamplingOptions(max_tokens=n, ignore_eos=True), 0, meta)
+    return await engine.generate(request)
+
+
+async def flood(engine: InProcessEngine, tag: str, count: int = 6) -> None:
+    """Other programs' prompts, one after another: together far more than the cache holds."""
+    for i in range(count):
+        await generate(engine, f"{tag}-flood-{i}", tokens(1800), f"{tag}-other-{i}")
+
+
+async def test_pinned_context_survives_a_flood_and_an_unpinned_one_does_not(engine: InProcessEngine) -> None:
+    pinned, unpinned = tokens(1500), tokens(1500)
+    first = await generate(engine, "survive-a1", pinned, "survive-A", pin_s=1.0)
+    other = await generate(engine, "survive-b1", unpinned, "survive-B")
+    # The policy's decision once the tool is known: keep it for the tool's run.
+    assert await engine.set_pin("survive-A", 60, value=1.0)
+    before = await engine.pin_stats()
+    assert before.pinned_programs == 1 and before.pinned_blocks == len(pinned) // BLOCK + 1
+    await anyio.sleep(3)  # the tool call
+    await flood(engine, "survive")
+    inherited_a = pinned + first.token_ids
+    inherited_b = unpinned + other.token_ids
+    second = await generate(engine, "survive-a2", inherited_a + tokens(50), "survive-A")
+    unpinned_second = await generate(engine, "survive-b2", inherited_b + tokens(50), "survive-B")
+    assert second.cached_tokens >= 0.9 * len(inherited_a)
+    assert unpinned_second.cached_tokens < 0.1 * len(inherited_b)
+    after = await engine.pin_stats()
+    # The next turn was admitted and reused the blocks: the pin handed off.
+    assert after.pin_hits == before.pin_hits + 1
+    assert after.pinned_programs == 0 and after.pinned_blocks == 0
+
+
+async def test_expiry_frees_the_blocks(engine: InProcessEngine) -> None:
+    before = await engine.pin_stats()
+    await generate(engine, "expire-1", tokens(600), "expire-A", pin_s=0.5)
+    assert (await engine.pin_stats()).pinned_programs == before.pinned_programs + 1
+
+    async def expired() -> bool:
+        return (await engine.pin_stats()).pins_expired > before.pins_expired
+
+    await poll_until(expired)
+    stats = await engine.pin_stats()
+    assert stats.pinned_programs == 0 and stats.pinned_blocks == 0
+    assert not await engine.set_pin("expire-A", 10)  # nothing left to pin
+
+
+async def test_pressure_gives_up_the_least_valuable_pin_first(engine: InProcessEngine) -> None:
+    before = await engine.pin_stats()
+    await generate(engine, "pressure-a", tokens(1500), "pressure-A", pin_s=1.0)
+    await generate(engine, "pressure-b", tokens(1500), "pressure-B", pin_s=1.0)
+    assert await engine.set_pin("pressure-A", 60, value=1.0)
+    assert await engine.set_pin("pressure-B", 60, value=5.0)
+    held = await engine.pin_stats()
+    assert held.pinned_programs == 2 and held.pinned_blocks == 24
+    # 24 of 40 blocks pinned; this request needs 27: one pin has to go, A's.
+    done = await generate(engine, "pressure-c", tokens(3400), "pressure-C")
+    assert done.finish_reason == "length"
+    after = await engine.pin_stats()
+    assert after.pins_released_pressure == before.pins_released_pressure + 1
+    assert not await engine.set_pin("pressure-A", 60)
+    assert await engine.release_pin("pressure-B")
+    assert (await engine.pin_stats()).pinned_programs == 0
+
+
+async def test_every_request_completes_under_pressure(engine: InProcessEngine) -> None:
+    """Eight programs, two turns each, every turn asking for a long pin: far more than 40 blocks."""
+    first_turns: dict[int, Completion] = {}
+    prompts = {i: tokens(1400) for i in range(8)}
+
+    async def turn(i: int, second: bool) -> None:
+        prompt = prompts[i] + (first_turns[i].token_ids + tokens(100) if second else ())
+        done = await generate(engine, f"many-{i}-{int(second)}", prompt, f"many-{i}", pin_s=60.0, n=16)
+        assert done.completion_tokens == 16
+        first_turns[i] = done
+
+    for second in (False, True):
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(turn, i, second)
+    stats = await engine.pin_stats()
+    assert stats.pins_released_pressure > 0 and stats.pinned_blocks <= BLOCKS
+    for i in range(8):
+        await engine.release_pin(f"many-{i}")
+    assert (await engine.pin_stats()).pinned_programs == 0
+
+
+async def test_abort_releases_the_programs_pin(engine: InProcessEngine) -> None:
+    """A program's request aborted while it waits (the engine is full): its pin goes, unused."""
+    await generate(engine, "abort-a1", tokens(800), "abort-A", pin_s=60.0)
+    before = await engine.pin_stats()
+    assert before.pinned_programs == 1
+
+    async def long(i: int) -> None:
+        await generate(engine, f"abort-fill-{i}", tokens(200), f"abort-fill-{i}", n=400)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(4):  # max_num_seqs=4: the next request waits
+            tg.start_soon(long, i)
+
+        async def full() -> bool:
+            return engine.load().running == 4
+
+        await poll_until(full)
+        request = GenerateRequest(
+            "abort-a2", TokenPrompt(tokens(100)), SamplingOptions(max_tokens=4), 0, {METADATA_PROGRAM_ID: "abort-A"}
+        )
+        async with aclosing(engine.stream(request)) as stream:
+            with anyio.move_on_after(0.5):
+                async for chunk in stream:
+                    assert not isinstance(chunk, TokenDelta), "expected to wait behind the fillers"
+        # Closing the stream aborted the waiting request.
+
+        async def released() -> bool:
+            return (await engine.pin_stats()).pinned_programs == 0
+
+        await poll_until(released)
+        tg.cancel_scope.cancel()
+    after = await engine.pin_stats()
+    assert after.pins_released == before.pins_released + 1 and after.pin_hits == before.pin_hits
