@@ -175,3 +175,26 @@ async def test_abort_releases_the_programs_pin(engine: InProcessEngine) -> None:
         tg.cancel_scope.cancel()
     after = await engine.pin_stats()
     assert after.pins_released == before.pins_released + 1 and after.pin_hits == before.pin_hits
+
+
+async def test_a_prefix_cache_reset_drops_the_pins(engine: InProcessEngine) -> None:
+    await generate(engine, "reset-1", tokens(600), "reset-A", pin_s=60.0)
+    assert (await engine.pin_stats()).pinned_programs == 1
+    assert await engine.vllm.reset_prefix_cache()  # refused while any block is referenced
+    stats = await engine.pin_stats()
+    assert stats.pinned_programs == 0 and stats.pinned_blocks == 0
+
+
+def test_the_plug_in_classes_are_what_vllm_loads() -> None:
+    """Both by the dotted path a user passes to --scheduler-cls; the async one for GPUs with async scheduling."""
+    from vllm.utils.import_utils import resolve_obj_by_qualname
+    from vllm.v1.core.sched.async_scheduler import AsyncScheduler
+    from vllm.v1.core.sched.scheduler import Scheduler
+
+    sync = resolve_obj_by_qualname("runtime.vllm_scheduler.PinningScheduler")
+    asynchronous = resolve_obj_by_qualname("runtime.vllm_scheduler.AsyncPinningScheduler")
+    assert issubclass(sync, Scheduler) and not issubclass(sync, AsyncScheduler)
+    assert issubclass(asynchronous, AsyncScheduler)
+    # The pinning overrides come before vLLM's in both.
+    for cls in (sync, asynchronous):
+        assert cls._free_blocks is not Scheduler._free_blocks and cls.schedule is not Scheduler.schedule
