@@ -79,8 +79,10 @@ from ._events import (
 from ._handle import ProgramHandle
 from ._models import KNOWN_MODELS, models_dir, prepare_model, resolve_model
 from ._policies import (
+    AgentrtPolicy,
     CallFinished,
     CallInfo,
+    ContinuumPolicy,
     Policy,
     PolicyHost,
     Route,
@@ -108,10 +110,12 @@ __all__ = [
     "METADATA_PROGRAM_ID",
     "METADATA_WORKFLOW",
     "AgentRuntimeError",
+    "AgentrtPolicy",
     "CallFinished",
     "CallInfo",
     "ChatPrompt",
     "Completion",
+    "ContinuumPolicy",
     "Engine",
     "EngineCapabilityError",
     "EngineClosedError",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from ._agentrt import AgentrtPolicy
 from ._base import Policy
+from ._continuum import ContinuumPolicy
 from ._vllm import VLLMPolicy
 
 __all__ = ["get_policy", "policy_names", "register_policy"]
@@ -35,3 +37,5 @@ def policy_names() -> list[str]:
 
 
 register_policy(VLLMPolicy)
+register_policy(ContinuumPolicy)
+register_policy(AgentrtPolicy)

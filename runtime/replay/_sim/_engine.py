@@ -75,9 +75,16 @@ class SimEngine(Engine):
     request; :meth:`~runtime.Engine.set_pin` moves a live pin's expiry or
     pins the blocks of the program's last finished request that the prefix
     cache still holds, and :meth:`~runtime.Engine.release_pin` lets go.
+    Under memory pressure the least valuable pin (``set_pin``'s ``value``;
+    a pin from metadata has none, which counts as 0) is released first, and
+    among equal values the latest program's (the one whose first request
+    reached this engine last).  :meth:`prefill_cost_s` prices a prefill
+    with the profile.
     """
 
-    supports_pins = True
+    @property
+    def supports_pins(self) -> bool:
+        return True
 
     def __init__(
         self,
@@ -347,12 +354,29 @@ class SimEngine(Engine):
             "kv_blocks": kv.num_blocks,
         }
 
+    def prefill_cost_s(self, tokens: int) -> float | None:
+        """Seconds the profile gives a prefill of ``tokens`` tokens from an empty context.
+
+        In chunks of the step's token budget (``max_num_batched_tokens``),
+        each priced as the scheduler prices it, plus one step overhead per
+        chunk; the request's own latency and any queueing are not included.
+        """
+        profile = self.profile
+        budget = self.scheduler.max_num_batched_tokens
+        total = 0.0
+        done = 0
+        while done < tokens:
+            chunk = min(budget, tokens - done)
+            total += profile.step_overhead_s + profile.prefill_chunk_time(done, chunk)
+            done += chunk
+        return total
+
     # -- engine control: pins ------------------------------------------------
 
-    async def _set_pin(self, program_id: str, ttl_s: float) -> bool:
+    async def _set_pin(self, program_id: str, ttl_s: float, value: float | None) -> bool:
         # The plan in flight was made for the old expiries: cut it, as an arrival does.
         self._interrupt()
-        pinned = self.scheduler.set_pin(program_id, monotonic() + ttl_s)
+        pinned = self.scheduler.set_pin(program_id, monotonic() + ttl_s, value)
         if self._wake is not None:
             self._wake.set()
         return pinned

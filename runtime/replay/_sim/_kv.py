@@ -13,8 +13,11 @@ Pins (Continuum) keep a finished request's blocks referenced for a while so
 its program's next turn finds them: a pin belongs to a program, lasts until
 its expiry time, is replaced by the program's next pin, is consumed when the
 program's next request is admitted, and may be released early under memory
-pressure, latest-created first.  A pinned block is referenced, so it is never
-evicted.
+pressure.  A pinned block is referenced, so it is never evicted.  Pressure
+releases the least valuable pin first (its ``value``: what it is worth per
+block, as the policy that set it said; 0 when none did), and among equal
+values the latest program's first (its ``rank``: programs numbered in the
+order the engine first saw them; Continuum's "latest job first").
 """
 
 from __future__ import annotations
@@ -134,12 +137,21 @@ class PrefixMemo:
 
 @dataclass(slots=True)
 class Pin:
-    """Blocks a finished request of ``program_id`` keeps referenced until ``expiry`` (seconds)."""
+    """Blocks a finished request of ``program_id`` keeps referenced until ``expiry`` (seconds).
+
+    ``value`` (per block) and ``rank`` (the program's order) decide which pin
+    memory pressure releases first: the least valuable, then the latest
+    program's.  ``created`` and ``ordered`` mark the pin's live entries in
+    the expiry heap and in the release-order heap.
+    """
 
     program_id: str
     blocks: list[int]
     expiry: float
     created: int
+    value: float = 0.0
+    rank: int = 0
+    ordered: int = 0
 
 
 class BlockManager:
@@ -181,6 +193,11 @@ class BlockManager:
         self._num_evictable = 0
         self._pins: dict[str, Pin] = {}
         self._expiries: list[tuple[float, int, str]] = []
+        # Pressure-release order, least valuable first, then latest program:
+        # (value, -rank, ordered, program_id), an entry live iff the program's
+        # pin has that ``ordered`` number; stale ones are dropped as they
+        # surface, and all at once when they outnumber the live ones.
+        self._release_order: list[tuple[float, int, int, str]] = []
         self._pin_seq = 0
         self.pins = 0
         self.pin_hits = 0
@@ -445,24 +462,45 @@ class BlockManager:
 
     # -- pins --------------------------------------------------------------
 
-    def pin(self, program_id: str, blocks: list[int], expiry: float) -> None:
-        """Keep ``blocks`` (whose references the caller hands over) until ``expiry``; replaces the program's pin."""
+    def pin(
+        self, program_id: str, blocks: list[int], expiry: float, *, value: float | None = None, rank: int = 0
+    ) -> None:
+        """Keep ``blocks`` (whose references the caller hands over) until ``expiry``; replaces the program's pin.
+
+        ``value`` is what the pin is worth per block (``None``: 0) and
+        ``rank`` the program's order (higher: a later program); under
+        pressure the least valuable pin goes first, then the latest program's.
+        """
         self._pin_seq += 1
         old = self._pins.get(program_id)
-        self._pins[program_id] = Pin(program_id, blocks, expiry, self._pin_seq)
+        pin = Pin(program_id, blocks, expiry, self._pin_seq, 0.0 if value is None else value, rank)
+        self._pins[program_id] = pin
         heapq.heappush(self._expiries, (expiry, self._pin_seq, program_id))
+        self._order(pin)
         self.pins += 1
         self.pinned_blocks += len(blocks)
         if old is not None:
             self._drop(old)
+
+    def _order(self, pin: Pin) -> None:
+        """Queue ``pin`` for pressure release at its value and rank (an earlier entry of it goes stale)."""
+        self._pin_seq += 1
+        pin.ordered = self._pin_seq
+        heap = self._release_order
+        heapq.heappush(heap, (pin.value, -pin.rank, pin.ordered, pin.program_id))
+        if len(heap) > 2 * len(self._pins) + 64:
+            pins = self._pins
+            live = [e for e in heap if (p := pins.get(e[3])) is not None and p.ordered == e[2]]
+            heapq.heapify(live)
+            self._release_order = live
 
     def _drop(self, pin: Pin) -> None:
         """Give up a pin no longer in the table: its references go."""
         self.pinned_blocks -= len(pin.blocks)
         self.release(pin.blocks)
 
-    def set_expiry(self, program_id: str, expiry: float) -> bool:
-        """Move the program's live pin's expiry to ``expiry``; False if it has none."""
+    def set_expiry(self, program_id: str, expiry: float, *, value: float | None = None) -> bool:
+        """Move the program's live pin's expiry to ``expiry`` and set its value (``None``: 0); False if it has none."""
         pin = self._pins.get(program_id)
         if pin is None:
             return False
@@ -471,14 +509,20 @@ class BlockManager:
         pin.expiry = expiry
         pin.created = self._pin_seq
         heapq.heappush(self._expiries, (expiry, self._pin_seq, program_id))
+        value = 0.0 if value is None else value
+        if value != pin.value:
+            pin.value = value
+            self._order(pin)
         return True
 
-    def pin_cached(self, program_id: str, hashes: Sequence[int], expiry: float) -> int:
+    def pin_cached(
+        self, program_id: str, hashes: Sequence[int], expiry: float, *, value: float | None = None, rank: int = 0
+    ) -> int:
         """Pin the leading blocks of ``hashes`` the prefix cache still holds, until ``expiry``.
 
         For a pin set after its request finished: its blocks were freed but
-        may still be cached.  Returns how many blocks it pinned (0: none left,
-        and no pin).
+        may still be cached.  ``value`` and ``rank`` are as in :meth:`pin`.
+        Returns how many blocks it pinned (0: none left, and no pin).
         """
         cached = self.cached
         blocks: list[int] = []
@@ -490,7 +534,7 @@ class BlockManager:
         if not blocks:
             return 0
         self.touch(blocks)
-        self.pin(program_id, blocks, expiry)
+        self.pin(program_id, blocks, expiry, value=value, rank=rank)
         return len(blocks)
 
     def release_pin(self, program_id: str) -> bool:
@@ -542,12 +586,21 @@ class BlockManager:
         return expired
 
     def release_pins_under_pressure(self, needed_blocks: int) -> int:
-        """Release pins, latest created first, until ``needed_blocks`` blocks are free; returns how many."""
+        """Release pins until ``needed_blocks`` blocks are free; returns how many.
+
+        The least valuable pin goes first, and among equal values the latest
+        program's (highest rank).
+        """
         released = 0
-        while self.num_free < needed_blocks and self._pins:
-            latest = max(self._pins.values(), key=lambda p: p.created)
-            del self._pins[latest.program_id]
-            self._drop(latest)
+        pins = self._pins
+        heap = self._release_order
+        while self.num_free < needed_blocks and pins:
+            _, _, ordered, program_id = heapq.heappop(heap)
+            pin = pins.get(program_id)
+            if pin is None or pin.ordered != ordered:
+                continue  # stale: the pin is gone or was re-valued
+            del pins[program_id]
+            self._drop(pin)
             released += 1
         self.pins_released_pressure += released
         return released
@@ -567,6 +620,11 @@ class BlockManager:
         for h, b in self.cached.items():
             assert self.hash_of(b) == h, "prefix map and block hashes disagree"
         assert self.pinned_blocks == sum(len(p.blocks) for p in self._pins.values()), "pinned-block count is off"
+        live = {e[3]: e for e in self._release_order if (p := self._pins.get(e[3])) is not None and p.ordered == e[2]}
+        assert live.keys() == self._pins.keys(), "a pin is missing from the release order"
+        for program_id, (value, neg_rank, _, _) in live.items():
+            pin = self._pins[program_id]
+            assert (value, -neg_rank) == (pin.value, pin.rank), "a pin's release-order entry is out of date"
         for pin in self._pins.values():
             for b in pin.blocks:
                 assert ref[b] > 0, "a pinned block is unreferenced"

@@ -9,7 +9,9 @@ none is free even after releasing pins, the lowest-priority running request
 (largest ``(priority, arrival)``, or the last admitted under FCFS) is preempted
 by recompute: its blocks go back to the cache, its computed tokens reset to 0,
 and it returns to the waiting queue.  No waiting request is admitted in a step
-that preempted.
+that preempted.  Pins are released under pressure least valuable first, then
+the latest program's (programs ranked by when a request of theirs first
+reached this scheduler).
 
 Time is the caller's: :meth:`Scheduler.schedule` plans a step and prices it
 with the :class:`~._cost.CostProfile`; the caller lets that much time pass and
@@ -185,6 +187,10 @@ class Scheduler:
         # Per program, the block hashes of its last finished unpinned request
         # (and how many of them were registered), for a pin set afterwards.
         self._last_finished: OrderedDict[str, tuple[list[int], int]] = OrderedDict()
+        # Per program, its rank: the order in which its first request reached
+        # this scheduler (latest program, highest rank), least recently seen first.
+        self._program_rank: OrderedDict[str, int] = OrderedDict()
+        self._programs_seen = 0
         self._num_waiting = 0
         self._seq = 0
         self.preemptions = 0
@@ -250,6 +256,8 @@ class Scheduler:
         self._seq += 1
         req.seq = self._seq
         req.hashes = _CHAIN_HASHES.hashes(req.tokens, self.kv.block_size)
+        if req.program_id is not None:
+            self._rank(req.program_id)
         self._requests[req.request_id] = req
         self._push_waiting(req, front=False)
 
@@ -279,20 +287,35 @@ class Scheduler:
         if len(last) > _LAST_FINISHED_KEPT:
             last.popitem(last=False)
 
-    def set_pin(self, program_id: str, expiry: float) -> bool:
+    def _rank(self, program_id: str) -> int:
+        """The program's rank (first seen, lowest), numbering it if new; it becomes the most recently seen."""
+        ranks = self._program_rank
+        rank = ranks.get(program_id)
+        if rank is None:
+            self._programs_seen += 1
+            rank = ranks[program_id] = self._programs_seen
+            if len(ranks) > _PROGRAMS_KEPT:
+                ranks.popitem(last=False)
+        else:
+            ranks.move_to_end(program_id)
+        return rank
+
+    def set_pin(self, program_id: str, expiry: float, value: float | None = None) -> bool:
         """Pin ``program_id`` until ``expiry``: move its live pin's expiry, or pin its last request's cached blocks.
 
-        False when the program has neither a pin nor cached blocks of its
-        last finished request.
+        ``value`` is the pin's worth per block from now on (``None``: 0; see
+        :meth:`BlockManager.pin`).  False when the program has neither a pin
+        nor cached blocks of its last finished request.
         """
         kv = self.kv
-        if kv.set_expiry(program_id, expiry):
+        if kv.set_expiry(program_id, expiry, value=value):
             return True
         last = self._last_finished.get(program_id)
         if last is None:
             return False
         hashes, registered = last
-        return kv.pin_cached(program_id, hashes[:registered], expiry) > 0
+        rank = self._rank(program_id)
+        return kv.pin_cached(program_id, hashes[:registered], expiry, value=value, rank=rank) > 0
 
     # -- steps -------------------------------------------------------------
 
@@ -573,7 +596,8 @@ class Scheduler:
             for req in finished:
                 del self._requests[req.request_id]
                 if req.pin_ttl_s is not None and req.pin_ttl_s > 0 and req.program_id is not None:
-                    kv.pin(req.program_id, req.blocks, now + req.pin_ttl_s)
+                    # A provisional pin: no value until the policy sets one.
+                    kv.pin(req.program_id, req.blocks, now + req.pin_ttl_s, rank=self._rank(req.program_id))
                 else:
                     kv.release(req.blocks)
                     if req.program_id is not None:
@@ -584,6 +608,9 @@ class Scheduler:
 
 _LAST_FINISHED_KEPT = 1024
 """Programs whose last finished request's block hashes are kept for a later pin (most recent first)."""
+
+_PROGRAMS_KEPT = 1 << 16
+"""Programs whose rank is kept; one unseen while this many others came is long gone (a return ranks it anew)."""
 
 
 class _Plan:
