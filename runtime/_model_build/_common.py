@@ -1,6 +1,6 @@
-"""What both model builders share: the ChatML tokens and template, and helpers.
+"""What the model builders share: the ChatML tokens and template, and helpers.
 
-Both models use the same three special tokens at the same ids and the same
+Every model uses the same three special tokens at the same ids and the same
 ChatML layout, so the runtime treats them alike (stop tokens, prompts). The
 helpers import transformers and torch only when called: importing this module
 stays cheap.
@@ -16,8 +16,8 @@ from .._errors import ModelPreparationError
 if TYPE_CHECKING:
     import torch
 
-# ChatML special tokens shared by both models; SmolLM2 has them at these ids
-# too, which keeps the runtime's stop-token handling identical for both.
+# ChatML special tokens shared by every model; SmolLM2 has them at these ids
+# too, which keeps the runtime's stop-token handling identical for all.
 ENDOFTEXT = "<|endoftext|>"
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._models import KNOWN_MODELS
 from ._smollm2 import SMOLLM2_REQUIREMENT, _build_smollm2
-from ._tiny import _build_tiny
+from ._tiny import LLAMA_49M, _build_llama_49m, _build_tiny
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,15 @@ _RECIPES: dict[str, _Recipe] = {
             version=1,
             description=f"SmolLM2-135M-Instruct (bf16) from the GGUF in {SMOLLM2_REQUIREMENT}",
             build=_build_smollm2,
+        ),
+        _Recipe(
+            "llama-49m",
+            version=1,
+            description=(
+                f"random-weight Llama, {LLAMA_49M.layers} layers, hidden {LLAMA_49M.hidden}, "
+                "tiny's tokenizer: prefill costs real time on a CPU"
+            ),
+            build=_build_llama_49m,
         ),
     )
 }

@@ -1,9 +1,11 @@
-"""The ``tiny`` model: a BPE tokenizer trained on stdlib sources and a random-weight Llama.
+"""The random-weight models ``tiny`` and ``llama-49m``: a local BPE tokenizer and random Llamas.
 
 Everything comes from this machine: the tokenizer's corpus is the Python
 standard library's own ``.py``/``.txt`` files, the weights are drawn from a
-fixed seed. The build is deterministic for given Python, torch, transformers
-and tokenizers versions.
+fixed seed. Both models share the tokenizer (:func:`_local_tokenizer`), the
+chat template and the builder (:func:`_build_random_llama`); they differ only
+in their :class:`RandomLlama` shape. The build is deterministic for given
+Python, torch, transformers and tokenizers versions.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import hashlib
 import os
 import sysconfig
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -100,13 +103,48 @@ def _train_tiny_tokenizer(docs: Sequence[str]) -> Any:
     return tokenizer
 
 
-def _build_tiny(out: Path, scratch: Path) -> dict[str, Any]:
-    """Write the tiny random-weight Llama and its tokenizer into ``out``."""
-    del scratch  # nothing to download
-    import torch
+@dataclass(frozen=True)
+class RandomLlama:
+    """The shape of a random-weight ``LlamaForCausalLM`` on the local tokenizer.
 
+    ``head_dim`` is ``hidden // heads`` (vLLM's CPU attention needs it in
+    {32, 64, 80, ...}); key/value heads equal ``heads`` (no grouped-query
+    attention). Weights are drawn from ``seed`` and saved in bfloat16.
+    """
+
+    layers: int
+    hidden: int
+    heads: int
+    intermediate: int
+    #: ``max_position_embeddings``: the longest context, tokens.
+    max_positions: int
+    seed: int = 0
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden // self.heads
+
+
+#: ``tiny``: cheap enough for every test; its output is noise.  Its 32K positions are for
+#: tests that keep a request decoding for minutes: positions past the limit index out of
+#: vLLM's rotary cache and kill the engine.
+TINY = RandomLlama(layers=2, hidden=128, heads=2, intermediate=256, max_positions=32768, seed=TINY_SEED)
+#: ``llama-49m``: the 8-layer, hidden-512 random Llama of DESIGN.md's measurements (a 1,500-token
+#: prefill costs seconds on a CPU, not tiny's 80 ms), on tiny's tokenizer: 29.9M parameters,
+#: 25.7M of them in the layers (the compute), 4.2M in the embeddings and the LM head.  8K
+#: positions: on 2 cores a prefill of 12K tokens takes over a minute (attention grows with the
+#: context), and `agentrt calibrate` measures up to the model's limit.
+LLAMA_49M = RandomLlama(layers=8, hidden=512, heads=8, intermediate=1408, max_positions=8192, seed=0)
+
+
+def _local_tokenizer() -> tuple[Any, dict[str, Any]]:
+    """The local BPE tokenizer every random-weight model uses, and what it was trained on.
+
+    A ``PreTrainedTokenizerFast`` with the ChatML special tokens at ids 0-2
+    and the ChatML template; the details (corpus size and hash, vocabulary
+    size) go into the model's marker file.
+    """
     tf = _transformers()
-
     docs = _stdlib_corpus()
     corpus_sha = hashlib.sha256("\0".join(docs).encode("utf-8")).hexdigest()
     raw_tokenizer = _train_tiny_tokenizer(docs)
@@ -121,20 +159,35 @@ def _build_tiny(out: Path, scratch: Path) -> dict[str, Any]:
     )
     ids = _special_token_ids(tokenizer)
     if ids != {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}:
-        raise ModelPreparationError(f"unexpected special token ids in the tiny tokenizer: {ids}")
+        raise ModelPreparationError(f"unexpected special token ids in the local tokenizer: {ids}")
+    details = {
+        "corpus": "python stdlib .py/.txt, sorted",
+        "corpus_bytes": sum(len(d.encode("utf-8")) for d in docs),
+        "corpus_sha256": corpus_sha,
+        "vocab_size": len(tokenizer),
+    }
+    return tokenizer, details
+
+
+def _build_random_llama(out: Path, shape: RandomLlama) -> dict[str, Any]:
+    """Write a random-weight Llama of ``shape`` and the local tokenizer into ``out``."""
+    import torch
+
+    tf = _transformers()
+
+    tokenizer, details = _local_tokenizer()
+    ids = _special_token_ids(tokenizer)
     tokenizer.save_pretrained(str(out))
 
     config = tf.LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        head_dim=64,  # vLLM's CPU attention needs head_dim >= 32
-        # Long enough for tests that keep a request decoding for minutes:
-        # positions past this index out of vLLM's rotary cache and kill the engine.
-        max_position_embeddings=32768,
+        hidden_size=shape.hidden,
+        intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.heads,
+        head_dim=shape.head_dim,
+        max_position_embeddings=shape.max_positions,
         bos_token_id=ids[ENDOFTEXT],
         eos_token_id=ids[IM_END],
         pad_token_id=ids[ENDOFTEXT],
@@ -142,7 +195,7 @@ def _build_tiny(out: Path, scratch: Path) -> dict[str, Any]:
     )
     # fork_rng: seed for reproducible weights without disturbing the caller's RNG.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(TINY_SEED)
+        torch.manual_seed(shape.seed)
         model = tf.LlamaForCausalLM(config)
     model = model.to(torch.bfloat16)
     model.config.dtype = torch.bfloat16  # recorded in config.json for vLLM's dtype="auto"
@@ -151,10 +204,20 @@ def _build_tiny(out: Path, scratch: Path) -> dict[str, Any]:
     )
     model.save_pretrained(str(out))
     return {
-        "corpus": "python stdlib .py/.txt, sorted",
-        "corpus_bytes": sum(len(d.encode("utf-8")) for d in docs),
-        "corpus_sha256": corpus_sha,
-        "vocab_size": len(tokenizer),
-        "seed": TINY_SEED,
+        **details,
+        "seed": shape.seed,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "weights_sha256": _state_dict_sha256(model.state_dict()),
     }
+
+
+def _build_tiny(out: Path, scratch: Path) -> dict[str, Any]:
+    """Write the tiny random-weight Llama and its tokenizer into ``out``."""
+    del scratch  # nothing to download
+    return _build_random_llama(out, TINY)
+
+
+def _build_llama_49m(out: Path, scratch: Path) -> dict[str, Any]:
+    """Write ``llama-49m`` (8 layers, hidden 512) on the tiny model's tokenizer into ``out``."""
+    del scratch  # nothing to download
+    return _build_random_llama(out, LLAMA_49M)

@@ -1,7 +1,8 @@
 """Tests for runtime._models and runtime._model_build: resolving and preparing local models.
 
 The tiny model is built for real (twice, ~7 s each on 2 cores) to check that
-the build is deterministic; SmolLM2's conversion downloads ~93 MB and takes
+the build is deterministic, and llama-49m once (~3 s) to check its shape and
+that it shares tiny's tokenizer; SmolLM2's conversion downloads ~93 MB and takes
 about a minute, so it is checked by hand, not here. The build machinery
 (atomic swap, markers, failures) is tested with a fake recipe that takes no time.
 """
@@ -38,7 +39,7 @@ REPO_ROOT = Path(_models.__file__).resolve().parent.parent
 
 
 def test_known_models() -> None:
-    assert KNOWN_MODELS == ("tiny", "smollm2-135m")
+    assert KNOWN_MODELS == ("tiny", "smollm2-135m", "llama-49m")
     # KNOWN_MODELS is spelled out so the core need not import the builders.
     assert tuple(_recipes._RECIPES) == KNOWN_MODELS
 
@@ -327,6 +328,49 @@ def test_tiny_corpus_is_stable() -> None:
     assert docs == again
     size = sum(len(d.encode("utf-8")) for d in docs)
     assert _tiny.TINY_CORPUS_MAX_BYTES <= size < _tiny.TINY_CORPUS_MAX_BYTES + (64 << 10)
+
+
+# --------------------------------------------------------------------------
+# llama-49m: tiny's recipe at a size whose prefill costs real time
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def llama_49m_build(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_model("llama-49m", dest_dir=tmp_path_factory.mktemp("models") / "llama-49m")
+
+
+def test_llama_49m_config(llama_49m_build: Path) -> None:
+    config = json.loads((llama_49m_build / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForCausalLM"]
+    assert config["dtype"] == "bfloat16"
+    assert (config["num_hidden_layers"], config["hidden_size"], config["num_attention_heads"]) == (8, 512, 8)
+    assert config["head_dim"] == 64 and config["num_key_value_heads"] == 8
+    assert config["intermediate_size"] == 1408
+    assert config["max_position_embeddings"] == 8192
+    assert "quantization_config" not in config
+    marker = json.loads((llama_49m_build / MARKER_NAME).read_text())
+    assert marker["details"]["weights_sha256"] == _weights_sha256(llama_49m_build)
+    assert 29e6 < marker["details"]["parameters"] < 31e6
+
+
+def test_llama_49m_shares_tinys_tokenizer(llama_49m_build: Path, tiny_builds: tuple[Path, Path]) -> None:
+    tiny = tiny_builds[0]
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "generation_config.json"):
+        assert (llama_49m_build / name).read_bytes() == (tiny / name).read_bytes(), name
+    tiny_config = json.loads((tiny / "config.json").read_text())
+    assert json.loads((llama_49m_build / "config.json").read_text())["vocab_size"] == tiny_config["vocab_size"]
+
+
+def test_llama_49m_model_runs(llama_49m_build: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(llama_49m_build))
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 100, 200, 2]])).logits
+    assert logits.shape == (1, 4, model.config.vocab_size)
+    assert bool(torch.isfinite(logits).all())
 
 
 # --------------------------------------------------------------------------
