@@ -141,17 +141,24 @@ class _PinningMixin(Scheduler):
     # -- memory pressure -------------------------------------------------------
 
     def _allocate_slots(self, request: Request, *args: Any, **kwargs: Any) -> KVCacheBlocks | None:
-        """vLLM's ``allocate_slots``, giving up pins (least valuable first) until the blocks fit or none is left."""
-        self._free_parked(self.pins.take_released())
+        """vLLM's ``allocate_slots``, giving up pins (least valuable first) until the blocks fit or none is left.
+
+        It runs for every scheduled request of every step, so it adds
+        nothing when the blocks fit (expired and released pins were freed at
+        the top of :meth:`schedule`).
+        """
+        blocks = self._allocate_slots_unpinned(request, *args, **kwargs)
+        if blocks is not None:
+            return blocks
         own, _ = _pin_request(request)
         while True:
-            blocks = self._allocate_slots_unpinned(request, *args, **kwargs)
-            if blocks is not None:
-                return blocks
             parked = self.pins.take_for_pressure(exclude=own)
             if parked is None:
                 return None
             self._free_request_blocks(parked)
+            blocks = self._allocate_slots_unpinned(request, *args, **kwargs)
+            if blocks is not None:
+                return blocks
 
     def _free_parked(self, parked: list[Request]) -> None:
         for request in parked:
