@@ -13,7 +13,7 @@ import enum
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,7 +72,8 @@ class Node:
 class Program:
     """One run of a workflow: identity, deadline, state and DAG.
 
-    ``deadline_s`` is relative to submission (``None``: no deadline).
+    ``deadline_s`` is relative to submission (``None``: no deadline);
+    ``stage_plan`` is the workflow's declared stage plan, if any.
     ``submitted_at`` is a reading of the runtime's clock (the event loop's);
     ``submitted_wall`` a ``time.time()`` one.  ``usage`` sums the tokens of
     its finished LLM calls and ``llm_service_s`` the engine time they
@@ -89,12 +90,15 @@ class Program:
         deadline_s: float | None,
         priority: int,
         program_id: str | None = None,
+        stage_plan: Mapping[str, float] | None = None,
     ) -> None:
         self.id = program_id or f"prog-{uuid.uuid4().hex[:12]}"
         self.workflow = workflow
         self.inputs = inputs
         self.deadline_s = deadline_s
         self.priority = priority
+        #: The workflow's declared stages in run order, with expected seconds each (``None``: none declared).
+        self.stage_plan: Mapping[str, float] | None = stage_plan
         self.submitted_at = now()
         self.submitted_wall = time.time()
         self.finished_at: float | None = None

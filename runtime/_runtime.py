@@ -232,7 +232,14 @@ class Runtime:
     ) -> ProgramHandle[R]:
         """Start a program on inputs already validated, with its options resolved."""
         assert self._tg is not None
-        program = Program(workflow.name, values, deadline_s=deadline_s, priority=priority, program_id=program_id)
+        program = Program(
+            workflow.name,
+            values,
+            deadline_s=deadline_s,
+            priority=priority,
+            program_id=program_id,
+            stage_plan=workflow.stages,
+        )
         if program.id in self.programs:
             self._finished.remove(program.id)
         self.programs[program.id] = program

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import typing
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ R = TypeVar("R")
 R_co = TypeVar("R_co", covariant=True)
 
 _STEP_OPTIONS = ("name", "retries", "timeout_s", "retry_on")
-_WORKFLOW_OPTIONS = ("name", "deadline_s", "priority", "description")
+_WORKFLOW_OPTIONS = ("name", "deadline_s", "priority", "description", "stages")
 
 
 def _reject_unknown(kind: str, unknown: Mapping[str, object], known: tuple[str, ...]) -> None:
@@ -63,6 +64,28 @@ def _check_async_with_ctx(kind: str, fn: object) -> inspect.Signature:
             f"e.g. `async def {getattr(fn, '__name__', 'fn')}(ctx, ...)`"
         )
     return sig
+
+
+def _check_stages(stages: object) -> dict[str, float] | None:
+    """A stage plan as given to ``@workflow(stages=...)``: names to expected seconds, in run order."""
+    if stages is None:
+        return None
+    if not isinstance(stages, Mapping) or not stages:
+        raise WorkflowDefinitionError(
+            f"@workflow: stages must be a non-empty mapping of stage names to expected seconds, got {stages!r}"
+        )
+    plan: dict[str, float] = {}
+    for name, seconds in stages.items():
+        if not isinstance(name, str) or not name:
+            raise WorkflowDefinitionError(f"@workflow: stage names must be non-empty strings, got {name!r}")
+        _check_number("workflow", f"stages[{name!r}]", seconds, allow_none=False, minimum=0, strict=False)
+        assert isinstance(seconds, int | float)
+        if not math.isfinite(seconds):
+            raise WorkflowDefinitionError(f"@workflow: stages[{name!r}] must be a finite number, got {seconds!r}")
+        plan[name] = float(seconds)
+    if not any(plan.values()):
+        raise WorkflowDefinitionError("@workflow: the stage plan needs at least one stage expected to take time")
+    return plan
 
 
 def _check_number(kind: str, option: str, value: object, *, allow_none: bool, minimum: float, strict: bool) -> None:
@@ -148,8 +171,15 @@ class Workflow(Generic[P, R_co]):
 
     ``deadline_s`` is the end-to-end deadline in seconds after submission (the
     scheduler's urgency follows it); ``priority`` is the program's user
-    priority (lower is more important).  Inputs are validated against the
-    function's annotations with pydantic when the program is submitted.
+    priority (lower is more important).  ``stages`` is the workflow's stage
+    plan, if it declares one: its stages in the order they run, each with the
+    seconds it is expected to take (``{"retrieve": 2, "generate": 10,
+    "check": 3}``); deadline-aware policies split a program's remaining time
+    among its stages by it, and learn the split from finished programs when
+    a workflow has no plan.  LLM calls name their stage with ``stage=`` (by
+    default the enclosing step's or agent's name).  Inputs are validated
+    against the function's annotations with pydantic when the program is
+    submitted.
     """
 
     def __init__(
@@ -160,6 +190,7 @@ class Workflow(Generic[P, R_co]):
         deadline_s: float | None,
         priority: int,
         description: str | None,
+        stages: Mapping[str, float] | None = None,
     ) -> None:
         self.signature = _check_async_with_ctx("workflow", fn)
         _check_number("workflow", "deadline_s", deadline_s, allow_none=True, minimum=0, strict=True)
@@ -172,6 +203,7 @@ class Workflow(Generic[P, R_co]):
         self.deadline_s = deadline_s
         self.priority = priority
         self.description = description if description is not None else inspect.getdoc(fn)
+        self.stages: dict[str, float] | None = _check_stages(stages)
         self.__name__ = fn.__name__
         self.__qualname__ = fn.__qualname__
         self.__doc__ = fn.__doc__
@@ -294,6 +326,7 @@ def workflow(
     deadline_s: float | None = None,
     priority: int = 0,
     description: str | None = None,
+    stages: Mapping[str, float] | None = None,
     **unknown: Never,
 ) -> Callable[[StepFn[P, R]], Workflow[P, R]]: ...
 
@@ -306,6 +339,7 @@ def workflow(
     deadline_s: float | None = None,
     priority: int = 0,
     description: str | None = None,
+    stages: Mapping[str, float] | None = None,
     **unknown: Any,
 ) -> Workflow[P, R] | Callable[[StepFn[P, R]], Workflow[P, R]]:
     """Declare a workflow: an async function ``(ctx, **inputs)`` that a runtime runs as a program.
@@ -315,6 +349,6 @@ def workflow(
     _reject_unknown("workflow", unknown, _WORKFLOW_OPTIONS)
 
     def decorate(f: StepFn[P, R]) -> Workflow[P, R]:
-        return Workflow(f, name=name, deadline_s=deadline_s, priority=priority, description=description)
+        return Workflow(f, name=name, deadline_s=deadline_s, priority=priority, description=description, stages=stages)
 
     return decorate(fn) if fn is not None else decorate

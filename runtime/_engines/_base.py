@@ -260,6 +260,7 @@ class Engine(ABC):
         self.model = model
         self._started = False
         self._closed = False
+        self._draining = False
         self._in_flight: set[str] = set()
         self._requests_total = 0
         self._prompt_tokens = 0
@@ -367,8 +368,25 @@ class Engine(ABC):
 
     @property
     def available(self) -> bool:
-        """Whether the engine can take a request now; cheap (no I/O), for dispatching."""
-        return self._started and not self._closed and self._available()
+        """Whether the engine can take a request now (started, not closed, not draining); cheap, for dispatching."""
+        return self._started and not self._closed and not self._draining and self._available()
+
+    @property
+    def draining(self) -> bool:
+        """Whether the engine is draining: it finishes what it runs and takes no new calls."""
+        return self._draining
+
+    def drain(self) -> None:
+        """Take no new calls from now on (the dispatcher sends them elsewhere); calls in flight finish here.
+
+        For taking an engine out of a pool without failing anything: wait
+        until :attr:`in_flight` is 0, then close it, or :meth:`undrain` it.
+        """
+        self._draining = True
+
+    def undrain(self) -> None:
+        """Take new calls again after :meth:`drain`."""
+        self._draining = False
 
     @property
     def in_flight(self) -> int:

@@ -5,12 +5,18 @@ subclass, registered in :mod:`._registry`.  ``vllm`` (:mod:`._vllm`) is the
 baseline every other policy is measured against; ``continuum``
 (:mod:`._continuum`) and ``agentrt`` (:mod:`._agentrt`) pin KV blocks
 through the machinery of :mod:`._pinning`, the latter by the TTL rule of
-:mod:`._ttl`.
+:mod:`._ttl`; ``hexgen`` (:mod:`._hexgen`), ``autellix`` (:mod:`._autellix`)
+and ``agentrt`` order calls by program urgency, from what
+:class:`._progress.ProgramBook` keeps of live programs and learns of
+workflows (:mod:`._profiles`), with the arithmetic of :mod:`._urgency` and
+the engine choices of :mod:`._placement`.
 """
 
 from ._agentrt import AgentrtPolicy
+from ._autellix import AutellixPolicy
 from ._base import PREFIX_KEY_TOKENS, CallFinished, CallInfo, Policy, PolicyHost, Route, ToolFinished, ToolStarted
 from ._continuum import ContinuumPolicy
+from ._hexgen import HexgenPolicy
 from ._pinning import PinningPolicy
 from ._registry import get_policy, policy_names, register_policy
 from ._vllm import VLLMPolicy
@@ -18,9 +24,11 @@ from ._vllm import VLLMPolicy
 __all__ = [
     "PREFIX_KEY_TOKENS",
     "AgentrtPolicy",
+    "AutellixPolicy",
     "CallFinished",
     "CallInfo",
     "ContinuumPolicy",
+    "HexgenPolicy",
     "PinningPolicy",
     "Policy",
     "PolicyHost",

@@ -1,12 +1,52 @@
-"""The ``agentrt`` policy: Continuum's paper rule for pins, per tool, with measured costs.
+"""The ``agentrt`` policy: program urgency, an admission queue, cache-aware dispatch, and KV pins by tool.
 
-Priorities (program-level FCFS, pinned programs first), pin affinity, the
-provisional pin and the pin bookkeeping are :class:`PinningPolicy`'s.  This
-policy adds cache affinity: a program without a live pin goes back to the
-engine of its last call, where its context is likely still cached, unless
-that engine has more than ``affinity_slack`` (8) requests in flight beyond
-the least loaded candidate (then: the least loaded).  And it decides the
-time-to-live of each pin by the utility rule of :mod:`._ttl`::
+It combines what the baselines do one at a time.
+
+**Urgency.**  Every call gets a key in seconds on the runtime clock, lower
+first, mapped onto vLLM's priority scheduling below the caller's (or
+program's) priority level (:func:`._urgency.engine_priority`):
+
+- a program with a deadline: the call's latest start, HEXGEN-TEXT2SQL's
+  per-stage deadline with the stage's share ``t / (t + rest)`` of the time
+  left, where ``rest`` is what the workflow's finished programs still ran
+  after the stage (its critical path, tool pauses included; the declared
+  stage plan when there is one), and ``t_e`` the call's expected service
+  (:class:`._progress.ProgramBook`).  A program that can no longer make its
+  deadline (less time left than ``hopeless_factor`` times its call's
+  expected service) is keyed at its deadline plus its whole deadline
+  again: it still runs, after the programs that can be saved, and it is not
+  starved (the key is fixed in time, so later programs come after it);
+- a program without a deadline: its submission time plus
+  ``best_effort_s`` (30 s: as if that were its deadline, so that a program
+  with a deadline about to be missed goes first) plus ``srpt_weight``
+  times its expected remaining service, learned per workflow from finished
+  programs (``E[T - a | T > a]`` at the service ``a`` it has received):
+  shortest remaining work first, aged by arrival so that nothing starves;
+- a program holding a live pin: ``pin_bonus_s`` earlier (its blocks are
+  held for it; serving it frees them).
+
+**Admission.**  A call goes out only to an engine with headroom (fewer than
+``max_waiting`` calls waiting there, counting those sent since its last
+report; :func:`._placement.has_headroom`); while no candidate has any, the
+call waits in the runtime's admission queue, which releases calls in key
+order as calls finish.  Calls of pinned programs are never held.  Keys are
+computed again at release, so a program whose deadline can no longer be met
+drops back while it waits.  ``max_waiting=None`` turns the gate off.
+
+**Dispatch.**  A pinned program goes to the engine holding its pin
+(:class:`PinningPolicy`); any other call, among the engines with headroom,
+to the engine of its program's last call (its context is likely still
+cached), else to the better by load of its prefix key's two hash candidates
+(programs of one app share the system prompt's blocks there,
+:class:`._placement.PrefixHomes`), unless that engine has more than
+``affinity_slack`` calls in flight beyond the least loaded one (then: the
+least loaded).  For a call with a deadline, when the chosen engine would
+finish it after its stage's deadline (its routed work shared among its
+running calls, plus the call) and another would finish it earlier, the
+earliest expected finish wins.
+
+**Pins.**  The time-to-live of each pin follows Continuum's paper rule, per
+tool, by :mod:`._ttl`::
 
     tau* = argmax  P(tool returns within tau) * w * (eta * T_queue + reload) - c * tau
            tau in {0} and the tool's observed durations
@@ -51,13 +91,23 @@ from dataclasses import dataclass
 
 from .._engines._base import Completion, Engine
 from .._program import Program
-from ._base import CallInfo
+from ._base import CallFinished, CallInfo, Route
+from ._contexts import ContextIndex
 from ._pinning import DEFAULT_PROVISIONAL_TTL_S, PinChoice, PinningPolicy, ProgramPins
+from ._placement import PrefixHomes, has_headroom, load_key
+from ._progress import ProgramBook
 from ._ttl import HoldCost, best_ttl, hold_cost, pin_value
+from ._urgency import engine_priority, latest_start
 
 __all__ = [
+    "DEFAULT_BEST_EFFORT_S",
     "DEFAULT_ETA",
+    "DEFAULT_HOPELESS_FACTOR",
     "DEFAULT_MARGIN_S",
+    "DEFAULT_MAX_WAITING",
+    "DEFAULT_PIN_BONUS_S",
+    "DEFAULT_PREFIX_SLACK",
+    "DEFAULT_SRPT_WEIGHT",
     "DEFAULT_TTL_S",
     "AgentrtPolicy",
 ]
@@ -75,6 +125,21 @@ DEFAULT_EVICTED_FRACTION = 0.5
 DEFAULT_QUEUE_ALPHA = 0.1
 #: Requests in flight beyond the least loaded candidate's that a program's last engine may have and still get its call.
 DEFAULT_AFFINITY_SLACK: int | None = 8
+
+#: Calls waiting on an engine below which it takes another (the admission gate; None: no gate).
+DEFAULT_MAX_WAITING: int | None = 2
+#: Requests in flight beyond the least loaded candidate's that a prefix's hash home may have and still get a call
+#: that continues no context of its program (a program's first call: it settles where its context will grow).
+DEFAULT_PREFIX_SLACK = 0
+#: The deadline a program without one is scheduled as if it had, seconds after submission: a program with a
+#: deadline goes first while its latest start is earlier (only the order of programs of both kinds depends on it).
+DEFAULT_BEST_EFFORT_S = 30.0
+#: Weight of a program's expected remaining service against its arrival time in its key (no deadline).
+DEFAULT_SRPT_WEIGHT = 1.0
+#: Seconds earlier a program holding a live pin is keyed.
+DEFAULT_PIN_BONUS_S = 5.0
+#: A program with less time left than this many times its call's expected service cannot make its deadline.
+DEFAULT_HOPELESS_FACTOR = 1.0
 
 # Candidate taus per tool: every observation up to this many, else this many quantiles.
 _CANDIDATES = 64
@@ -113,13 +178,17 @@ class AgentrtPolicy(PinningPolicy):
     The keyword arguments are the rule's constants (defaults in this
     module): ``eta``, ``margin_s``, ``default_ttl_s``, ``hold`` (the
     weights of :func:`._ttl.hold_cost`, default :class:`._ttl.HoldCost`),
-    ``evicted_fraction``, ``queue_alpha``, and ``affinity_slack`` (``None``:
-    no cache affinity); ``provisional_ttl_s`` and ``window`` are
-    :class:`PinningPolicy`'s.  The defaults were tuned on simulated agent
-    traces (docs/replay.md).
+    ``evicted_fraction``, ``queue_alpha``, ``affinity_slack`` (``None``:
+    no cache affinity), ``max_waiting`` (``None``: no admission gate),
+    ``srpt_weight``, ``pin_bonus_s``, ``hopeless_factor``, ``prefix_slack`` and ``best_effort_s``;
+    ``provisional_ttl_s`` and ``window`` are :class:`PinningPolicy`'s.  The
+    defaults were tuned on simulated traces of seeds kept for tuning
+    (docs/replay.md).
     """
 
     name = "agentrt"
+    #: Held calls are offered again on every call's and program's end, and at least this often (seconds).
+    recheck_s = 1.0
 
     def __init__(
         self,
@@ -133,8 +202,29 @@ class AgentrtPolicy(PinningPolicy):
         evicted_fraction: float = DEFAULT_EVICTED_FRACTION,
         queue_alpha: float = DEFAULT_QUEUE_ALPHA,
         affinity_slack: int | None = DEFAULT_AFFINITY_SLACK,
+        max_waiting: int | None = DEFAULT_MAX_WAITING,
+        srpt_weight: float = DEFAULT_SRPT_WEIGHT,
+        pin_bonus_s: float = DEFAULT_PIN_BONUS_S,
+        hopeless_factor: float = DEFAULT_HOPELESS_FACTOR,
+        prefix_slack: int = DEFAULT_PREFIX_SLACK,
+        best_effort_s: float = DEFAULT_BEST_EFFORT_S,
     ) -> None:
         super().__init__(provisional_ttl_s=provisional_ttl_s, window=window)
+        if max_waiting is not None and max_waiting < 1:
+            raise ValueError(f"max_waiting must be >= 1 or None, got {max_waiting}")
+        if srpt_weight < 0 or pin_bonus_s < 0 or hopeless_factor < 0:
+            raise ValueError("srpt_weight, pin_bonus_s and hopeless_factor must be >= 0")
+        self.max_waiting = max_waiting
+        self.srpt_weight = srpt_weight
+        self.pin_bonus_s = pin_bonus_s
+        self.hopeless_factor = hopeless_factor
+        self.prefix_slack = prefix_slack
+        self.best_effort_s = best_effort_s
+        #: Live programs, workflow profiles and the work routed to each engine.
+        self.book = ProgramBook()
+        #: The engines holding live programs' recent contexts.
+        self.contexts = ContextIndex()
+        self.homes = PrefixHomes()
         if eta < 0 or margin_s < 0 or default_ttl_s < 0:
             raise ValueError("eta, margin_s and default_ttl_s must be >= 0")
         if not 0 < queue_alpha <= 1:
@@ -175,18 +265,105 @@ class AgentrtPolicy(PinningPolicy):
         fit = self._fits.get(engine.name)
         return 0.0 if fit is None else fit.seconds(tokens)
 
+    # -- urgency -----------------------------------------------------------------------
+
+    def urgency_key(self, call: CallInfo) -> float:
+        """The call's key in seconds on the runtime clock, lower first (see the module docstring)."""
+        program = call.program
+        book = self.book
+        expected = book.expected_call_s(call)
+        if program.deadline_s is None:
+            remaining = book.remaining_service_s(program)
+            return program.submitted_at + self.best_effort_s + self.srpt_weight * (remaining or 0.0)
+        now = self.host.now()
+        deadline_at = program.submitted_at + program.deadline_s
+        if deadline_at - now < self.hopeless_factor * expected:
+            return deadline_at + program.deadline_s  # cannot make it: after those that can, not starved
+        share = book.stage_share(call, measured_rest=True)
+        return latest_start(now=now, deadline_at=deadline_at, share=share, expected_s=expected)
+
+    def stage_deadline(self, call: CallInfo) -> float | None:
+        """When ``call``'s stage should end for its program to meet its deadline (``None``: no deadline)."""
+        program = call.program
+        if program.deadline_s is None:
+            return None
+        now = self.host.now()
+        deadline_at = program.submitted_at + program.deadline_s
+        if deadline_at <= now:
+            return deadline_at
+        return now + (deadline_at - now) * self.book.stage_share(call, measured_rest=True)
+
+    def priority_of(self, call: CallInfo, pins: ProgramPins, *, pinned: bool) -> int:
+        requested = call.requested_priority
+        level = call.program.priority if requested is None else requested
+        key = self.urgency_key(call) - (self.pin_bonus_s if pinned else 0.0)
+        return engine_priority(level, key)
+
+    def held_order(self, calls: Sequence[CallInfo]) -> Sequence[CallInfo]:
+        """Held calls by key, most urgent first (keys are computed again: slack shrinks while a call waits)."""
+        return sorted(calls, key=self.urgency_key)
+
+    # -- admission and dispatch ------------------------------------------------------------
+
+    def follows_pin(self, call: CallInfo, engine: Engine) -> bool:
+        """Only a call that continues a context held on the pin's engine follows the pin."""
+        return self.contexts.holder(call.program.id, call.prompt, (engine,)) is engine
+
+    def admit(self, call: CallInfo, engines: Sequence[Engine], pins: ProgramPins) -> bool:
+        limit = self.max_waiting
+        return limit is None or any(has_headroom(e, limit, self.book.routed_to(e)) for e in engines)
+
+    def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route | None:
+        route = super().route(call, engines)
+        if route is not None:
+            self.book.routed(call, route.engine, self.book.expected_call_s(call))
+        return route
+
     def pick_engine(self, call: CallInfo, engines: Sequence[Engine], pins: ProgramPins) -> Engine:
-        """The program's last engine (its context likely still cached) unless it is loaded beyond the slack."""
-        home = pins.last_engine
+        """The engine holding the context it continues, else the better of its prefix's two homes; then the deadline."""
+        limit = self.max_waiting
+        pool = engines
+        if limit is not None:
+            pool = [e for e in engines if has_headroom(e, limit, self.book.routed_to(e))] or engines
+        choice = self._affine_engine(call, pool, pins)
+        deadline = self.stage_deadline(call)
+        if deadline is not None and len(pool) > 1:
+            book, now = self.book, self.host.now()
+            expected = book.expected_call_s(call)
+            finish = book.expected_finish(choice, expected, now)
+            if finish > deadline:
+                best = min(pool, key=lambda e: book.expected_finish(e, expected, now))
+                if book.expected_finish(best, expected, now) < finish:
+                    choice = best
+        return choice
+
+    def _affine_engine(self, call: CallInfo, pool: Sequence[Engine], pins: ProgramPins) -> Engine:
         slack = self.affinity_slack
-        if (
-            home is not None
-            and slack is not None
-            and any(e is home for e in engines)
-            and home.in_flight <= min(e.in_flight for e in engines) + slack
-        ):
+        if slack is None:
+            return self.least_loaded(pool)
+        least = min(e.in_flight for e in pool)
+        home = self.contexts.holder(call.program.id, call.prompt, pool)
+        if home is not None and home.in_flight <= least + slack:
             return home
-        return self.least_loaded(engines)
+        candidates = self.homes.candidates(call.prefix_key, pool)
+        best = min(candidates, key=load_key)
+        if best.in_flight <= least + self.prefix_slack:
+            return best
+        return self.least_loaded(pool)
+
+    # -- events ----------------------------------------------------------------------------
+
+    async def on_call_finished(self, event: CallFinished) -> None:
+        self.book.call_finished(event, self.host.now())
+        if event.completion is not None and event.engine is not None and self.program_pins(event.call.program.id):
+            call = event.call
+            self.contexts.remember(call.program.id, call.prompt, event.completion, self.host.engine(event.engine))
+        await super().on_call_finished(event)
+
+    async def on_program_finished(self, program: Program) -> None:
+        self.book.program_finished(program)
+        self.contexts.forget(program.id)
+        await super().on_program_finished(program)
 
     # -- the rule ------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@ import math
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from toolbridge import DurationPredictor, ErrorKind
 
@@ -103,12 +104,15 @@ class PinningPolicy(Policy):
     """Program-level FCFS, pin affinity and pins decided per tool (see the module docstring).
 
     Subclasses give a ``name`` and implement :meth:`ttl_for`; they may
-    override :meth:`pick_engine` (calls without a live pin to follow),
+    override :meth:`follows_pin` (whether a call follows its program's pin),
+    :meth:`admit` (hold calls in the admission queue),
+    :meth:`priority_of` (the engine priority), :meth:`pick_engine` (calls
+    without a live pin to follow),
     :meth:`observe_completion` and :meth:`observe_tool` (to learn from
     finished calls and tools).
     """
 
-    recheck_s = None  # never holds a call
+    recheck_s: ClassVar[float | None] = None  # never holds a call
 
     def __init__(self, *, provisional_ttl_s: float = DEFAULT_PROVISIONAL_TTL_S, window: int = 256) -> None:
         if not provisional_ttl_s > 0:
@@ -148,31 +152,47 @@ class PinningPolicy(Policy):
 
     # -- decisions --------------------------------------------------------------------
 
-    def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route:
+    def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route | None:
         program = call.program
         pins = self._programs.get(program.id)
         if pins is None:
             pins = self._programs[program.id] = ProgramPins(next(self._seq))
-        engine: Engine | None = None
-        pinned = False
         home = pins.engine
+        pinned = (
+            home is not None
+            and self.host.now() < pins.pin_until
+            and any(e is home for e in engines)
+            and self.follows_pin(call, home)
+        )
+        if not pinned and not self.admit(call, engines, pins):
+            return None  # held: the pin (if any) stays the program's
         if home is not None:
-            pinned = self.host.now() < pins.pin_until
-            if pinned and any(e is home for e in engines):
-                engine = home
-            else:
-                pinned = False
             # This call takes the pin over (the engine consumes it on admission).
             pins.engine = None
             pins.pin_until = 0.0
-        if engine is None:
-            engine = self.pick_engine(call, engines, pins)
-        requested = call.requested_priority
-        level = program.priority if requested is None else requested
-        priority = level * _LEVEL + pins.seq - (_PINNED if pinned else 0)
+        engine = home if pinned and home is not None else self.pick_engine(call, engines, pins)
+        priority = self.priority_of(call, pins, pinned=pinned)
         if engine.supports_pins:
             return Route(engine, priority, {METADATA_PIN_TTL_S: self.provisional_ttl_s})
         return Route(engine, priority)
+
+    def follows_pin(self, call: CallInfo, engine: Engine) -> bool:
+        """Whether ``call`` should go to ``engine``, which holds its program's live pin; default: always.
+
+        A subclass that knows which context a call continues may say no
+        (a parallel branch's call, whose context is elsewhere).
+        """
+        return True
+
+    def admit(self, call: CallInfo, engines: Sequence[Engine], pins: ProgramPins) -> bool:
+        """Whether ``call`` (of a program without a live pin among ``engines``) goes out now; default: always."""
+        return True
+
+    def priority_of(self, call: CallInfo, pins: ProgramPins, *, pinned: bool) -> int:
+        """The engine priority: ``level * 2**42 + seq``, less ``2**40`` for a program holding a live pin."""
+        requested = call.requested_priority
+        level = call.program.priority if requested is None else requested
+        return level * _LEVEL + pins.seq - (_PINNED if pinned else 0)
 
     def pick_engine(self, call: CallInfo, engines: Sequence[Engine], pins: ProgramPins) -> Engine:
         """The engine for a call with no live pin to follow: fewest in flight, ties round-robin."""

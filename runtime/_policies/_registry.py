@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from ._agentrt import AgentrtPolicy
+from ._autellix import AutellixPolicy
 from ._base import Policy
 from ._continuum import ContinuumPolicy
+from ._hexgen import HexgenPolicy
 from ._vllm import VLLMPolicy
 
 __all__ = ["get_policy", "policy_names", "register_policy"]
@@ -38,4 +40,6 @@ def policy_names() -> list[str]:
 
 register_policy(VLLMPolicy)
 register_policy(ContinuumPolicy)
+register_policy(HexgenPolicy)
+register_policy(AutellixPolicy)
 register_policy(AgentrtPolicy)

@@ -26,7 +26,7 @@ import anyio
 
 from runtime import ProgramHandle, Runtime
 from toolbridge import Tool, tool
-from workflows import Context, ToolCall, workflow
+from workflows import Context, ToolCall, Workflow, workflow
 
 from ._results import CallResult, ProgramResult
 from ._tokens import Vocabulary
@@ -178,10 +178,23 @@ class _ProgramReplayer:
         )
 
 
-@workflow(name="trace-replay")
-async def _replay_program(ctx: Context, replayer: _ProgramReplayer) -> None:
+async def _run_traced(ctx: Context, replayer: _ProgramReplayer) -> None:
     """One traced program: its calls, in dependency order, with their tool pauses."""
     await replayer.run(ctx)
+
+
+_replay_program = workflow(name="trace-replay")(_run_traced)
+
+
+_ReplayWorkflow = Workflow[[_ProgramReplayer], None]
+
+
+def _app_workflow(app: str | None, cache: dict[str | None, _ReplayWorkflow]) -> _ReplayWorkflow:
+    """The workflow an app's programs run as (``trace-replay/APP``): policies learn a profile per workflow."""
+    found = cache.get(app)
+    if found is None:
+        found = cache[app] = _replay_program if app is None else workflow(name=f"trace-replay/{app}")(_run_traced)
+    return found
 
 
 async def replay_trace(
@@ -217,6 +230,7 @@ async def replay_trace(
             tool_cache[name] = _pause_tool(name)
         return tool_cache[name]
 
+    workflows: dict[str | None, _ReplayWorkflow] = {}
     results: list[ProgramResult] = []
     before = [asdict(s) for s in await rt.stats()]
     engine_index = {e.name: i for i, e in enumerate(rt.engines)}
@@ -260,7 +274,7 @@ async def replay_trace(
                 engine_index=engine_index,
             )
             handle: ProgramHandle[None] = rt.start_program(
-                _replay_program,
+                _app_workflow(spec.app, workflows),
                 {"replayer": replayer},
                 program_id=spec.id,
                 deadline_s=spec.slo_s,

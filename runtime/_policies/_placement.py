@@ -1,0 +1,87 @@
+"""Choosing engines: two hash candidates per prefix, load, and the headroom an engine has for one more call.
+
+- :class:`PrefixHomes` gives each prefix key its two candidate engines by
+  rendezvous hashing (highest ``hash(key, engine)`` first): every runtime
+  agrees on them without sharing state, a key keeps its candidates when
+  other engines come and go, and programs of one app (one system prompt)
+  meet on the same two engines, where their shared prefix blocks are
+  cached.  The better of the two by load takes the call (DualMap's two
+  choices).  Rankings are cached per key, for the engine set they were
+  computed on.
+- :func:`waiting_estimate`: the calls queued on an engine, counting the
+  ones sent since its scheduler last reported (``in_flight - running``,
+  or the policy's own count of calls it routed there if that is ahead),
+  so that calls routed in one burst see each other.
+- :func:`has_headroom`: an engine can start one more call soon when fewer
+  than ``max_waiting`` wait there; engines that report no queue figures
+  always have headroom (the admission gate then does nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from .._engines._base import Engine
+
+__all__ = ["PrefixHomes", "has_headroom", "load_key", "waiting_estimate"]
+
+# Prefix keys whose rankings are kept (LRU): apps and agents, not programs.
+_RANKINGS = 4096
+
+
+def waiting_estimate(engine: Engine, routed: int = 0) -> int | None:
+    """Calls waiting on ``engine``: the scheduler's figure, or more if calls were sent since; ``None`` if unknown.
+
+    ``routed`` is the caller's own count of calls it routed to the engine
+    and has not seen finish, which may be ahead of :attr:`Engine.in_flight`
+    (a call released from the admission queue reaches the engine when its
+    task next runs).
+    """
+    load = engine.load()
+    if load.waiting is None:
+        return None
+    if load.running is None:
+        return load.waiting
+    return max(load.waiting, max(load.in_flight, routed) - load.running)
+
+
+def has_headroom(engine: Engine, max_waiting: int, routed: int = 0) -> bool:
+    """Whether ``engine`` has fewer than ``max_waiting`` calls waiting (always, when it reports no queue)."""
+    waiting = waiting_estimate(engine, routed)
+    return waiting is None or waiting < max_waiting
+
+
+def load_key(engine: Engine) -> tuple[int, float]:
+    """Engines ordered by load: requests in flight, then KV cache usage."""
+    load = engine.load()
+    return (load.in_flight, load.kv_usage or 0.0)
+
+
+class PrefixHomes:
+    """The two candidate engines of each prefix key, by rendezvous hashing over engine names."""
+
+    def __init__(self) -> None:
+        self._rankings: OrderedDict[tuple[str, tuple[str, ...]], tuple[str, ...]] = OrderedDict()
+
+    def candidates(self, key: str, engines: Sequence[Engine]) -> list[Engine]:
+        """The (up to) two engines among ``engines`` that ``key`` hashes highest to, best first."""
+        if len(engines) <= 2:
+            return list(engines)
+        names = tuple(e.name for e in engines)
+        cache_key = (key, names)
+        ranking = self._rankings.get(cache_key)
+        if ranking is None:
+            scored = sorted(names, key=lambda name: _score(key, name), reverse=True)
+            ranking = self._rankings[cache_key] = tuple(scored[:2])
+            if len(self._rankings) > _RANKINGS:
+                self._rankings.popitem(last=False)
+        else:
+            self._rankings.move_to_end(cache_key)
+        by_name = {e.name: e for e in engines}
+        return [by_name[name] for name in ranking]
+
+
+def _score(key: str, name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(f"{key}\0{name}".encode(), digest_size=8).digest(), "big")
