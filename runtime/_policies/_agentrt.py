@@ -104,6 +104,7 @@ __all__ = [
     "DEFAULT_ETA",
     "DEFAULT_HOPELESS_FACTOR",
     "DEFAULT_MARGIN_S",
+    "DEFAULT_MAX_KV_USAGE",
     "DEFAULT_MAX_WAITING",
     "DEFAULT_PIN_BONUS_S",
     "DEFAULT_PREFIX_SLACK",
@@ -134,6 +135,9 @@ DEFAULT_PREFIX_SLACK = 0
 #: The deadline a program without one is scheduled as if it had, seconds after submission: a program with a
 #: deadline goes first while its latest start is earlier (only the order of programs of both kinds depends on it).
 DEFAULT_BEST_EFFORT_S = 30.0
+#: KV cache usage (pins not counted) at or above which an engine that runs something takes no more calls
+#: (None: KV usage does not gate admission).
+DEFAULT_MAX_KV_USAGE: float | None = None
 #: Weight of a program's expected remaining service against its arrival time in its key (no deadline).
 DEFAULT_SRPT_WEIGHT = 1.0
 #: Seconds earlier a program holding a live pin is keyed.
@@ -208,6 +212,7 @@ class AgentrtPolicy(PinningPolicy):
         hopeless_factor: float = DEFAULT_HOPELESS_FACTOR,
         prefix_slack: int = DEFAULT_PREFIX_SLACK,
         best_effort_s: float = DEFAULT_BEST_EFFORT_S,
+        max_kv_usage: float | None = DEFAULT_MAX_KV_USAGE,
     ) -> None:
         super().__init__(provisional_ttl_s=provisional_ttl_s, window=window)
         if max_waiting is not None and max_waiting < 1:
@@ -220,6 +225,7 @@ class AgentrtPolicy(PinningPolicy):
         self.hopeless_factor = hopeless_factor
         self.prefix_slack = prefix_slack
         self.best_effort_s = best_effort_s
+        self.max_kv_usage = max_kv_usage
         #: Live programs, workflow profiles and the work routed to each engine.
         self.book = ProgramBook()
         #: The engines holding live programs' recent contexts.
@@ -311,7 +317,10 @@ class AgentrtPolicy(PinningPolicy):
 
     def admit(self, call: CallInfo, engines: Sequence[Engine], pins: ProgramPins) -> bool:
         limit = self.max_waiting
-        return limit is None or any(has_headroom(e, limit, self.book.routed_to(e)) for e in engines)
+        return limit is None or any(self._has_headroom(e, limit) for e in engines)
+
+    def _has_headroom(self, engine: Engine, limit: int) -> bool:
+        return has_headroom(engine, limit, self.book.routed_to(engine), self.max_kv_usage)
 
     def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route | None:
         route = super().route(call, engines)
@@ -324,7 +333,7 @@ class AgentrtPolicy(PinningPolicy):
         limit = self.max_waiting
         pool = engines
         if limit is not None:
-            pool = [e for e in engines if has_headroom(e, limit, self.book.routed_to(e))] or engines
+            pool = [e for e in engines if self._has_headroom(e, limit)] or engines
         choice = self._affine_engine(call, pool, pins)
         deadline = self.stage_deadline(call)
         if deadline is not None and len(pool) > 1:

@@ -47,10 +47,23 @@ def waiting_estimate(engine: Engine, routed: int = 0) -> int | None:
     return max(load.waiting, max(load.in_flight, routed) - load.running)
 
 
-def has_headroom(engine: Engine, max_waiting: int, routed: int = 0) -> bool:
-    """Whether ``engine`` has fewer than ``max_waiting`` calls waiting (always, when it reports no queue)."""
+def has_headroom(engine: Engine, max_waiting: int, routed: int = 0, max_kv_usage: float | None = None) -> bool:
+    """Whether ``engine`` has fewer than ``max_waiting`` calls waiting (always, when it reports no queue).
+
+    With ``max_kv_usage``, also whether its KV cache is used below that
+    fraction, pinned blocks not counted (pins give way to new requests),
+    or it runs nothing.
+    """
     waiting = waiting_estimate(engine, routed)
-    return waiting is None or waiting < max_waiting
+    if waiting is not None and waiting >= max_waiting:
+        return False
+    if max_kv_usage is None:
+        return True
+    load = engine.load()
+    if load.kv_usage is None or not load.running:
+        return True
+    pinned = (load.pinned_blocks or 0) / load.kv_blocks if load.kv_blocks else 0.0
+    return load.kv_usage - pinned < max_kv_usage
 
 
 def load_key(engine: Engine) -> tuple[int, float]:
