@@ -309,8 +309,11 @@ class Runtime:
                     error=f"{type(error).__name__}: {error}" if error is not None else None,
                 )
             )
-            await self._dispatcher.program_finished(program)
+            # The result is ready before the policy's cleanup (releasing a pin is a round trip to the
+            # engine): waiters resume once this task next yields, and the policy has dropped the
+            # program's state by then (its hook does that before its first await).
             handle._done.set()
+            await self._dispatcher.program_finished(program)
             self._finished.append(program.id)
             while len(self._finished) > self._keep_finished:
                 self.programs.pop(self._finished.popleft(), None)

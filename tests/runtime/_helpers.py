@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
+import psutil
 
 
 async def wait_until_idle(engine: Any, timeout_s: float = 20.0) -> Any:
@@ -26,3 +28,15 @@ async def poll_until(check: Callable[[], Awaitable[bool]], timeout_s: float = 20
             if await check():
                 return
             await anyio.sleep(0.1)
+
+
+def engine_core_processes() -> list[psutil.Process]:
+    """vLLM engine-core processes below this one (zombies and processes gone meanwhile are skipped)."""
+    found = []
+    for child in psutil.Process(os.getpid()).children(recursive=True):
+        try:
+            if "EngineCore" in " ".join(child.cmdline() or [child.name()]):
+                found.append(child)
+        except psutil.Error:
+            continue
+    return found

@@ -7,7 +7,6 @@ import signal
 from pathlib import Path
 
 import anyio
-import psutil
 import pytest
 
 from runtime import (
@@ -18,14 +17,10 @@ from runtime import (
     NoEngineError,
     Runtime,
 )
+from tests.runtime._helpers import engine_core_processes
 from workflows import Context, workflow
 
 pytestmark = pytest.mark.engine
-
-
-def engine_core_processes() -> list[psutil.Process]:
-    me = psutil.Process(os.getpid())
-    return [p for p in me.children(recursive=True) if "EngineCore" in " ".join(p.cmdline() or [p.name()])]
 
 
 @workflow
