@@ -262,13 +262,23 @@ def agentrt_cli(*cli: str, timeout_s: float) -> tuple[bool, str]:
     return proc.returncode == 0, (err or out).strip()[-1500:]
 
 
-def real_replay(trace: Path, policy: str, out: Path, *, timeout_s: float) -> dict[str, Any]:
-    out.unlink(missing_ok=True)
+def real_replay(
+    trace: Path, policy: str, out: Path, *, timeout_s: float, reuse: bool = False, only_reuse: bool = False
+) -> dict[str, Any]:
+    """One real replay; with ``reuse``, a result document already there (of the same trace file) is read instead.
+
+    With ``only_reuse``, a replay without a result document is not run but reported as missing.
+    """
     started = time.perf_counter()
-    _, why = agentrt_cli(
-        "replay", str(trace), "--engine", "vllm", "--engines", "2", "--model", REAL_MODEL, "--policy", policy,
-        "--out", str(out), "--no-progress", timeout_s=timeout_s,
-    )  # fmt: skip
+    why = "reused"
+    if only_reuse and not out.is_file():
+        return {"policy": policy, "error": "not run (--real-reuse-only)", "took_s": 0.0}
+    if not (reuse and out.is_file()):
+        out.unlink(missing_ok=True)
+        _, why = agentrt_cli(
+            "replay", str(trace), "--engine", "vllm", "--engines", "2", "--model", REAL_MODEL, "--policy", policy,
+            "--out", str(out), "--no-progress", timeout_s=timeout_s,
+        )  # fmt: skip
     took = round(time.perf_counter() - started, 1)
     try:
         result: ReplayResult = load_result(out)
@@ -299,7 +309,10 @@ def real(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         for policy in POLICIES:
             if policy not in DEADLINE_AWARE and scale != args.real_scales[0]:
                 continue  # deadline-blind: one run serves every scale
-            row = real_replay(trace, policy, out / f"urgency_real_t2s_x{scale}_{policy}.json", timeout_s=1800)
+            row = real_replay(
+                trace, policy, out / f"urgency_real_t2s_x{scale}_{policy}.json", timeout_s=1800, reuse=args.real_reuse,
+                only_reuse=args.real_reuse_only,
+            )  # fmt: skip
             row["slo_scale"] = scale
             if "error" not in row and policy not in DEADLINE_AWARE:
                 result = load_result(out / row["result"])
@@ -333,9 +346,20 @@ def real(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     trace = out / "urgency_real_agent.jsonl"
     dump_trace(agent, trace)
     report["agent"] = {
-        "rate": args.real_agent_rate, "programs": len(agent),
-        "runs": [real_replay(trace, p, out / f"urgency_real_agent_{p}.json", timeout_s=1800) for p in AGENT_POLICIES],
-    }  # fmt: skip
+        "rate": args.real_agent_rate,
+        "programs": len(agent),
+        "runs": [
+            real_replay(
+                trace,
+                p,
+                out / f"urgency_real_agent_{p}.json",
+                timeout_s=1800,
+                reuse=args.real_reuse,
+                only_reuse=args.real_reuse_only,
+            )
+            for p in AGENT_POLICIES
+        ],
+    }
     return report
 
 
@@ -391,13 +415,14 @@ def plot(report: dict[str, Any], png: Path) -> None:
             rows = sorted((r for r in scale["runs"] if r["policy"] == policy), key=lambda r: r["engines"])
             ax.plot([r["engines"] for r in rows], [r["slo_attainment"] for r in rows], "o-", label=policy,
                     color=colors[policy])  # fmt: skip
+        sizes = sorted({r["engines"] for r in scale["runs"]})
         ax.set(title=f"sim Text-to-SQL at deadline x{scale['slo_scale']}", xlabel="engines", ylabel="SLO attainment",
-               xscale="log", xticks=[16, 32, 64], xticklabels=["16", "32", "64"])  # fmt: skip
+               xticks=sizes)  # fmt: skip
         ax.legend()
     agent = report.get("sim-agent")
     if agent:
         ax = axes[2]
-        rows = agent["runs"]
+        rows = sorted(agent["runs"], key=lambda r: AGENT_POLICIES.index(r["policy"]))
         names = [r["policy"] for r in rows]
         xs = list(range(len(rows)))
         ax.bar([x - 0.2 for x in xs], [r["jct_mean_s"] for r in rows], 0.4, label="mean")
@@ -418,6 +443,11 @@ def plot(report: dict[str, Any], png: Path) -> None:
     fig.savefig(png, dpi=110)
 
 
+def replot(path: Path) -> None:
+    """Draw the PNG again from a report (``--replot``)."""
+    plot(json.loads(path.read_text()), path.with_suffix(".png"))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="sim-t2s,sim-scale,sim-agent,real")
@@ -430,7 +460,13 @@ def main() -> None:
     parser.add_argument("--real-agent-rate", type=float, default=0.5, help="agent programs/s on the 2 real engines")
     parser.add_argument("--real-scales", type=float, nargs="+", default=[3.0, 5.0])
     parser.add_argument("--real-profile", default=str(ROOT / ".cache" / "profiles" / f"{REAL_MODEL}.json"))
+    parser.add_argument("--real-reuse", action="store_true", help="read real results already written, not rerun")
+    parser.add_argument("--real-reuse-only", action="store_true", help="with --real-reuse: run no missing replay")
+    parser.add_argument("--replot", action="store_true", help="only draw the PNG again from the JSON")
     args = parser.parse_args()
+    if args.replot:
+        replot(args.out_dir / ("urgency_quick.json" if args.quick else "urgency.json"))
+        return
     if not Path(args.real_profile).is_file():
         args.real_profile = None
     parts = set(args.only.split(","))
