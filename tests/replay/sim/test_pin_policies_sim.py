@@ -15,11 +15,8 @@ import pytest
 
 from runtime import (
     AgentrtPolicy,
-    CallInfo,
     ContinuumPolicy,
-    Engine,
     Policy,
-    Route,
     Runtime,
     VLLMPolicy,
 )
@@ -35,6 +32,8 @@ from runtime.replay import (
     replay_trace,
     run_virtual,
 )
+
+from ._recording import RecordingRoutes
 
 VOCABULARY = Vocabulary(32000, frozenset({0, 1, 2}))
 
@@ -53,17 +52,6 @@ class PinLogEngine(SimEngine):
     async def _release_pin(self, program_id: str) -> bool:
         self.log.append(("release", program_id, 0.0))
         return await super()._release_pin(program_id)
-
-
-class RecordingRoutes:
-    """Mixed into a policy: records each call's program, priority and engine."""
-
-    routes: list[tuple[str, int, str]]
-
-    def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route:
-        route: Route = super().route(call, engines)  # type: ignore[misc]
-        self.routes.append((call.program.id, route.priority, route.engine.name))
-        return route
 
 
 class RecordingContinuum(RecordingRoutes, ContinuumPolicy):

@@ -9,19 +9,14 @@ never timings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import pytest
 
 from runtime import (
     AgentrtPolicy,
     AutellixPolicy,
-    CallInfo,
-    Engine,
     HexgenPolicy,
     LLMCallStarted,
     Policy,
-    Route,
     Runtime,
 )
 from runtime.replay import (
@@ -35,6 +30,8 @@ from runtime.replay import (
     run_virtual,
 )
 from workflows import Context, workflow
+
+from ._recording import RecordingRoutes
 
 VOCABULARY = Vocabulary(32000, frozenset({0, 1, 2}))
 
@@ -96,19 +93,7 @@ def test_the_admission_queue_releases_calls_in_urgency_order(profile: CostProfil
     assert policy.book.tracked_programs == 0 and len(policy.contexts) == 0
 
 
-class Recording:
-    """Mixed into a policy: records each call's program, priority and engine."""
-
-    routes: list[tuple[str, int, str]]
-
-    def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route | None:
-        route: Route | None = super().route(call, engines)  # type: ignore[misc]
-        if route is not None:
-            self.routes.append((call.program.id, route.priority, route.engine.name))
-        return route
-
-
-class RecordingHexgen(Recording, HexgenPolicy):
+class RecordingHexgen(RecordingRoutes, HexgenPolicy):
     name = "test-recording-hexgen"
 
     def __init__(self) -> None:
@@ -116,7 +101,7 @@ class RecordingHexgen(Recording, HexgenPolicy):
         self.routes = []
 
 
-class RecordingAutellix(Recording, AutellixPolicy):
+class RecordingAutellix(RecordingRoutes, AutellixPolicy):
     name = "test-recording-autellix"
 
     def __init__(self, **kwargs: float) -> None:
@@ -124,7 +109,7 @@ class RecordingAutellix(Recording, AutellixPolicy):
         self.routes = []
 
 
-class RecordingAgentrt(Recording, AgentrtPolicy):
+class RecordingAgentrt(RecordingRoutes, AgentrtPolicy):
     name = "test-recording-agentrt"
 
     def __init__(self, **kwargs: float) -> None:
