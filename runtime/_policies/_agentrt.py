@@ -33,17 +33,19 @@ order as calls finish.  Calls of pinned programs are never held.  Keys are
 computed again at release, so a program whose deadline can no longer be met
 drops back while it waits.  ``max_waiting=None`` turns the gate off.
 
-**Dispatch.**  A pinned program goes to the engine holding its pin
-(:class:`PinningPolicy`); any other call, among the engines with headroom,
-to the engine of its program's last call (its context is likely still
-cached), else to the better by load of its prefix key's two hash candidates
-(programs of one app share the system prompt's blocks there,
-:class:`._placement.PrefixHomes`), unless that engine has more than
-``affinity_slack`` calls in flight beyond the least loaded one (then: the
-least loaded).  For a call with a deadline, when the chosen engine would
-finish it after its stage's deadline (its routed work shared among its
-running calls, plus the call) and another would finish it earlier, the
-earliest expected finish wins.
+**Dispatch.**  A call that continues the context its program's live pin
+holds goes to the pin's engine (:class:`PinningPolicy`,
+:meth:`AgentrtPolicy.follows_pin`).  Any other call, among the engines
+with headroom, goes to the engine holding the context it continues
+(:class:`._contexts.ContextIndex`) unless that engine has more than
+``affinity_slack`` calls in flight beyond the least loaded one; else to the
+better by load of its prefix key's two hash candidates (programs of one app
+share the system prompt's blocks there, :class:`._placement.PrefixHomes`)
+if that one is within ``prefix_slack`` of the least loaded; else to the
+least loaded.  For a call with a deadline, when the chosen engine would
+finish it after its stage's deadline (``now + t_e * (1 + waiting /
+running)``, :meth:`._progress.ProgramBook.expected_finish`) and another
+would finish it earlier, the earliest expected finish wins.
 
 **Pins.**  The time-to-live of each pin follows Continuum's paper rule, per
 tool, by :mod:`._ttl`::
@@ -94,7 +96,7 @@ from .._program import Program
 from ._base import CallFinished, CallInfo, Route
 from ._contexts import ContextIndex
 from ._pinning import DEFAULT_PROVISIONAL_TTL_S, PinChoice, PinningPolicy, ProgramPins
-from ._placement import PrefixHomes, has_headroom, load_key
+from ._placement import PrefixHomes, load_key
 from ._progress import ProgramBook
 from ._ttl import HoldCost, best_ttl, hold_cost, pin_value
 from ._urgency import engine_priority, latest_start
@@ -300,10 +302,8 @@ class AgentrtPolicy(PinningPolicy):
         return now + (deadline_at - now) * self.book.stage_share(call, measured_rest=True)
 
     def priority_of(self, call: CallInfo, pins: ProgramPins, *, pinned: bool) -> int:
-        requested = call.requested_priority
-        level = call.program.priority if requested is None else requested
         key = self.urgency_key(call) - (self.pin_bonus_s if pinned else 0.0)
-        return engine_priority(level, key)
+        return engine_priority(call.level, key)
 
     def held_order(self, calls: Sequence[CallInfo]) -> Sequence[CallInfo]:
         """Held calls by key, most urgent first (keys are computed again: slack shrinks while a call waits)."""
@@ -320,7 +320,7 @@ class AgentrtPolicy(PinningPolicy):
         return limit is None or any(self._has_headroom(e, limit) for e in engines)
 
     def _has_headroom(self, engine: Engine, limit: int) -> bool:
-        return has_headroom(engine, limit, self.book.routed_to(engine), self.max_kv_usage)
+        return self.book.has_headroom(engine, limit, self.max_kv_usage)
 
     def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route | None:
         route = super().route(call, engines)
@@ -341,8 +341,8 @@ class AgentrtPolicy(PinningPolicy):
             expected = book.expected_call_s(call)
             finish = book.expected_finish(choice, expected, now)
             if finish > deadline:
-                best = min(pool, key=lambda e: book.expected_finish(e, expected, now))
-                if book.expected_finish(best, expected, now) < finish:
+                best_finish, best = min(((book.expected_finish(e, expected, now), e) for e in pool), key=lambda f: f[0])
+                if best_finish < finish:
                     choice = best
         return choice
 

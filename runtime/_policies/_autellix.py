@@ -41,7 +41,6 @@ from collections.abc import Sequence
 from .._engines._base import Engine
 from .._program import Program
 from ._base import CallFinished, CallInfo, Policy, Route
-from ._placement import has_headroom
 from ._progress import ProgramBook
 from ._urgency import LEVEL_SPAN, mlfq_level
 
@@ -109,7 +108,7 @@ class AutellixPolicy(Policy):
     def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route | None:
         limit = self.max_waiting
         if limit is not None:
-            engines = [e for e in engines if has_headroom(e, limit, self.book.routed_to(e))]
+            engines = [e for e in engines if self.book.has_headroom(e, limit)]
             if not engines:
                 return None  # held in the central queue
         program = call.program
@@ -126,9 +125,7 @@ class AutellixPolicy(Policy):
             tied = [e for e in engines if e.in_flight == least]
             engine = tied[next(self._turn) % len(tied)]
         self.book.routed(call, engine, 0.0)
-        requested = call.requested_priority
-        level = program.priority if requested is None else requested
-        return Route(engine, level * LEVEL_SPAN + queue)
+        return Route(engine, call.level * LEVEL_SPAN + queue)
 
     async def on_call_finished(self, event: CallFinished) -> None:
         self.book.call_finished(event, self.host.now())

@@ -92,6 +92,12 @@ class CallInfo:
         self._prefix_key: str | None = None
 
     @property
+    def level(self) -> int:
+        """The call's priority level: the caller's ``priority=``, else the program's user priority (lower first)."""
+        requested = self.requested_priority
+        return self.program.priority if requested is None else requested
+
+    @property
     def prompt_tokens_exact(self) -> bool:
         """Whether :attr:`prompt_tokens` is exact (token prompts) or estimated (chat prompts)."""
         return not isinstance(self.prompt, ChatPrompt)

@@ -63,9 +63,12 @@ class ContextIndex:
         if isinstance(prompt, ChatPrompt):
             contexts.append(_ChatContext(engine, len(prompt.messages), completion.text))
             return
-        tokens = [*prompt.token_ids, *completion.token_ids]
+        # The ends of prompt + reply, without copying the whole context (tens of thousands of tokens).
+        prompt_ids, reply_ids = prompt.token_ids, completion.token_ids
         n = FINGERPRINT_TOKENS
-        contexts.append(_TokenContext(engine, len(tokens), tuple(tokens[:n]), tuple(tokens[-n:])))
+        head = (prompt_ids[:n] + reply_ids[:n])[:n]
+        tail = (prompt_ids[-n:] + reply_ids[-n:])[-n:]
+        contexts.append(_TokenContext(engine, len(prompt_ids) + len(reply_ids), head, tail))
 
     def holder(self, program_id: str, prompt: Prompt, engines: Sequence[Engine]) -> Engine | None:
         """The engine among ``engines`` holding the longest earlier context that ``prompt`` continues, if any."""
@@ -94,8 +97,8 @@ class ContextIndex:
             length = context.length
             if (
                 len(tokens) >= length
-                and tuple(tokens[:n]) == context.head
-                and tuple(tokens[max(0, length - n) : length]) == context.tail
+                and tokens[:n] == context.head
+                and tokens[max(0, length - n) : length] == context.tail
                 and any(e is context.engine for e in engines)
             ):
                 best, best_length = context.engine, length

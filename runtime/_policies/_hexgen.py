@@ -75,9 +75,7 @@ class HexgenPolicy(Policy):
         expected = self.book.expected_call_s(call)
         engine = self._dispatch(engines, expected)
         self.book.routed(call, engine, expected)
-        requested = call.requested_priority
-        level = call.program.priority if requested is None else requested
-        return Route(engine, engine_priority(level, self.urgency_key(call, expected)))
+        return Route(engine, engine_priority(call.level, self.urgency_key(call, expected)))
 
     def _dispatch(self, engines: Sequence[Engine], expected_s: float) -> Engine:
         # t_base / t_e: the engines of a pool serve one model on like hardware, so every t_e is the

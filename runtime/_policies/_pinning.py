@@ -84,8 +84,6 @@ class ProgramPins:
     context_tokens: int = 0
     #: The latest expiry decided in the current tool pause (None: no tool started since the last call).
     pause_until: float | None = None
-    #: The engine of its last finished call (its context may still be cached there, pinned or not).
-    last_engine: Engine | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,9 +188,7 @@ class PinningPolicy(Policy):
 
     def priority_of(self, call: CallInfo, pins: ProgramPins, *, pinned: bool) -> int:
         """The engine priority: ``level * 2**42 + seq``, less ``2**40`` for a program holding a live pin."""
-        requested = call.requested_priority
-        level = call.program.priority if requested is None else requested
-        return level * _LEVEL + pins.seq - (_PINNED if pinned else 0)
+        return call.level * _LEVEL + pins.seq - (_PINNED if pinned else 0)
 
     def pick_engine(self, call: CallInfo, engines: Sequence[Engine], pins: ProgramPins) -> Engine:
         """The engine for a call with no live pin to follow: fewest in flight, ties round-robin."""
@@ -221,7 +217,6 @@ class PinningPolicy(Policy):
         self.observe_completion(pins, engine, completion)
         pins.context_tokens = completion.prompt_tokens + completion.completion_tokens
         pins.pause_until = None
-        pins.last_engine = engine
         if engine.supports_pins:  # the route asked it for a provisional pin
             pins.engine = engine
             pins.pin_until = self.host.now() + self.provisional_ttl_s

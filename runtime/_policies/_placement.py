@@ -23,7 +23,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
 
-from .._engines._base import Engine
+from .._engines._base import Engine, EngineLoad
 
 __all__ = ["PrefixHomes", "has_headroom", "load_key", "waiting_estimate"]
 
@@ -31,15 +31,14 @@ __all__ = ["PrefixHomes", "has_headroom", "load_key", "waiting_estimate"]
 _RANKINGS = 4096
 
 
-def waiting_estimate(engine: Engine, routed: int = 0) -> int | None:
-    """Calls waiting on ``engine``: the scheduler's figure, or more if calls were sent since; ``None`` if unknown.
+def waiting_estimate(load: EngineLoad, routed: int = 0) -> int | None:
+    """Calls waiting on the engine of ``load``: its figure, or more if calls were sent since; ``None`` if unknown.
 
     ``routed`` is the caller's own count of calls it routed to the engine
     and has not seen finish, which may be ahead of :attr:`Engine.in_flight`
     (a call released from the admission queue reaches the engine when its
     task next runs).
     """
-    load = engine.load()
     if load.waiting is None:
         return None
     if load.running is None:
@@ -47,19 +46,18 @@ def waiting_estimate(engine: Engine, routed: int = 0) -> int | None:
     return max(load.waiting, max(load.in_flight, routed) - load.running)
 
 
-def has_headroom(engine: Engine, max_waiting: int, routed: int = 0, max_kv_usage: float | None = None) -> bool:
-    """Whether ``engine`` has fewer than ``max_waiting`` calls waiting (always, when it reports no queue).
+def has_headroom(load: EngineLoad, max_waiting: int, routed: int = 0, max_kv_usage: float | None = None) -> bool:
+    """Whether the engine of ``load`` has fewer than ``max_waiting`` calls waiting (always, when it reports no queue).
 
     With ``max_kv_usage``, also whether its KV cache is used below that
     fraction, pinned blocks not counted (pins give way to new requests),
     or it runs nothing.
     """
-    waiting = waiting_estimate(engine, routed)
+    waiting = waiting_estimate(load, routed)
     if waiting is not None and waiting >= max_waiting:
         return False
     if max_kv_usage is None:
         return True
-    load = engine.load()
     if load.kv_usage is None or not load.running:
         return True
     pinned = (load.pinned_blocks or 0) / load.kv_blocks if load.kv_blocks else 0.0

@@ -178,9 +178,8 @@ class WorkflowProfile:
         profile = None if stage is None else self.stages.get(stage)
         if profile is None or profile.span.n == 0:
             return 1.0
-        t = profile.span_s
         rest = profile.rest_s if measured_rest else self._later.get(stage or "", 0.0)
-        return 1.0 if t + rest <= 0 else max(t, 1e-9) / (max(t, 1e-9) + rest)
+        return _share(profile.span_s, rest)
 
     def remaining_service_s(self, attained_s: float) -> float | None:
         """Expected further service of a program that has received ``attained_s`` seconds: ``E[T - a | T > a]``.
@@ -211,4 +210,9 @@ def planned_share(plan: Mapping[str, float], stage: str | None) -> float | None:
         elif name == stage:
             t = seconds
             later = True
+    return _share(t, rest)
+
+
+def _share(t: float, rest: float) -> float:
+    """``t / (t + rest)`` in (0, 1]: a stage expected to take no time still gets a sliver; nothing after it, all."""
     return 1.0 if t + rest <= 0 else max(t, 1e-9) / (max(t, 1e-9) + rest)

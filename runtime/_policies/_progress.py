@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from .._engines._base import Engine
 from .._program import Program, ProgramState
 from ._base import CallFinished, CallInfo
-from ._placement import waiting_estimate
+from ._placement import has_headroom, waiting_estimate
 from ._profiles import DEFAULT_PROFILE_ALPHA, DEFAULT_PROFILE_WINDOW, StageSpan, WorkflowProfile, planned_share
 
 __all__ = ["ProgramBook", "ProgramProgress"]
@@ -125,6 +125,10 @@ class ProgramBook:
         """Calls routed to ``engine`` and not finished (some may not have reached it yet)."""
         return self._count.get(engine.name, 0)
 
+    def has_headroom(self, engine: Engine, max_waiting: int, max_kv_usage: float | None = None) -> bool:
+        """:func:`._placement.has_headroom` of ``engine``, counting the calls routed there that have not arrived."""
+        return has_headroom(engine.load(), max_waiting, self.routed_to(engine), max_kv_usage)
+
     def work_s(self, engine: Engine) -> float:
         """Expected service of the calls routed to ``engine`` and not finished (seconds)."""
         return self._work.get(engine.name, 0.0)
@@ -148,10 +152,11 @@ class ProgramBook:
         it at once, so calls routed in one burst do not all pick the same
         engine).  An engine without queue figures: ``now + expected_s``.
         """
-        waiting = waiting_estimate(engine, self.routed_to(engine))
+        load = engine.load()
+        waiting = waiting_estimate(load, self.routed_to(engine))
         if waiting is None:
             return now + expected_s
-        running = engine.load().running or 0
+        running = load.running or 0
         return now + expected_s * (1.0 + waiting / max(1, running))
 
     def stage_share(self, call: CallInfo, *, measured_rest: bool) -> float:

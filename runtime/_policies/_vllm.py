@@ -27,8 +27,7 @@ class VLLMPolicy(Policy):
         self._turn = itertools.count()
 
     def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route:
-        requested = call.requested_priority
-        priority = call.program.priority if requested is None else requested
+        priority = call.level
         least = min(e.in_flight for e in engines)
         candidates = [e for e in engines if e.in_flight == least]
         return Route(candidates[next(self._turn) % len(candidates)], priority)
