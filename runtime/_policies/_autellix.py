@@ -96,7 +96,8 @@ class AutellixPolicy(Policy):
     def queue_of(self, program: Program, waiting_s: float = 0.0) -> int:
         """The queue (0 first) of the program's call that has waited ``waiting_s`` seconds so far."""
         progress = self.book.progress(program)
-        if progress.service_s > 0 and progress.waited_s + waiting_s >= self.beta * progress.service_s:
+        service = program.llm_service_s
+        if service > 0 and progress.waited_s + waiting_s >= self.beta * service:
             return 0  # anti-starvation: promoted to the first queue
         return mlfq_level(progress.atlas_s, quantum_s=self.quantum_s, levels=self.levels)
 

@@ -60,7 +60,6 @@ class StageSpan:
 
     start_s: float
     end_s: float
-    service_s: float = 0.0
 
 
 @dataclass(slots=True)

@@ -3,10 +3,11 @@
 A :class:`ProgramBook` is one policy's memory (each policy its own, so two
 runs in one process learn apart):
 
-- per live program, a :class:`ProgramProgress`: its stages so far (spans,
-  service), the service it received and the time its calls waited, its
-  ATLAS value (Autellix: the longest chain of service through its DAG that
-  ended in a finished call), its last engine;
+- per live program, a :class:`ProgramProgress`: its stages' spans so far,
+  the time its calls waited, its ATLAS value (Autellix: the longest chain
+  of service through its DAG that ended in a finished call), its last
+  engine (the service it received is the program's own
+  ``llm_service_s``, which the dispatcher keeps);
 - per workflow, a :class:`~._profiles.WorkflowProfile` learned from the
   calls and finished programs of that workflow;
 - per engine, the expected service of the calls routed to it and not
@@ -39,8 +40,6 @@ class ProgramProgress:
     #: The program's number in order of first call.
     seq: int
     spans: dict[str, StageSpan] = field(default_factory=dict)
-    #: Engine service its finished calls received.
-    service_s: float = 0.0
     #: Time its finished calls waited before an engine ran them (admission queue and engine queue).
     waited_s: float = 0.0
     #: Autellix's ATLAS value: max over finished calls of (the value when it was routed + its service).
@@ -170,9 +169,7 @@ class ProgramBook:
 
     def remaining_service_s(self, program: Program) -> float | None:
         """Expected further service of ``program`` from its workflow's finished programs (``None``: none yet)."""
-        progress = self._programs.get(program.id)
-        attained = 0.0 if progress is None else progress.service_s
-        return self.profile(program.workflow).remaining_service_s(attained)
+        return self.profile(program.workflow).remaining_service_s(program.llm_service_s)
 
     # -- events ---------------------------------------------------------------------------
 
@@ -207,7 +204,6 @@ class ProgramBook:
         queued = completion.queued_s or 0.0
         service = max(0.0, completion.e2e_s - queued)
         program = call.program
-        progress.service_s += service
         held = call.node.attributes.get("held_s") or 0.0
         progress.waited_s += queued + float(held)
         if routed is not None:
@@ -218,11 +214,10 @@ class ProgramBook:
         if stage is not None:
             span = progress.spans.get(stage)
             if span is None:
-                progress.spans[stage] = StageSpan(start, end, service)
+                progress.spans[stage] = StageSpan(start, end)
             else:
                 span.start_s = min(span.start_s, start)
                 span.end_s = max(span.end_s, end)
-                span.service_s += service
         self.profile(program.workflow).observe_call(stage, service)
         self._fit.add(completion.prompt_tokens - completion.cached_tokens, completion.completion_tokens, service)
 
@@ -231,4 +226,4 @@ class ProgramBook:
         progress = self._programs.pop(program.id, None)
         jct = program.jct_s
         if progress is not None and program.state is ProgramState.SUCCEEDED and jct is not None:
-            self.profile(program.workflow).observe_program(progress.spans, jct, progress.service_s)
+            self.profile(program.workflow).observe_program(progress.spans, jct, program.llm_service_s)

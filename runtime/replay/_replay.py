@@ -183,17 +183,14 @@ async def _run_traced(ctx: Context, replayer: _ProgramReplayer) -> None:
     await replayer.run(ctx)
 
 
-_replay_program = workflow(name="trace-replay")(_run_traced)
-
-
 _ReplayWorkflow = Workflow[[_ProgramReplayer], None]
 
 
 def _app_workflow(app: str | None, cache: dict[str | None, _ReplayWorkflow]) -> _ReplayWorkflow:
-    """The workflow an app's programs run as (``trace-replay/APP``): policies learn a profile per workflow."""
+    """The workflow an app's programs run as (``trace-replay/APP``, or ``trace-replay``): a profile per workflow."""
     found = cache.get(app)
     if found is None:
-        found = cache[app] = _replay_program if app is None else workflow(name=f"trace-replay/{app}")(_run_traced)
+        found = cache[app] = workflow(name="trace-replay" if app is None else f"trace-replay/{app}")(_run_traced)
     return found
 
 

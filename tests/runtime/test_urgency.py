@@ -169,7 +169,7 @@ async def test_autellix_promotes_a_starving_program() -> None:
     policy = AutellixPolicy(quantum_s=1.0, beta=2.0)
     program = Program("w", {}, deadline_s=None, priority=0)
     progress = policy.book.progress(program)
-    progress.atlas_s = progress.service_s = 10.0
+    progress.atlas_s = program.llm_service_s = 10.0
     assert policy.queue_of(program) == 4  # 10 s of service: [8, 16)
     progress.waited_s = 19.0
     assert policy.queue_of(program) == 4
