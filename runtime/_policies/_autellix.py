@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from .._engines._base import Engine
 from .._program import Program
 from ._base import CallFinished, CallInfo, Policy, Route
+from ._placement import least_loaded
 from ._progress import ProgramBook
 from ._urgency import LEVEL_SPAN, mlfq_level
 
@@ -122,9 +123,7 @@ class AutellixPolicy(Policy):
             else:
                 engine = min(engines, key=lambda e: (e.load().kv_usage or 0.0, e.in_flight))
         else:
-            least = min(e.in_flight for e in engines)
-            tied = [e for e in engines if e.in_flight == least]
-            engine = tied[next(self._turn) % len(tied)]
+            engine = least_loaded(engines, self._turn)
         self.book.routed(call, engine, 0.0)
         return Route(engine, call.level * LEVEL_SPAN + queue)
 

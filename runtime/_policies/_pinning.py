@@ -54,6 +54,7 @@ from toolbridge import DurationPredictor, ErrorKind
 from .._engines._base import METADATA_PIN_TTL_S, Completion, Engine
 from .._program import Program
 from ._base import CallFinished, CallInfo, Policy, Route, ToolFinished, ToolStarted
+from ._placement import least_loaded
 
 __all__ = ["DEFAULT_PROVISIONAL_TTL_S", "PinChoice", "PinningPolicy", "ProgramPins"]
 
@@ -196,9 +197,7 @@ class PinningPolicy(Policy):
 
     def least_loaded(self, engines: Sequence[Engine]) -> Engine:
         """The candidate with the fewest requests in flight, ties broken round-robin."""
-        least = min(e.in_flight for e in engines)
-        candidates = [e for e in engines if e.in_flight == least]
-        return candidates[next(self._turn) % len(candidates)]
+        return least_loaded(engines, self._turn)
 
     # -- events -------------------------------------------------------------------------
 

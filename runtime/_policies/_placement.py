@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from .._engines._base import Engine, EngineLoad
 
-__all__ = ["PrefixHomes", "has_headroom", "load_key", "waiting_estimate"]
+__all__ = ["PrefixHomes", "has_headroom", "least_loaded", "load_key", "waiting_estimate"]
 
 # Prefix keys whose rankings are kept (LRU): apps and agents, not programs.
 _RANKINGS = 4096
@@ -62,6 +62,13 @@ def has_headroom(load: EngineLoad, max_waiting: int, routed: int = 0, max_kv_usa
         return True
     pinned = (load.pinned_blocks or 0) / load.kv_blocks if load.kv_blocks else 0.0
     return load.kv_usage - pinned < max_kv_usage
+
+
+def least_loaded(engines: Sequence[Engine], turn: Iterator[int]) -> Engine:
+    """The engine with the fewest requests in flight, ties broken round-robin by ``turn`` (a counter)."""
+    least = min(e.in_flight for e in engines)
+    candidates = [e for e in engines if e.in_flight == least]
+    return candidates[next(turn) % len(candidates)]
 
 
 def load_key(engine: Engine) -> tuple[int, float]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from .._engines._base import Engine
 from ._base import CallInfo, Policy, Route
+from ._placement import least_loaded
 
 __all__ = ["VLLMPolicy"]
 
@@ -27,7 +28,4 @@ class VLLMPolicy(Policy):
         self._turn = itertools.count()
 
     def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route:
-        priority = call.level
-        least = min(e.in_flight for e in engines)
-        candidates = [e for e in engines if e.in_flight == least]
-        return Route(candidates[next(self._turn) % len(candidates)], priority)
+        return Route(least_loaded(engines, self._turn), call.level)
