@@ -58,9 +58,7 @@ import itertools
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -71,7 +69,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from runtime import models_dir  # noqa: E402 - after the path set-up above
+from _agentrt_cli import agentrt  # noqa: E402 - after the path set-up above
+
+from runtime import models_dir  # noqa: E402
 from runtime.replay import ReplayResult, ResultError, load_result  # noqa: E402
 
 POLICIES = ("vllm", "continuum", "agentrt")
@@ -129,31 +129,6 @@ QUICK_REAL = replace(
     REAL, programs=3, scale=0.02, tool_scale=0.1, sweep_programs=3, sweep_seeds=(201,), rates=(0.5, 1.0), timeout_s=300
 )
 QUICK_SIM = replace(SIM, programs=40, scale=0.1, sweep_programs=20, rates=(0.1, 0.5), timeout_s=300)
-
-
-# -- running agentrt ---------------------------------------------------------
-
-
-def agentrt(*args: str, timeout_s: float) -> tuple[bool, str]:
-    """Run ``agentrt ARGS`` from the repository root; (exit code 0, the last of its stderr or why it failed).
-
-    vLLM logs at warnings only.  On a timeout the whole process group is
-    killed (the engine core is a child process of the replay).
-    """
-    env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING")
-    argv = [sys.executable, "-m", "runtime._cli", *args]
-    proc = subprocess.Popen(
-        argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return False, f"timed out after {timeout_s:.0f} s"
-    if proc.returncode != 0:
-        return False, f"exit code {proc.returncode}: {(err or out).strip()[-1500:]}"
-    return True, out
 
 
 def make_trace(setting: Setting, *, rate: float, seed: int, programs: int, path: Path) -> Path:

@@ -55,8 +55,6 @@ import json
 import multiprocessing
 import os
 import platform
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,6 +62,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from _agentrt_cli import agentrt  # noqa: E402
 
 from runtime import AgentrtPolicy, AutellixPolicy, HexgenPolicy, Runtime, get_policy  # noqa: E402
 from runtime.replay import (  # noqa: E402
@@ -247,21 +247,6 @@ def sim_agent(args: argparse.Namespace) -> dict[str, Any]:
 # -- real engines (agentrt replay, one at a time) --------------------------------------------------
 
 
-def agentrt_cli(*cli: str, timeout_s: float) -> tuple[bool, str]:
-    env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "runtime._cli", *cli], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        out, err = proc.communicate(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        return False, f"timed out after {timeout_s:.0f} s"
-    return proc.returncode == 0, (err or out).strip()[-1500:]
-
-
 def real_replay(
     trace: Path, policy: str, out: Path, *, timeout_s: float, reuse: bool = False, only_reuse: bool = False
 ) -> dict[str, Any]:
@@ -275,7 +260,7 @@ def real_replay(
         return {"policy": policy, "error": "not run (--real-reuse-only)", "took_s": 0.0}
     if not (reuse and out.is_file()):
         out.unlink(missing_ok=True)
-        _, why = agentrt_cli(
+        _, why = agentrt(
             "replay", str(trace), "--engine", "vllm", "--engines", "2", "--model", REAL_MODEL, "--policy", policy,
             "--out", str(out), "--no-progress", timeout_s=timeout_s,
         )  # fmt: skip
