@@ -22,7 +22,10 @@ Exceptions (see :mod:`runtime._errors`)::
      ├── PolicyError
      ├── RuntimeStateError
      ├── ProgramIdInUseError
-     └── ProgramCancelledError
+     ├── ProgramCancelledError
+     └── JournalError
+          ├── JournalDivergenceError
+          └── ProgramNotFoundError
 """
 
 from __future__ import annotations
@@ -56,27 +59,35 @@ from ._errors import (
     EngineRequestError,
     EngineStartError,
     EngineUnavailableError,
+    JournalDivergenceError,
+    JournalError,
     ModelNotFoundError,
     ModelPreparationError,
     NoEngineError,
     PolicyError,
     ProgramCancelledError,
     ProgramIdInUseError,
+    ProgramNotFoundError,
     RuntimeStateError,
 )
 from ._events import (
     Event,
+    EventsDropped,
     LLMCallFinished,
     LLMCallStarted,
     ProgramFinished,
+    ProgramStalled,
     ProgramStarted,
     StepFinished,
+    StepReplayed,
     StepStarted,
     TokenGenerated,
     ToolCallFinished,
     ToolCallStarted,
+    WaitingCall,
 )
 from ._handle import ProgramHandle
+from ._journal import Journal, JournalState, PostgresJournal, ProgramRecord, PruneReport, SQLiteJournal, StepRecord
 from ._models import KNOWN_MODELS, models_dir, prepare_model, resolve_model
 from ._policies import (
     AgentrtPolicy,
@@ -130,8 +141,13 @@ __all__ = [
     "EngineStats",
     "EngineUnavailableError",
     "Event",
+    "EventsDropped",
     "GenerateRequest",
     "InProcessEngine",
+    "Journal",
+    "JournalDivergenceError",
+    "JournalError",
+    "JournalState",
     "LLMCallFinished",
     "LLMCallStarted",
     "MetadataValue",
@@ -141,6 +157,7 @@ __all__ = [
     "Node",
     "NodeKind",
     "PinStats",
+    "PostgresJournal",
     "Policy",
     "PolicyError",
     "PolicyHost",
@@ -149,16 +166,23 @@ __all__ = [
     "ProgramFinished",
     "ProgramHandle",
     "ProgramIdInUseError",
+    "ProgramNotFoundError",
+    "ProgramRecord",
+    "ProgramStalled",
     "ProgramStarted",
     "ProgramState",
     "Prompt",
+    "PruneReport",
     "RemoteEngine",
     "Route",
     "Runtime",
+    "SQLiteJournal",
     "RuntimeStateError",
     "SamplingOptions",
     "ServerEngine",
     "StepFinished",
+    "StepRecord",
+    "StepReplayed",
     "StepStarted",
     "TokenDelta",
     "TokenGenerated",
@@ -168,6 +192,7 @@ __all__ = [
     "ToolFinished",
     "ToolStarted",
     "VLLMPolicy",
+    "WaitingCall",
     "get_policy",
     "models_dir",
     "policy_names",

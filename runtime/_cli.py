@@ -1,7 +1,9 @@
 """The ``agentrt`` command line.
 
 agentrt demo                       an agent with tools answers a question on the demo model
-agentrt run MODULE:WORKFLOW ...    run any workflow once and print its result
+agentrt run MODULE:WORKFLOW ...    run any workflow once and print its result (journaled)
+agentrt resume ID                  finish a journaled program: its journaled steps are not redone
+agentrt runs [show ID | prune]     the programs in the journal
 agentrt models prepare|list        build the local models (no hub access)
 
 demo and run export OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT is
@@ -56,30 +58,12 @@ def _parse_input(item: str) -> tuple[str, Any]:
 
 
 def _load_workflow(target: str) -> Any:
-    from workflows import Workflow
+    from ._workflow_ref import load_workflow
 
-    module_name, sep, attr = target.rpartition(":")
-    if not sep or not module_name or not attr:
-        raise SystemExit(f"agentrt run: expected MODULE:WORKFLOW (or path/to/file.py:WORKFLOW), got {target!r}")
-    if module_name.endswith(".py") or os.sep in module_name:
-        path = Path(module_name).resolve()
-        if not path.is_file():
-            raise SystemExit(f"agentrt run: no such file {path}")
-        spec = importlib.util.spec_from_file_location(path.stem, path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[path.stem] = module
-        spec.loader.exec_module(module)
-    else:
-        sys.path.insert(0, os.getcwd())
-        module = importlib.import_module(module_name)
     try:
-        wf = getattr(module, attr)
-    except AttributeError:
-        raise SystemExit(f"agentrt run: module {module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(wf, Workflow):
-        raise SystemExit(f"agentrt run: {target} is not a @workflow (got {type(wf).__name__})")
-    return wf
+        return load_workflow(target)
+    except (LookupError, TypeError) as exc:
+        raise SystemExit(f"agentrt run: {exc}") from None
 
 
 def _start_tracing(args: argparse.Namespace) -> Any:
@@ -115,9 +99,10 @@ def _finish_tracing(args: argparse.Namespace, collector: Any) -> None:
 def _build_runtime(args: argparse.Namespace) -> Any:
     from ._runtime import Runtime
 
+    journal = None if getattr(args, "no_journal", True) else args.journal
     if args.engine:
-        return Runtime(list(args.engine), policy=args.policy)
-    return Runtime.local(args.model, engines=args.engines, policy=args.policy, dtype=args.dtype)
+        return Runtime(list(args.engine), policy=args.policy, journal=journal)
+    return Runtime.local(args.model, engines=args.engines, policy=args.policy, dtype=args.dtype, journal=journal)
 
 
 async def _run_demo(args: argparse.Namespace) -> int:
@@ -169,13 +154,58 @@ async def _run_workflow(args: argparse.Namespace) -> int:
 
     wf = _load_workflow(args.target)
     inputs = dict(args.input or [])
-    wf.validate_inputs(**inputs)  # fail before starting engines
-    async with _build_runtime(args) as rt:
-        handle = rt.submit(wf, **inputs)
-        try:
-            result = await handle
-        finally:
-            print(program_report(handle.program), file=sys.stderr)
+    values = wf.validate_inputs(**inputs)  # fail before starting engines
+    handle = None
+    try:
+        async with _build_runtime(args) as rt:
+            handle = rt.start_program(wf, values, program_id=args.program_id)
+            try:
+                result = await handle
+            finally:
+                print(program_report(handle.program), file=sys.stderr)
+    finally:
+        if handle is not None:  # once the runtime has closed: an interrupted program is journaled as such
+            _say_resumable(args, handle)
+    print(json.dumps(result, default=_jsonable, indent=2))
+    return 0
+
+
+def _say_resumable(args: argparse.Namespace, handle: Any) -> None:
+    """After a journaled program that did not succeed: how to pick it up again."""
+    from ._program import ProgramState
+    from ._runs_cli import default_journal
+
+    if args.no_journal or not handle.done or handle.state is ProgramState.SUCCEEDED:
+        return
+    where = "" if args.journal == default_journal() else f" --journal {args.journal}"
+    print(
+        f"agentrt: program {handle.id} is journaled; to finish it: agentrt resume {handle.id}{where}", file=sys.stderr
+    )
+
+
+async def _resume_workflow(args: argparse.Namespace) -> int:
+    from ._journal import journal_from
+    from ._report import program_report
+
+    # Look before starting engines: a wrong id or journal fails in a moment, not after the engines' start.
+    async with journal_from(args.journal) as journal:
+        record = await journal.program(args.program_id)
+    if record is None:
+        from ._errors import ProgramNotFoundError
+
+        raise ProgramNotFoundError(f"no program {args.program_id!r} in the journal {args.journal}")
+    workflow = _load_workflow(args.workflow) if args.workflow else None
+    handle = None
+    try:
+        async with _build_runtime(args) as rt:
+            handle = await rt.resume(args.program_id, workflow=workflow)
+            try:
+                result = await handle
+            finally:
+                print(program_report(handle.program), file=sys.stderr)
+    finally:
+        if handle is not None:
+            _say_resumable(args, handle)
     print(json.dumps(result, default=_jsonable, indent=2))
     return 0
 
@@ -192,10 +222,15 @@ def _jsonable(value: Any) -> Any:
 
 def _parser() -> argparse.ArgumentParser:
     from ._policies import policy_names
+    from ._runs_cli import add_journal_option, add_runs_command
     from ._runtime import default_model
 
     parser = argparse.ArgumentParser(prog="agentrt", description="Run LLM agent workflows on vLLM engines.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    def journal_options(p: argparse.ArgumentParser) -> None:
+        add_journal_option(p)
+        p.add_argument("--no-journal", action="store_true", help="do not journal the program (it cannot be resumed)")
 
     def engine_options(p: argparse.ArgumentParser, default_model: str) -> None:
         p.add_argument(
@@ -230,8 +265,23 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a workflow once: agentrt run MODULE:WORKFLOW --input k=v")
     run.add_argument("target", help="MODULE:WORKFLOW or path/to/file.py:WORKFLOW")
     run.add_argument("--input", action="append", type=_parse_input, metavar="KEY=VALUE", help="JSON or plain text")
+    run.add_argument("--program-id", help="the program's id (default: a fresh prog-... id)")
     engine_options(run, default_model())
+    journal_options(run)
     run.set_defaults(handler=_traced(_run_workflow))
+
+    resume = sub.add_parser(
+        "resume", help="finish a journaled program (after a crash, a signal, a failure): journaled steps are not redone"
+    )
+    resume.add_argument("program_id")
+    resume.add_argument(
+        "--workflow", metavar="MODULE:WORKFLOW", help="where the workflow is (default: where the journal says)"
+    )
+    engine_options(resume, default_model())
+    add_journal_option(resume)
+    resume.set_defaults(handler=_traced(_resume_workflow), no_journal=False)
+
+    add_runs_command(sub)
 
     models = sub.add_parser(
         "models",
@@ -264,15 +314,15 @@ def _traced(command: Any) -> Any:
     """``command`` (an async function of the arguments) run with tracing set up, its errors as messages."""
 
     def handler(args: argparse.Namespace) -> int:
-        import anyio
-
         from workflows import WorkflowError
 
         from ._errors import AgentRuntimeError
+        from ._signals import run_until_signalled
 
         collector = _start_tracing(args)
         try:
-            code: int = anyio.run(command, args, backend="asyncio")
+            # SIGINT/SIGTERM: the command is cancelled, its runtime closes, then SystemExit(130/143).
+            code: int = run_until_signalled(command, args)
         except (AgentRuntimeError, WorkflowError) as exc:
             print(f"agentrt: error: {exc}", file=sys.stderr)
             return 1

@@ -11,6 +11,7 @@ dispatcher (and so to the policy) as they start and finish.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections.abc import Awaitable, Mapping, Sequence
@@ -22,6 +23,7 @@ from telemetry import names, set_error
 from toolbridge import ErrorKind, ToolSet
 from workflows import (
     Agent,
+    AgentOutputError,
     AgentResult,
     Context,
     LLMReply,
@@ -32,12 +34,15 @@ from workflows import (
     ToolChoice,
     ToolLike,
     ToolMessage,
+    Usage,
 )
 
 from ._clock import now
 from ._dispatch import Dispatcher
 from ._engines._base import ChatPrompt, Completion, Prompt, SamplingOptions, TokenPrompt
-from ._events import StepFinished, StepStarted, ToolCallFinished, ToolCallStarted
+from ._events import StepFinished, StepReplayed, StepStarted, ToolCallFinished, ToolCallStarted
+from ._journal import ProgramJournal, StepEntry
+from ._journal._codec import fingerprint, sampling_json
 from ._nodes import DagCursor, NodeScope, open_node
 from ._policies import CallInfo
 from ._program import Node, NodeKind, Program
@@ -60,11 +65,20 @@ def _call_key(call: ToolCall) -> tuple[str, str]:
 class RuntimeContext(Context):
     """A workflow context bound to one program and one enclosing node (``None``: the workflow body)."""
 
-    def __init__(self, dispatcher: Dispatcher, program: Program, node: Node | None) -> None:
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        program: Program,
+        node: Node | None,
+        *,
+        journal: ProgramJournal | None = None,
+        key_prefix: str = "",
+    ) -> None:
         self._dispatcher = dispatcher
         self.program = program
         self.node = node
-        self._cursor = DagCursor(program, node)
+        self._journal = journal
+        self._cursor = DagCursor(program, node, key_prefix)
         # Tool calls that succeeded through this context (one agent run), for reuse_results.
         self._succeeded: dict[tuple[str, str], ToolMessage] = {}
 
@@ -72,8 +86,33 @@ class RuntimeContext(Context):
     def program_id(self) -> str:
         return self.program.id
 
-    def _child(self, node: Node) -> RuntimeContext:
-        return RuntimeContext(self._dispatcher, self.program, node)
+    def _child(self, node: Node, attempt: int = 1) -> RuntimeContext:
+        # A retried step's attempts are separate runs of its body: their work
+        # is keyed apart, so a retry does not replay the failed attempt's results.
+        prefix = f"{node.key}/" if attempt == 1 else f"{node.key}@{attempt}/"
+        return RuntimeContext(self._dispatcher, self.program, node, journal=self._journal, key_prefix=prefix)
+
+    # -- the journal -------------------------------------------------------------
+
+    def _replayed(self, entry: StepEntry, node: Node) -> tuple[bool, Any]:
+        """The journaled result of ``entry`` (``(True, value)``), announced as replayed; ``(False, None)`` if none."""
+        if self._journal is None:
+            return False, None
+        found, value = self._journal.replayed(entry)
+        if found:
+            node.attributes["replayed"] = True
+            program = self.program
+            program.emit(
+                StepReplayed(
+                    program_id=program.id, t=program.elapsed(), node_id=node.id, kind=entry.kind, name=node.name
+                )
+            )
+        return found, value
+
+    async def _record(self, entry: StepEntry | None, value: Any) -> None:
+        if entry is not None and self._journal is not None:
+            with anyio.CancelScope(shield=True):  # the work is done: its result must not be lost to a cancel
+                await self._journal.record(entry, value)
 
     # -- LLM calls -------------------------------------------------------------
 
@@ -93,6 +132,8 @@ class RuntimeContext(Context):
         priority: int | None = None,
         ignore_eos: bool = False,
         stage: str | None = None,
+        timeout_s: float | None = None,
+        retries: int | None = None,
     ) -> LLMReply:
         if tools and json_schema is not None:
             raise ValueError("ctx.llm: pass either tools or json_schema, not both")
@@ -114,12 +155,18 @@ class RuntimeContext(Context):
             ignore_eos=ignore_eos,
             json_schema=schema,
         )
-        completion, node = await self._generate(ChatPrompt.of(chat), sampling, stage=stage, priority=priority)
+        completion, node = await self._generate(
+            ChatPrompt.of(chat), sampling, stage=stage, priority=priority, timeout_s=timeout_s, retries=retries
+        )
         text, error = completion.text, None
         calls: tuple[ToolCall, ...] = ()
         if tool_prompt is not None:
             parsed = parse_reply(
-                completion.text, finish_reason=completion.finish_reason, call_id_prefix=f"call-{node.id}"
+                # Ids from the step key: the same on every run, so a resumed program's prompts
+                # (which quote them in tool messages) match the journaled ones.
+                completion.text,
+                finish_reason=completion.finish_reason,
+                call_id_prefix=f"call-{node.key}",
             )
             text, calls, error = parsed.text, parsed.tool_calls, parsed.error
         return LLMReply(
@@ -145,12 +192,16 @@ class RuntimeContext(Context):
         temperature: float = 0.0,
         priority: int | None = None,
         stage: str | None = None,
+        timeout_s: float | None = None,
+        retries: int | None = None,
     ) -> TokenReply:
         if not prompt_token_ids:
             raise ValueError("ctx.llm_tokens: the prompt must not be empty")
         sampling = SamplingOptions(max_tokens=max_tokens, temperature=temperature, ignore_eos=ignore_eos)
         prompt = TokenPrompt(tuple(prompt_token_ids))
-        completion, node = await self._generate(prompt, sampling, stage=stage, priority=priority)
+        completion, node = await self._generate(
+            prompt, sampling, stage=stage, priority=priority, timeout_s=timeout_s, retries=retries
+        )
         return TokenReply(
             token_ids=completion.token_ids,
             usage=node.usage,
@@ -163,7 +214,14 @@ class RuntimeContext(Context):
         )
 
     async def _generate(
-        self, prompt: Prompt, sampling: SamplingOptions, *, stage: str | None, priority: int | None
+        self,
+        prompt: Prompt,
+        sampling: SamplingOptions,
+        *,
+        stage: str | None,
+        priority: int | None,
+        timeout_s: float | None,
+        retries: int | None,
     ) -> tuple[Completion, Node]:
         """One LLM call as a node of the DAG, handed to the dispatcher; its usage is on the node."""
         program = self.program
@@ -175,19 +233,55 @@ class RuntimeContext(Context):
             span=chat_span(program, sampling, dispatcher.model),
             failure="llm call failed",
         ) as scope:
+            node = scope.node
+            entry: StepEntry | None = None
+            if self._journal is not None:
+                link, blobs = self._journal.prompts.link(prompt)
+                entry = StepEntry(
+                    node.key,
+                    NodeKind.LLM.value,
+                    node.name,
+                    fingerprint(NodeKind.LLM.value, node.name, link, sampling_json(sampling).decode()),
+                    input_ref=link,
+                    blobs=blobs,
+                )
+                found, journaled = self._replayed(entry, node)
+                if found:
+                    completion: Completion = journaled
+                    node.engine = completion.engine
+                    node.usage = Usage(completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens)
+                    program.usage = program.usage + node.usage
+                    scope.span.set_attribute(names.AGENTRT_REPLAYED, True)
+                    return completion, node
             if stage is None and self.node is not None:
                 stage = self.node.name  # the enclosing step or agent
             call = CallInfo(
-                program, scope.node, prompt, sampling, stage=stage, requested_priority=priority, arrived_s=now()
+                program,
+                scope.node,
+                prompt,
+                sampling,
+                stage=stage,
+                requested_priority=priority,
+                arrived_s=now(),
+                timeout_s=timeout_s,
+                retries=retries,
             )
-            return await dispatcher.generate(call, scope.span), scope.node
+            completion = await dispatcher.generate(call, scope.span)
+            # The prompt's ids are the engine's rendering of the journaled prompt: not kept twice.
+            await self._record(entry, dataclasses.replace(completion, prompt_token_ids=None))
+            return completion, node
 
     # -- concurrency -------------------------------------------------------------
 
     async def gather(self, *aws: Awaitable[T]) -> list[T]:
         results: list[Any] = [None] * len(aws)
+        cursor = self._cursor
+        branch, number = cursor.fork()
 
         async def run_one(index: int, aw: Awaitable[T]) -> None:
+            # Each awaitable is a branch with step keys of its own: stable
+            # whatever order the branches run and finish in.
+            cursor.enter_branch(branch, number, index)
             results[index] = await aw
 
         try:
@@ -242,13 +336,35 @@ class RuntimeContext(Context):
             self._cursor, NodeKind.TOOL, call.name, started=started, finished=finished, failure=ErrorKind.CANCELLED
         ) as scope:
             node = scope.node
+            # The key the tool's side effects can be made idempotent by: the same when a resumed program runs it again.
+            idempotency_key = f"{program.id}/{node.key}"
+            entry: StepEntry | None = None
+            if self._journal is not None:
+                entry = StepEntry(
+                    node.key,
+                    NodeKind.TOOL.value,
+                    call.name,
+                    fingerprint(NodeKind.TOOL.value, call.name, call.arguments),
+                    idempotency_key=idempotency_key,
+                )
+                found, journaled = self._replayed(entry, node)
+                if found:
+                    message = journaled
+                    # The model's call id may differ on replay only if its reply did, which the LLM step checks.
+                    message = dataclasses.replace(message, call_id=call.id)
+                    if message.ok:
+                        self._succeeded.setdefault(key, message)
+                    else:
+                        scope.fail(message.content)
+                    return message
             await self._dispatcher.tool_started(program, node, call)
             try:
                 # toolbridge opens the execute_tool span (an unknown name included).
-                result = await toolset.run(call.name, call.arguments, call_id=call.id)
+                result = await toolset.run(call.name, call.arguments, call_id=call.id, idempotency_key=idempotency_key)
                 wall_s = result.usage.wall_s
                 node.attributes["usage"] = result.usage
                 message = tool_message(call, result)
+                await self._record(entry, message)
             finally:
                 await self._dispatcher.tool_finished(
                     program,
@@ -288,6 +404,19 @@ class RuntimeContext(Context):
             self._cursor, NodeKind.STEP, step.name, span=step_span(step), finished=finished, failure="cancelled"
         ) as scope:
             node, span = scope.node, scope.span
+            entry: StepEntry | None = None
+            if self._journal is not None:
+                entry = StepEntry(
+                    node.key,
+                    NodeKind.STEP.value,
+                    step.name,
+                    fingerprint(NodeKind.STEP.value, step.name, list(call.args), call.kwargs),
+                )
+                found, journaled = self._replayed(entry, node)
+                if found:
+                    span.set_attribute(names.AGENTRT_REPLAYED, True)
+                    replayed: T = journaled
+                    return replayed
             try:
                 for attempt in range(1, step.retries + 2):
                     node.attempts = attempt
@@ -298,7 +427,7 @@ class RuntimeContext(Context):
                     )
                     try:
                         with anyio.fail_after(timeout):
-                            value: T = await step.fn(self._child(node), *call.args, **call.kwargs)
+                            value: T = await step.fn(self._child(node, attempt), *call.args, **call.kwargs)
                     except Exception as exc:
                         cause = exc
                         if isinstance(exc, TimeoutError) and not str(exc):
@@ -314,6 +443,7 @@ class RuntimeContext(Context):
                         await anyio.sleep(min(_RETRY_BACKOFF_S[0] * 2 ** (attempt - 1), _RETRY_BACKOFF_S[1]))
                         continue
                     scope.error = None  # an earlier attempt's failure is not the step's
+                    await self._record(entry, value)
                     return value
                 raise AssertionError("unreachable")  # the loop returns or raises
             finally:
@@ -324,7 +454,26 @@ class RuntimeContext(Context):
             self._cursor, NodeKind.AGENT, agent.name, span=agent_span(agent), failure="agent failed"
         ) as scope:
             node = scope.node
-            result = await agent.execute(self._child(node), task)
+            entry: StepEntry | None = None
+            found = False
+            if self._journal is not None:
+                entry = StepEntry(
+                    node.key,
+                    NodeKind.AGENT.value,
+                    agent.name,
+                    fingerprint(NodeKind.AGENT.value, agent.name, agent.instructions, agent.tool_names, task),
+                )
+                found, journaled = self._replayed(entry, node)
+            if found:
+                result: AgentResult = journaled
+                scope.span.set_attribute(names.AGENTRT_REPLAYED, True)
+            else:
+                try:
+                    result = await agent.execute(self._child(node), task)
+                except AgentOutputError as exc:
+                    scope.fail(f"AgentOutputError: {exc}")  # the node says why, not just "agent failed"
+                    raise
+                await self._record(entry, result)
             node.usage = result.usage
             node.attributes["turns"] = len(result.turns)
             node.attributes["stopped"] = result.stopped

@@ -4,11 +4,13 @@ For each call, in order: the policy's decision (:meth:`Policy.route`:
 engine, priority, metadata; or hold it in the admission queue until a later
 offer routes it), the engine request, the token stream (each token an
 event of the program), failover to another engine when one dies mid-call,
-and the bookkeeping of the finished call (node and program usage, service
-received, the ``chat`` span's attributes, the policy's
-:meth:`~Policy.on_call_finished`).  Contexts reach it through
-:meth:`Dispatcher.generate` and the three ``*_started``/``*_finished``
-notifications; nothing else of the runtime talks to engines for a call.
+retry rounds with backoff when no engine is left to take it (a server
+restarting), the call's time bound over all of it, and the bookkeeping of
+the finished call (node and program usage, service received, the ``chat``
+span's attributes, the policy's :meth:`~Policy.on_call_finished`).
+Contexts reach it through :meth:`Dispatcher.generate` and the three
+``*_started``/``*_finished`` notifications; nothing else of the runtime
+talks to engines for a call.
 
 The dispatcher is also the :class:`~runtime.PolicyHost` a policy is bound to.
 """
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import math
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
@@ -53,11 +56,63 @@ from ._tracing import end_chat
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-__all__ = ["Dispatcher"]
+__all__ = ["DEFAULT_LLM_RETRIES", "Dispatcher", "RetryBackoff"]
 
 logger = logging.getLogger("runtime.dispatch")
 
 E = TypeVar("E")
+
+
+#: Rounds over the engines a call gets after its first (``Runtime(llm_retries=)``):
+#: with :class:`RetryBackoff`'s defaults a call waits out about 45 s of outage,
+#: the restart of a small model's server.
+DEFAULT_LLM_RETRIES = 8
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBackoff:
+    """How long a call waits before each new round over the engines: ``first_s`` doubling, at most ``max_s`` seconds.
+
+    No jitter: calls waiting for one restarting engine queue in its
+    scheduler when it is back, which orders them; and replays stay
+    deterministic under virtual time.
+    """
+
+    first_s: float = 0.5
+    max_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.first_s <= self.max_s:
+            raise ValueError(f"RetryBackoff needs 0 < first_s <= max_s, got {self.first_s} and {self.max_s}")
+
+    def delay_s(self, round_: int) -> float:
+        """Seconds to wait before round ``round_`` (1, 2, ...) of retries."""
+        return min(self.first_s * 2.0 ** (round_ - 1), self.max_s)
+
+
+def _engine_state(engine: Engine) -> str:
+    if engine.closed:
+        return "closed"
+    if engine.draining:
+        return "draining"
+    return "available" if engine.available else "unavailable"
+
+
+#: Characters of an engine's error kept for a call's final error (a server's
+#: "not restarted" reason quotes its log).
+_FAILURE_CHARS = 2000
+
+
+@dataclass(slots=True)
+class _Failures:
+    """How often one engine failed one call, and its last answer."""
+
+    count: int = 0
+    last: str = ""
+
+    def add(self, exc: Exception) -> None:
+        self.count += 1
+        self.last = f"{type(exc).__name__}: {exc}"[:_FAILURE_CHARS]
 
 
 @dataclass(eq=False, slots=True)
@@ -73,9 +128,29 @@ class _Held:
 
 
 class Dispatcher:
-    """Runs LLM calls on ``engines`` as ``policy`` decides; one per :class:`~runtime.Runtime`."""
+    """Runs LLM calls on ``engines`` as ``policy`` decides; one per :class:`~runtime.Runtime`.
 
-    def __init__(self, engines: Sequence[Engine], policy: Policy) -> None:
+    ``retries`` and ``timeout_s`` (seconds, ``None``: unbounded) are the
+    defaults of calls that do not set their own; ``backoff`` spaces the
+    retry rounds.
+    """
+
+    def __init__(
+        self,
+        engines: Sequence[Engine],
+        policy: Policy,
+        *,
+        retries: int = DEFAULT_LLM_RETRIES,
+        timeout_s: float | None = None,
+        backoff: RetryBackoff | None = None,
+    ) -> None:
+        if retries < 0:
+            raise ValueError(f"llm_retries must be >= 0, got {retries}")
+        if timeout_s is not None and not timeout_s > 0:
+            raise ValueError(f"llm_timeout_s must be > 0 seconds or None, got {timeout_s}")
+        self._retries = retries
+        self._timeout_s = timeout_s
+        self._backoff = backoff or RetryBackoff()
         self._engines = list(engines)
         self._by_name = {e.name: e for e in self._engines}
         self.policy = policy
@@ -114,8 +189,8 @@ class Dispatcher:
                     held.error = exc
                 else:
                     held.route = route
-            # No candidates left: released without a route, the call then
-            # raises NoEngineError from its own task.
+            # No candidates left: released without a route; the call then
+            # waits out its retry backoff (or gives up) in its own task.
             held.released = True
             held.ready.set()
         self._held = [h for h in self._held if not h.released]
@@ -138,28 +213,82 @@ class Dispatcher:
     # -- LLM calls -------------------------------------------------------------
 
     async def generate(self, call: CallInfo, span: Span) -> Completion:
-        """Run ``call`` to completion on the engine the policy routes it to, failing over if that engine dies.
+        """Run ``call`` to completion on the engine the policy routes it to, retrying transient engine failures.
 
         ``span`` is the call's ``chat`` span (its attributes are recorded
-        here).  Raises :class:`~runtime.NoEngineError` when no engine is left
-        to try, and what the engine raised otherwise.
+        here).  A call that fails with :class:`~runtime.EngineUnavailableError`
+        (or on an engine closed under it) goes at once to another available
+        engine it has not tried in this round; when none is left, or none is
+        available at all, it waits (:class:`RetryBackoff`) and starts a new
+        round over every available engine, up to ``call.retries`` rounds (the
+        runtime's default when ``None``).  Then it raises
+        :class:`~runtime.NoEngineError` naming every attempt.  An engine that
+        rejected the request (:class:`~runtime.EngineRequestError`) is not
+        retried.  The policy hears of every failed attempt
+        (:meth:`~Policy.on_call_finished` with an ``error``) and then of the
+        call's end.  ``call.timeout_s`` (or the runtime's default) bounds all of
+        it, admission hold and backoff included: on expiry the engine request
+        is aborted and :class:`TimeoutError` raised.
         """
         program, node = call.program, call.node
         program.llm_calls += 1
-        tried: set[str] = set()
+        timeout_s = call.timeout_s if call.timeout_s is not None else self._timeout_s
+        completion: Completion | None = None
+        with anyio.CancelScope(deadline=math.inf if timeout_s is None else now() + timeout_s) as bound:
+            completion = await self._generate_with_retries(call, span)
+        if completion is None:  # only the bound's expiry ends the block without a result
+            assert bound.cancelled_caught
+            raise TimeoutError(
+                f"LLM call {node.id} of program {program.id} (workflow {program.workflow!r}) did not finish "
+                f"within its bound of {timeout_s} s (ctx.llm(timeout_s=) or Runtime(llm_timeout_s=)); "
+                f"the engine request it had running, if any, was aborted (attempts: {node.attempts}). "
+                "Raise the bound, or shorten the call (max_tokens) if it is expected to take this long"
+            )
+        return completion
+
+    async def _generate_with_retries(self, call: CallInfo, span: Span) -> Completion:
+        program, node = call.program, call.node
+        retries = call.retries if call.retries is not None else self._retries
+        tried: set[str] = set()  # engines that failed the call in this round
+        failures: dict[str, _Failures] = {}  # by engine name
+        rounds = 0  # backoff waits so far
+        waited_s = 0.0
+        last_error: Exception | None = None
         engine: Engine | None = None
         completion: Completion | None = None
         try:
             while True:
-                route, candidates = await self._admit(call, tried)
+                admitted = await self._admit(call, tried)
+                if admitted is None:
+                    # Every available engine failed this round, or none is available
+                    # (a server restarting): wait, then try them all again.
+                    if rounds >= retries or all(e.closed for e in self._engines):
+                        raise self._exhausted(call, failures, retries, rounds, waited_s) from last_error
+                    rounds += 1
+                    delay = self._backoff.delay_s(rounds)
+                    logger.info(
+                        "program %s: LLM call %s found no engine to take it (%s); round %d of %d in %.1f s",
+                        program.id,
+                        node.id,
+                        "; ".join(f"{name}: {f.last[:200]}" for name, f in failures.items()) or "none available",
+                        rounds,
+                        retries,
+                        delay,
+                    )
+                    await anyio.sleep(delay)
+                    waited_s += delay
+                    tried.clear()
+                    continue
+                route, candidates = admitted
                 engine = route.engine
                 tried.add(engine.name)
+                node.attempts += 1
                 telemetry.add_event(
                     names.EVENT_DISPATCH,
                     {names.AGENTRT_ENGINE_NAME: engine.name, names.AGENTRT_DISPATCH_CANDIDATES: candidates},
                 )
                 request = GenerateRequest(
-                    request_id=f"{program.id}-{node.id}-{len(tried)}",
+                    request_id=f"{program.id}-{node.id}-{node.attempts}",
                     prompt=call.prompt,
                     sampling=call.sampling,
                     priority=route.priority,
@@ -182,19 +311,36 @@ class Dispatcher:
                 )
                 try:
                     completion = await self._stream(program, node, engine, request)
-                except EngineUnavailableError as exc:
+                except (EngineUnavailableError, EngineClosedError) as exc:
+                    # The engine died, restarts, or was closed under the call:
+                    # transient for the call, which another engine (or this
+                    # one, back) may serve.
                     telemetry.add_event(
                         names.EVENT_ENGINE_UNAVAILABLE,
                         {names.AGENTRT_ENGINE_NAME: engine.name, "exception.message": str(exc)},
                     )
-                    # The engine died or is restarting: the call is retried on
-                    # another engine, if there is one that has not failed it yet.
-                    if self._candidates(tried):
-                        continue
-                    raise
+                    failures.setdefault(engine.name, _Failures()).add(exc)
+                    last_error = exc
+                    # The policy learns that this attempt is over, so the work it
+                    # routed there leaves that engine's books: a call waiting to be
+                    # routed again must not count against its own admission.
+                    await self._notify(
+                        self.policy.on_call_finished,
+                        CallFinished(
+                            call, engine.name, None, f"attempt {node.attempts} failed: {failures[engine.name].last}"
+                        ),
+                    )
+                    self.wake()
+                    continue
                 end_chat(
-                    span, completion, priority=route.priority, attempts=len(tried), held_s=node.attributes.get("held_s")
+                    span,
+                    completion,
+                    priority=route.priority,
+                    attempts=node.attempts,
+                    held_s=node.attributes.get("held_s"),
                 )
+                if waited_s:
+                    node.attributes["retry_wait_s"] = waited_s
                 await self._notify(self.policy.on_call_finished, CallFinished(call, engine.name, completion))
                 return completion
         finally:
@@ -207,23 +353,36 @@ class Dispatcher:
             # Whatever ended, capacity may have freed: held calls get another offer.
             self.wake()
 
+    def _exhausted(
+        self, call: CallInfo, failures: Mapping[str, _Failures], retries: int, rounds: int, waited_s: float
+    ) -> NoEngineError:
+        """The error of a call that no engine served through all its rounds."""
+        program, node = call.program, call.node
+        states = ", ".join(f"{e.name} ({_engine_state(e)})" for e in self._engines)
+        answered = (
+            "; ".join(f"{name} failed it {f.count} time(s), last: {f.last}" for name, f in failures.items())
+            or "no engine was available to try"
+        )
+        return NoEngineError(
+            f"no engine available for LLM call {node.id} of program {program.id} (workflow {program.workflow!r}) "
+            f"after {node.attempts} attempt(s) in {rounds + 1} round(s) over {waited_s:.1f} s of backoff "
+            f"(retries={retries}). Engines now: {states}. What they answered: {answered}. "
+            "Check the engines (await rt.stats(), their logs), or let calls wait longer for a restart "
+            "with ctx.llm(retries=) or Runtime(llm_retries=)"
+        )
+
     def _candidates(self, tried: set[str]) -> list[Engine]:
         return [e for e in self._engines if e.available and e.name not in tried]
 
-    async def _admit(self, call: CallInfo, tried: set[str]) -> tuple[Route, int]:
-        """The policy's route for ``call`` and how many engines it chose from.
+    async def _admit(self, call: CallInfo, tried: set[str]) -> tuple[Route, int] | None:
+        """The policy's route for ``call`` and how many engines it chose from; ``None`` when no engine is left.
 
         Waits in the admission queue while the policy holds the call.
         """
         while True:
             candidates = self._candidates(tried)
             if not candidates:
-                program = call.program
-                raise NoEngineError(
-                    f"no engine available for program {program.id} "
-                    f"(engines: {', '.join(e.name for e in self._engines)}; "
-                    f"failed here: {', '.join(sorted(tried)) or 'none'})"
-                )
+                return None
             route = self._route(call, candidates)
             if route is not None:
                 return route, len(candidates)

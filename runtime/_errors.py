@@ -11,11 +11,14 @@ The tree::
      │    ├── EngineRequestError     the engine rejected one request (bad params, too long)
      │    ├── EngineClosedError      the engine was closed by us
      │    └── EngineCapabilityError  the engine cannot do what was asked (pin KV blocks, ...)
-     ├── NoEngineError               the runtime has no healthy engine to dispatch to
+     ├── NoEngineError               no engine took an LLM call through all its retry rounds
      ├── PolicyError                 a scheduling policy answered something the runtime cannot carry out
      ├── RuntimeStateError           the Runtime is not running, or was closed
      ├── ProgramIdInUseError         a program id given to start_program is taken by a running program
-     └── ProgramCancelledError       awaiting the result of a cancelled program
+     ├── ProgramCancelledError       awaiting the result of a cancelled program
+     └── JournalError                the journal cannot store or give back what a program needs
+          ├── JournalDivergenceError a resumed program's code no longer makes the steps its journal holds
+          └── ProgramNotFoundError   no program with that id in the journal
 
 The replay lab (:mod:`runtime.replay`) derives its own errors from
 ``AgentRuntimeError`` and draws them in its own docstring.
@@ -34,12 +37,15 @@ __all__ = [
     "EngineRequestError",
     "EngineStartError",
     "EngineUnavailableError",
+    "JournalDivergenceError",
+    "JournalError",
     "ModelNotFoundError",
     "ModelPreparationError",
     "NoEngineError",
     "PolicyError",
     "ProgramCancelledError",
     "ProgramIdInUseError",
+    "ProgramNotFoundError",
     "RuntimeStateError",
 ]
 
@@ -89,7 +95,11 @@ class EngineCapabilityError(EngineError):
 
 
 class NoEngineError(AgentRuntimeError):
-    """The runtime has no engine that can take a request."""
+    """No engine served an LLM call: none was available, or each failed it, through all its retry rounds.
+
+    The message names the program, the call's node, every engine's state
+    and what each attempt answered; the last engine error is chained.
+    """
 
 
 class PolicyError(AgentRuntimeError):
@@ -106,3 +116,26 @@ class ProgramIdInUseError(AgentRuntimeError, ValueError):
 
 class ProgramCancelledError(AgentRuntimeError):
     """The program was cancelled before it produced a result."""
+
+
+class JournalError(AgentRuntimeError):
+    """The journal (``Runtime(journal=...)``) failed to store or load what a program needs.
+
+    Raised when the database cannot be opened or written, when a value a
+    step returned cannot be serialized (the journal pickles results), and for
+    the subclasses below.
+    """
+
+
+class JournalDivergenceError(JournalError):
+    """Replaying a resumed program met a step that differs from the one its journal holds.
+
+    The workflow's code (or something it reads that is not journaled: the
+    clock, random numbers, the environment) changed since the program ran, so
+    the journaled results no longer belong where the code now asks for them.
+    The message names the step by position, kind and name.
+    """
+
+
+class ProgramNotFoundError(JournalError, LookupError):
+    """No program with the given id is in the journal."""

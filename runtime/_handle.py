@@ -21,7 +21,9 @@ class ProgramHandle(Generic[R]):
 
     ``await handle`` (or ``await handle.result()``) returns the workflow's
     return value, raises the exception the workflow raised, or raises
-    :class:`ProgramCancelledError` if it was cancelled.
+    :class:`ProgramCancelledError` if it was cancelled.  A program past the
+    runtime's ``max_programs`` stays ``PENDING`` until a slot frees; it can
+    be cancelled while it waits.
     """
 
     def __init__(self, program: Program) -> None:
@@ -60,7 +62,13 @@ class ProgramHandle(Generic[R]):
         return self.result().__await__()
 
     def events(self) -> AsyncIterator[Event]:
-        """Every event of the program from its start; ends when the program finishes."""
+        """The program's events from its start; ends when the program finishes.
+
+        The program keeps its last ``Runtime(event_buffer=)`` events: a reader
+        that falls further behind (or starts late) gets one
+        :class:`~runtime.EventsDropped` with the number it missed, then goes
+        on; :class:`~runtime.ProgramFinished` always arrives.
+        """
         return self.program.events()
 
     def cancel(self) -> None:

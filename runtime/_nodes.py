@@ -6,11 +6,20 @@ with ``after`` edges to the siblings that finished since the last node
 opened (a :class:`DagCursor` per context tracks them), enters its span,
 emits its start event, and on the way out closes the node as succeeded or
 failed and emits its finish event, however the block ends.
+
+The cursor also gives each node its *step key*, the identity the journal
+files it under: the parent's key, then for each enclosing ``ctx.gather`` of
+this context ``g<gather>.<branch>-``, then the node's ordinal among the
+nodes opened before it on that path.  A branch of a gather counts its own
+ordinals, so the keys do not depend on the order in which concurrent
+branches happen to run; code within one branch runs in order, so its
+ordinals are the same on every run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -27,16 +36,45 @@ if TYPE_CHECKING:
 __all__ = ["DagCursor", "NodeScope", "open_node"]
 
 
+#: A path of gather branches: ``((gather, branch), ...)``, outermost first.
+Branch = tuple[tuple[int, int], ...]
+
+#: The gather branch the current task runs in, and the cursor it belongs to
+#: (a task spawned by a gather of one context also runs the nodes of the
+#: contexts nested in it, whose keys start afresh under their own node).
+_BRANCH: contextvars.ContextVar[tuple[DagCursor | None, Branch]] = contextvars.ContextVar(
+    "agentrt_gather_branch", default=(None, ())
+)
+
+
 class DagCursor:
-    """Where a context adds nodes: under ``parent``, after the siblings it saw finish."""
+    """Where a context adds nodes: under ``parent``, after the siblings it saw finish, keyed under ``prefix``."""
 
-    __slots__ = ("_after", "_finished_since_open", "parent", "program")
+    __slots__ = ("_after", "_finished_since_open", "_gathers", "_ordinals", "parent", "prefix", "program")
 
-    def __init__(self, program: Program, parent: Node | None) -> None:
+    def __init__(self, program: Program, parent: Node | None, prefix: str = "") -> None:
         self.program = program
         self.parent = parent
+        self.prefix = prefix
         self._finished_since_open: list[str] = []
         self._after: tuple[str, ...] = ()
+        self._ordinals: dict[Branch, int] = {}
+        self._gathers: dict[Branch, int] = {}
+
+    def _branch(self) -> Branch:
+        owner, branch = _BRANCH.get()
+        return branch if owner is self else ()
+
+    def fork(self) -> tuple[Branch, int]:
+        """A new gather on the current branch: the branch and the gather's number on it."""
+        branch = self._branch()
+        number = self._gathers.get(branch, 0)
+        self._gathers[branch] = number + 1
+        return branch, number
+
+    def enter_branch(self, branch: Branch, gather: int, index: int) -> None:
+        """Run the rest of the current task as branch ``index`` of gather ``gather`` (from :meth:`fork`)."""
+        _BRANCH.set((self, (*branch, (gather, index))))
 
     def open(self, kind: NodeKind, name: str) -> Node:
         # Nodes opened together (ctx.gather) share the same `after`: the
@@ -45,7 +83,11 @@ class DagCursor:
             self._after = tuple(self._finished_since_open)
             self._finished_since_open.clear()
         parent = self.parent.id if self.parent is not None else None
-        return self.program.add_node(kind, name, parent=parent, after=self._after)
+        branch = self._branch()
+        ordinal = self._ordinals.get(branch, 0)
+        self._ordinals[branch] = ordinal + 1
+        key = self.prefix + "".join(f"g{g}.{i}-" for g, i in branch) + str(ordinal)
+        return self.program.add_node(kind, name, parent=parent, after=self._after, key=key)
 
     def close(self, node: Node, *, ok: bool, error: str | None) -> None:
         self.program.finish_node(node, ok=ok, error=error)

@@ -5,10 +5,17 @@ priority, a state, and a growing DAG of nodes (steps, agents, LLM calls, tool
 calls).  ``parent`` links say which node a node ran inside; ``after`` links
 say which sibling nodes had to finish before it started (a data dependency
 the runtime observed: sequential awaits create one, ``ctx.gather`` fans out).
+
+Memory per program is bounded where it would grow with tokens: a program
+keeps its last ``event_buffer`` events (a token is an event), not all of
+them; a reader that falls further behind is told how many it missed
+(:class:`EventsDropped`).  The DAG grows with calls, not tokens, and is
+kept whole: it is the program's record (policies, reports, the journal).
 """
 
 from __future__ import annotations
 
+import collections
 import enum
 import itertools
 import time
@@ -22,9 +29,19 @@ import anyio
 from workflows import Usage
 
 from ._clock import now
-from ._events import Event, ProgramFinished
+from ._events import Event, EventsDropped, LLMCallFinished, ProgramFinished, TokenGenerated, ToolCallFinished
 
-__all__ = ["Node", "NodeKind", "Program", "ProgramState"]
+__all__ = ["DEFAULT_EVENT_BUFFER", "Node", "NodeKind", "Program", "ProgramState"]
+
+#: Events a program keeps for its readers by default.  A token event is
+#: ~150 bytes, so this bounds a program's buffer near 150 KB: 1,000 live
+#: programs and as many finished ones kept for inspection stay near 300 MB
+#: at worst, while a reader that keeps up (one ``async for`` per program)
+#: never misses an event.
+DEFAULT_EVENT_BUFFER = 1000
+
+#: Events that show the program advancing (the stall watcher's "progress").
+_PROGRESS = (TokenGenerated, LLMCallFinished, ToolCallFinished, ProgramFinished)
 
 
 class ProgramState(enum.StrEnum):
@@ -48,7 +65,12 @@ class NodeKind(enum.StrEnum):
 
 @dataclass(slots=True)
 class Node:
-    """One unit of work in a program's DAG; times are seconds since submission."""
+    """One unit of work in a program's DAG; times are seconds since submission.
+
+    ``key`` is its step identity, stable across runs of the program: its
+    position under its parent (the ordinal among siblings, with the branch
+    of each ``ctx.gather`` it runs in), which the journal files it under.
+    """
 
     id: str
     kind: NodeKind
@@ -56,6 +78,7 @@ class Node:
     parent: str | None
     after: tuple[str, ...]
     started_s: float
+    key: str = ""
     finished_s: float | None = None
     ok: bool | None = None
     error: str | None = None
@@ -74,6 +97,8 @@ class Program:
 
     ``deadline_s`` is relative to submission (``None``: no deadline);
     ``stage_plan`` is the workflow's declared stage plan, if any.
+    ``event_buffer`` is how many of its latest events it keeps for
+    :meth:`events` (at least 1).
     ``submitted_at`` is a reading of the runtime's clock (the event loop's);
     ``submitted_wall`` a ``time.time()`` one.  ``usage`` sums the tokens of
     its finished LLM calls and ``llm_service_s`` the engine time they
@@ -91,7 +116,10 @@ class Program:
         priority: int,
         program_id: str | None = None,
         stage_plan: Mapping[str, float] | None = None,
+        event_buffer: int = DEFAULT_EVENT_BUFFER,
     ) -> None:
+        if not isinstance(event_buffer, int) or isinstance(event_buffer, bool) or event_buffer < 1:
+            raise ValueError(f"event_buffer must be an int >= 1 (events kept per program), got {event_buffer!r}")
         self.id = program_id or f"prog-{uuid.uuid4().hex[:12]}"
         self.workflow = workflow
         self.inputs = inputs
@@ -111,7 +139,14 @@ class Program:
         self.llm_calls = 0
         self.tool_calls = 0
         self._ids = itertools.count()
-        self._events: list[Event] = []
+        #: How many of its latest events the program keeps for readers.
+        self.event_buffer = event_buffer
+        self._events: collections.deque[Event] = collections.deque(maxlen=event_buffer)
+        self._emitted = 0  # events ever emitted; the oldest kept is number _emitted - len(_events)
+        #: When the program last advanced (a token, a finished LLM or tool call; runtime clock), if ever.
+        self.progressed_at: float | None = None
+        # Unfinished LLM and tool nodes: what the program waits on (the stall watcher reads it).
+        self._open_calls: dict[str, Node] = {}
         # Created by a reader about to wait, set and dropped by the next emit:
         # most programs are never followed, and an event per emit showed in
         # replay profiles.
@@ -135,15 +170,22 @@ class Program:
 
     # -- DAG -----------------------------------------------------------------
 
-    def add_node(self, kind: NodeKind, name: str, *, parent: str | None, after: tuple[str, ...]) -> Node:
-        node = Node(f"{kind.value}-{next(self._ids)}", kind, name, parent, after, self.elapsed())
+    def add_node(self, kind: NodeKind, name: str, *, parent: str | None, after: tuple[str, ...], key: str = "") -> Node:
+        node = Node(f"{kind.value}-{next(self._ids)}", kind, name, parent, after, self.elapsed(), key)
         self.nodes[node.id] = node
+        if kind is NodeKind.LLM or kind is NodeKind.TOOL:
+            self._open_calls[node.id] = node
         return node
 
     def finish_node(self, node: Node, *, ok: bool, error: str | None = None) -> None:
         node.finished_s = self.elapsed()
         node.ok = ok
         node.error = error
+        self._open_calls.pop(node.id, None)
+
+    def open_calls(self) -> list[Node]:
+        """The LLM and tool calls in flight (started, not finished), oldest first."""
+        return list(self._open_calls.values())
 
     def children(self, node_id: str | None) -> list[Node]:
         return [n for n in self.nodes.values() if n.parent == node_id]
@@ -155,18 +197,38 @@ class Program:
     # -- events --------------------------------------------------------------
 
     def emit(self, event: Event) -> None:
-        self._events.append(event)
+        self._events.append(event)  # the deque drops the oldest past event_buffer
+        self._emitted += 1
+        if isinstance(event, _PROGRESS):
+            self.progressed_at = self.submitted_at + event.t
         waiter, self._new_event = self._new_event, None
         if waiter is not None:
             waiter.set()
 
+    @property
+    def events_emitted(self) -> int:
+        """How many events the program has emitted (kept or not)."""
+        return self._emitted
+
     async def events(self) -> AsyncIterator[Event]:
-        """Every event from the first one; ends after :class:`ProgramFinished`."""
-        index = 0
+        """The program's events from the first one kept; ends after :class:`ProgramFinished`.
+
+        The program keeps its last ``event_buffer`` events.  A reader that
+        starts late or falls further behind than that gets one
+        :class:`EventsDropped` saying how many it missed, then the oldest
+        event kept; :class:`ProgramFinished`, the last event, is always kept.
+        """
+        seq = 0  # the number of the next event this reader reads
         while True:
-            while index < len(self._events):
-                event = self._events[index]
-                index += 1
+            while seq < self._emitted:
+                first = self._emitted - len(self._events)
+                if seq < first:
+                    missed, seq = first - seq, first
+                    yield EventsDropped(program_id=self.id, t=self.elapsed(), missed=missed)
+                    continue  # more may have been dropped while the reader held that one
+                # Readers are near the newest events, and a deque indexes from its nearer end.
+                event = self._events[seq - first]
+                seq += 1
                 yield event
                 if isinstance(event, ProgramFinished):
                     return

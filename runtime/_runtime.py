@@ -12,7 +12,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import logging
 import os
+import socket
+import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
@@ -24,16 +27,25 @@ from workflows import Workflow
 
 from ._clock import now
 from ._context import RuntimeContext
-from ._dispatch import Dispatcher
+from ._dispatch import DEFAULT_LLM_RETRIES, Dispatcher
 from ._engines._base import Engine, EngineStats
-from ._errors import ProgramIdInUseError, RuntimeStateError
+from ._errors import JournalError, ProgramIdInUseError, ProgramNotFoundError, RuntimeStateError
 from ._events import ProgramFinished, ProgramStarted
 from ._handle import ProgramHandle
+from ._health import HealthMonitor
+from ._journal import Journal, JournalState, ProgramJournal, ProgramRecord, journal_from
+from ._journal._codec import dump_value, load_value
 from ._policies import Policy, get_policy
-from ._program import Program, ProgramState
+from ._program import DEFAULT_EVENT_BUFFER, Program, ProgramState
+from ._signals import SignalGuard, guard_signals
+from ._slots import ProgramSlots
+from ._stalls import DEFAULT_STALL_AFTER_S, StallWatcher
 from ._tracing import end_program, program_span
+from ._workflow_ref import load_workflow, workflow_ref
 
 __all__ = ["DEFAULT_MODEL", "Runtime", "default_model"]
+
+logger = logging.getLogger("runtime")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -62,10 +74,54 @@ class Runtime:
     :func:`runtime.policy_names`).  ``programs`` maps ids to running and
     recently finished programs (the last ``keep_finished``).  Use ``async with`` (or :meth:`aclose`):
     leaving it cancels running programs and closes every engine.
+
+    Faults (docs/faults.md): an LLM call whose engine dies or restarts goes
+    to another engine, else waits with backoff for one to come back, for up
+    to ``llm_retries`` rounds; ``llm_timeout_s`` (seconds, ``None``: none)
+    bounds each call, queueing and retries included (``TimeoutError``).
+    Calls override both with ``ctx.llm(retries=, timeout_s=)``.  Every
+    ``health_interval_s`` seconds (``None``: never) each engine's health is
+    checked, so a dead server leaves dispatch with no call in flight.
+
+    Load (docs/load.md): at most ``max_programs`` programs run at once; a
+    program submitted past it stays ``PENDING`` until one finishes, and
+    pending programs start first come first served; ``await
+    rt.wait_for_room()`` before a submit keeps a producer from piling them
+    up.  The default, ``None``, is no bound: what a program costs is the
+    engines' to meter (their queues and the policy's admission queue order
+    every LLM call), and a bound the runtime guessed would idle them.  Each
+    program keeps its last ``event_buffer`` events for ``handle.events()``.
+    A runtime with calls in flight that makes no progress (no token, no
+    finished LLM or tool call) for ``stall_after_s`` seconds (``None``: never
+    checked) logs what it waits on (logger ``runtime.progress``) and emits
+    :class:`ProgramStalled` to the programs waiting.
+
+    Durability (docs/durability.md): with a ``journal`` (a SQLite path, a
+    ``postgresql://`` DSN or a :class:`~runtime.Journal`), every step result,
+    agent run, LLM reply and tool result is journaled before the workflow
+    sees it, and :meth:`resume` finishes a program after a crash, a shutdown,
+    a cancellation or a failure without redoing what the journal holds.
+
+    Signals (docs/processes.md): entered in the main thread, with
+    ``handle_signals``, SIGTERM and SIGINT cancel the task that entered the
+    runtime, which then closes as on any cancellation, and the process exits
+    with ``SystemExit(143)`` / ``SystemExit(130)`` once it has closed.
     """
 
     def __init__(
-        self, engines: Sequence[Engine | str], *, policy: str | Policy = "vllm", keep_finished: int = 1000
+        self,
+        engines: Sequence[Engine | str],
+        *,
+        policy: str | Policy = "vllm",
+        keep_finished: int = 1000,
+        llm_retries: int = DEFAULT_LLM_RETRIES,
+        llm_timeout_s: float | None = None,
+        health_interval_s: float | None = 2.0,
+        max_programs: int | None = None,
+        event_buffer: int = DEFAULT_EVENT_BUFFER,
+        stall_after_s: float | None = DEFAULT_STALL_AFTER_S,
+        journal: Journal | str | os.PathLike[str] | None = None,
+        handle_signals: bool = True,
     ) -> None:
         if isinstance(engines, Engine | str) or not engines:
             raise ValueError("Runtime needs a non-empty list of engines (Engine objects or server URLs)")
@@ -73,8 +129,14 @@ class Runtime:
 
         self.engines: list[Engine] = [RemoteEngine(e) if isinstance(e, str) else e for e in engines]
         self.policy = get_policy(policy)
-        self._dispatcher = Dispatcher(self.engines, self.policy)
+        self._dispatcher = Dispatcher(self.engines, self.policy, retries=llm_retries, timeout_s=llm_timeout_s)
+        self._health = None if health_interval_s is None else HealthMonitor(self.engines, health_interval_s)
         self.programs: dict[str, Program] = {}
+        self._slots = ProgramSlots(max_programs)
+        if not isinstance(event_buffer, int) or isinstance(event_buffer, bool) or event_buffer < 1:
+            raise ValueError(f"event_buffer must be an int >= 1 (events kept per program), got {event_buffer!r}")
+        self._event_buffer = event_buffer
+        self._stalls = None if stall_after_s is None else StallWatcher(self.programs.values, stall_after_s)
         # Finished programs stay inspectable in `programs` up to this many,
         # oldest dropped first, so a long-running service does not grow.
         self._keep_finished = keep_finished
@@ -82,6 +144,12 @@ class Runtime:
         self._tg: anyio.abc.TaskGroup | None = None
         self._host: asyncio.Task[None] | None = None
         self._closed = False
+        #: The journal programs are recorded in (docs/durability.md); None: not journaled.
+        self.journal: Journal | None = None if journal is None else journal_from(journal)
+        # Whether aclose() is cancelling the programs (they are interrupted, not cancelled).
+        self._closing = False
+        self._handle_signals = handle_signals
+        self._signal_guard: SignalGuard | None = None
 
     @classmethod
     def local(
@@ -92,13 +160,14 @@ class Runtime:
         policy: str | Policy = "vllm",
         kv_cache_gib: int = 1,
         max_model_len: int | None = 4096,
+        journal: Journal | str | os.PathLike[str] | None = None,
         **engine_options: Any,
     ) -> Runtime:
         """The embedded default: ``engines`` in-process vLLM engines serving ``model``.
 
         ``model`` is a name under the models directory (``smollm2-135m``,
-        ``tiny``) or a path; by default ``$AGENTRT_MODEL``, else ``smollm2-135m``.  Other keyword arguments go to
-        :class:`InProcessEngine`.
+        ``tiny``) or a path; by default ``$AGENTRT_MODEL``, else ``smollm2-135m``.  ``journal`` is as for
+        :class:`Runtime`.  Other keyword arguments go to :class:`InProcessEngine`.
         """
         from ._engines._inprocess import InProcessEngine
 
@@ -112,7 +181,7 @@ class Runtime:
             )
             for i in range(engines)
         ]
-        return cls(pool, policy=policy)
+        return cls(pool, policy=policy, journal=journal)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -120,6 +189,10 @@ class Runtime:
         if self._closed:
             raise RuntimeStateError("this Runtime was closed; create a new one")
         telemetry.ensure_configured()  # OTEL_EXPORTER_OTLP_ENDPOINT alone turns tracing on
+        if self.journal is not None:
+            await self.journal.open()  # before the engines: a journal that cannot open fails fast
+        if self._handle_signals:
+            self._signal_guard = guard_signals(on_orphaned=self.aclose)
         try:
             async with anyio.create_task_group() as starting:
                 for engine in self.engines:
@@ -128,6 +201,9 @@ class Runtime:
             with anyio.CancelScope(shield=True):
                 for engine in self.engines:
                     await engine.aclose()
+                if self.journal is not None:
+                    await self.journal.aclose()
+            self._close_signal_guard()  # SystemExit(130/143) when a signal stopped the start
             # Engines start concurrently; report the first failure as itself.
             if isinstance(exc, BaseExceptionGroup):
                 failures = [e for e in exc.exceptions if isinstance(e, Exception)]
@@ -142,6 +218,10 @@ class Runtime:
         ready = anyio.Event()
         self._host = asyncio.get_running_loop().create_task(self._host_programs(ready), name="agentrt programs")
         await ready.wait()
+        if self._health is not None and self._tg is not None:  # beside the programs: aclose cancels it first
+            self._tg.start_soon(self._health.run, name="agentrt health")
+        if self._stalls is not None and self._tg is not None:
+            self._tg.start_soon(self._stalls.run, name="agentrt stall watcher")
         return self
 
     async def _host_programs(self, ready: anyio.Event) -> None:
@@ -163,6 +243,9 @@ class Runtime:
         if self._closed:
             return
         self._closed = True
+        self._closing = True
+        if self._signal_guard is not None:
+            self._signal_guard.closing()  # a signal now would cut the close short: it only sets the exit status
         tg, self._tg = self._tg, None
         host, self._host = self._host, None
         try:
@@ -176,6 +259,15 @@ class Runtime:
             with anyio.CancelScope(shield=True):
                 for engine in self.engines:
                     await engine.aclose()
+                if self.journal is not None:
+                    await self.journal.aclose()
+            self._close_signal_guard()
+
+    def _close_signal_guard(self) -> None:
+        """Restore the signal handlers; after SIGTERM or SIGINT, raise ``SystemExit`` (143, 130): all is closed."""
+        guard, self._signal_guard = self._signal_guard, None
+        if guard is not None:
+            guard.close()
 
     # -- programs --------------------------------------------------------------
 
@@ -229,8 +321,9 @@ class Runtime:
         program_id: str | None,
         deadline_s: float | None,
         priority: int,
+        journal: ProgramJournal | None = None,
     ) -> ProgramHandle[R]:
-        """Start a program on inputs already validated, with its options resolved."""
+        """Start a program on inputs already validated, with its options resolved (``journal``: a resumed one's)."""
         assert self._tg is not None
         program = Program(
             workflow.name,
@@ -239,13 +332,86 @@ class Runtime:
             priority=priority,
             program_id=program_id,
             stage_plan=workflow.stages,
+            event_buffer=self._event_buffer,
         )
+        self._slots.submitted()
         if program.id in self.programs:
             self._finished.remove(program.id)
         self.programs[program.id] = program
         handle: ProgramHandle[R] = ProgramHandle(program)
-        self._tg.start_soon(self._run_program, workflow, handle, name=f"program {program.id}")
+        self._tg.start_soon(self._run_program, workflow, handle, journal, name=f"program {program.id}")
         return handle
+
+    async def resume(self, program_id: str, *, workflow: Workflow[..., R] | None = None) -> ProgramHandle[R]:
+        """Run a journaled program again: its journaled steps are replayed, not redone; the rest runs.
+
+        The workflow function runs from the start on its journaled inputs;
+        each step, agent run, LLM call and tool call it reaches that the
+        journal holds returns its journaled result at once (announced by a
+        :class:`~runtime.StepReplayed` event), so the program picks up where
+        it stopped: after a crash, a shutdown, a cancellation or a failure.
+        ``workflow`` defaults to the one the journal names (imported from
+        its module or file).  Raises :class:`~runtime.ProgramNotFoundError`,
+        :class:`~runtime.ProgramIdInUseError` if the program runs (here, or
+        in a live process on this host), and the handle's result raises
+        :class:`~runtime.JournalDivergenceError` if the code no longer makes
+        the journaled steps.
+        """
+        if self.journal is None:
+            raise RuntimeStateError("this Runtime has no journal: create it with Runtime(..., journal=PATH)")
+        if self._tg is None:
+            raise RuntimeStateError("the runtime is not running: use `async with Runtime(...) as rt:`")
+        journal = self.journal
+        record = await journal.program(program_id)
+        if record is None:
+            raise ProgramNotFoundError(f"no program {program_id!r} in the journal {journal.location}")
+        running = self.programs.get(program_id)
+        if running is not None and not running.state.finished:
+            raise ProgramIdInUseError(f"program {program_id} is running in this runtime")
+        _check_owner_gone(record)
+        if workflow is None:
+            if record.workflow_ref is None:
+                raise JournalError(
+                    f"program {program_id}'s workflow {record.workflow!r} was defined where it cannot be imported "
+                    "(inside a function); pass it: rt.resume(program_id, workflow=...)"
+                )
+            try:
+                workflow = load_workflow(record.workflow_ref)
+            except (LookupError, TypeError, ImportError) as exc:
+                raise JournalError(
+                    f"cannot load program {program_id}'s workflow from {record.workflow_ref}: {exc}; "
+                    "pass it: rt.resume(program_id, workflow=...)"
+                ) from exc
+        self._check_can_start(workflow)
+        if workflow.name != record.workflow:
+            raise JournalError(f"program {program_id} ran workflow {record.workflow!r}, not {workflow.name!r}")
+        inputs = load_value(record.inputs, f"the inputs of program {program_id}")
+        run = await journal.start_run(program_id, _owner(), time.time())
+        program_journal = ProgramJournal(
+            journal,
+            program_id,
+            run=run,
+            recorded=await journal.steps(program_id),
+            stored=await journal.stored_blobs(program_id),
+        )
+        return self._start(
+            workflow,
+            inputs,
+            program_id=program_id,
+            deadline_s=record.deadline_s,
+            priority=record.priority,
+            journal=program_journal,
+        )
+
+    async def wait_for_room(self) -> None:
+        """Wait until a program submitted now would start at once (``max_programs`` not reached).
+
+        Returns at once without ``max_programs``.  The backpressure of a
+        producer: ``await rt.wait_for_room()`` then ``rt.submit(...)`` keeps
+        at most ``max_programs`` programs in the runtime, none pending
+        (several producers may still each take the last free slot).
+        """
+        await self._slots.wait_for_room()
 
     async def run(self, workflow: Workflow[P, R], /, *args: P.args, **inputs: P.kwargs) -> R:
         """Run a program to completion and return its result."""
@@ -271,35 +437,64 @@ class Runtime:
 
         return anyio.run(main, backend="asyncio")
 
-    async def _run_program(self, workflow: Workflow[..., Any], handle: ProgramHandle[Any]) -> None:
+    async def _run_program(
+        self, workflow: Workflow[..., Any], handle: ProgramHandle[Any], journal: ProgramJournal | None
+    ) -> None:
         program = handle.program
         with program_span(program) as span:
             try:
-                await self._run_program_body(workflow, handle)
+                await self._run_program_body(workflow, handle, journal)
             finally:
                 end_program(span, program)
 
-    async def _run_program_body(self, workflow: Workflow[..., Any], handle: ProgramHandle[Any]) -> None:
+    async def _run_program_body(
+        self, workflow: Workflow[..., Any], handle: ProgramHandle[Any], journal: ProgramJournal | None
+    ) -> None:
         program = handle.program
+        slot = False  # whether it holds one of the max_programs slots
         try:
             with anyio.CancelScope() as scope:
                 handle._scope = scope
                 if handle._cancel_requested:
                     scope.cancel()
+                try:
+                    # Journaled before it waits for a slot: a pending program is not lost in a shutdown.
+                    if journal is None and self.journal is not None:
+                        journal = await self._journal_new_program(workflow, program)
+                except Exception as exc:
+                    program.error = exc
+                    program.state = ProgramState.FAILED
+                    return
+                await self._slots.acquire()  # PENDING until a slot frees, first come first served
+                slot = True
                 program.state = ProgramState.RUNNING
-                program.emit(ProgramStarted(program_id=program.id, t=program.elapsed(), workflow=program.workflow))
+                program.emit(
+                    ProgramStarted(
+                        program_id=program.id,
+                        t=program.elapsed(),
+                        workflow=program.workflow,
+                        resumed=journal is not None and journal.resumed,
+                        run=journal.run if journal is not None else 1,
+                    )
+                )
                 try:
                     program.result = await workflow.fn(
-                        RuntimeContext(self._dispatcher, program, None), **program.inputs
+                        RuntimeContext(self._dispatcher, program, None, journal=journal), **program.inputs
                     )
                     program.state = ProgramState.SUCCEEDED
                 except Exception as exc:
                     program.error = exc
                     program.state = ProgramState.FAILED
         finally:
+            if slot:
+                self._slots.release()
+            self._slots.finished()
             if not program.state.finished:
                 program.state = ProgramState.CANCELLED
             program.finished_at = now()
+            if journal is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._journal_end(journal, handle)
             error = program.error
             program.emit(
                 ProgramFinished(
@@ -318,6 +513,50 @@ class Runtime:
             while len(self._finished) > self._keep_finished:
                 self.programs.pop(self._finished.popleft(), None)
 
+    # -- the journal -------------------------------------------------------------
+
+    async def _journal_new_program(self, workflow: Workflow[..., Any], program: Program) -> ProgramJournal:
+        assert self.journal is not None
+        at = time.time()
+        record = ProgramRecord(
+            id=program.id,
+            workflow=workflow.name,
+            workflow_ref=workflow_ref(workflow),
+            inputs=dump_value(program.inputs, f"the inputs of program {program.id}"),
+            deadline_s=program.deadline_s,
+            priority=program.priority,
+            state=JournalState.RUNNING,
+            created_at=at,
+            updated_at=at,
+            owner=_owner(),
+        )
+        await self.journal.create_program(record)
+        return ProgramJournal(self.journal, program.id, run=1, stored=set())
+
+    async def _journal_end(self, journal: ProgramJournal, handle: ProgramHandle[Any]) -> None:
+        """Record how the program ended; a journal that fails here is logged (the program's outcome stands)."""
+        program = handle.program
+        result: bytes | None = None
+        error = f"{type(program.error).__name__}: {program.error}" if program.error is not None else None
+        if program.state is ProgramState.SUCCEEDED:
+            state = JournalState.SUCCEEDED
+            try:
+                result = dump_value(program.result, f"the result of program {program.id}")
+            except JournalError as exc:
+                # Resuming it replays every step from the journal and returns the result again.
+                logger.warning("program %s: result not journaled: %s", program.id, exc)
+        elif program.state is ProgramState.FAILED:
+            state = JournalState.FAILED
+        elif self._closing and not handle._cancel_requested:
+            state = JournalState.INTERRUPTED
+            error = "the runtime shut down while the program ran"
+        else:
+            state = JournalState.CANCELLED
+        try:
+            await journal.journal.finish_program(program.id, state, time.time(), error=error, result=result)
+        except JournalError as exc:
+            logger.warning("program %s: its end (%s) was not journaled: %s", program.id, state.value, exc)
+
     # -- engines ---------------------------------------------------------------
 
     async def stats(self) -> list[EngineStats]:
@@ -326,3 +565,26 @@ class Runtime:
 
     def __repr__(self) -> str:
         return f"<Runtime engines={[e.name for e in self.engines]} policy={self.policy.name}>"
+
+
+def _owner() -> str:
+    """Who runs a program, as the journal records it: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _check_owner_gone(record: ProgramRecord) -> None:
+    """Refuse to resume a program the journal says runs in a process that is still alive."""
+    if record.state is not JournalState.RUNNING or not record.owner:
+        return
+    host, _, pid_text = record.owner.rpartition(":")
+    if host != socket.gethostname():
+        raise ProgramIdInUseError(
+            f"program {record.id} is marked running by {record.owner}, another host; "
+            "resume it there, or once that runtime is gone"
+        )
+    import psutil
+
+    if pid_text.isdigit() and int(pid_text) != os.getpid() and psutil.pid_exists(int(pid_text)):
+        raise ProgramIdInUseError(
+            f"program {record.id} is running in process {pid_text} on this host; stop that process first"
+        )

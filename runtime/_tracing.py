@@ -9,10 +9,18 @@ parenting follows the OpenTelemetry context (contextvars), which anyio copies
 into every task ``ctx.gather`` starts.  Each function returns a context
 manager from :func:`telemetry.span`; while tracing is off it yields the
 non-recording span and the ``is_recording()`` checks skip all attribute work.
+
+An agent that gives up on its model's output (:class:`workflows.AgentOutputError`)
+leaves its ``invoke_agent`` span failed with the reason: ERROR status whose
+message quotes the last problems, ``error.type`` ``AgentOutputError``,
+``agentrt.agent.stopped`` ``max_repairs`` and the repairs it made, so a
+trace viewer shows why the program failed where it failed.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
@@ -20,6 +28,7 @@ from opentelemetry.trace import SpanKind
 
 import telemetry
 from telemetry import names as n
+from workflows import AgentOutputError
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
@@ -35,6 +44,7 @@ __all__ = [
     "end_agent",
     "end_chat",
     "end_program",
+    "fail_agent",
     "program_span",
     "step_span",
 ]
@@ -79,11 +89,33 @@ def step_span(step: Step[..., object]) -> AbstractContextManager[Span]:
     return telemetry.span(f"step {step.name}", attributes)
 
 
-def agent_span(agent: Agent) -> AbstractContextManager[Span]:
-    return telemetry.span(
+@contextlib.contextmanager
+def agent_span(agent: Agent) -> Iterator[Span]:
+    """``invoke_agent {name}``; an :class:`AgentOutputError` leaving it is recorded by :func:`fail_agent`."""
+    with telemetry.span(
         f"{n.OP_INVOKE_AGENT} {agent.name}",
         {n.GEN_AI_OPERATION_NAME: n.OP_INVOKE_AGENT, n.GEN_AI_AGENT_NAME: agent.name},
+    ) as span:
+        try:
+            yield span
+        except AgentOutputError as exc:
+            fail_agent(span, exc)
+            raise
+
+
+def fail_agent(span: Span, error: AgentOutputError) -> None:
+    """Mark the agent's span failed because its model's output could not be used (the reason as status message)."""
+    if not span.is_recording():
+        return
+    span.set_attributes(
+        {
+            n.AGENTRT_AGENT_TURNS: error.turns,
+            n.AGENTRT_AGENT_STOPPED: "max_repairs",
+            n.AGENTRT_AGENT_REPAIRS: len(error.problems),
+        }
     )
+    telemetry.set_error(span, type(error).__qualname__, str(error))
+    span.record_exception(error)
 
 
 def end_agent(span: Span, result: AgentResult) -> None:
@@ -92,6 +124,7 @@ def end_agent(span: Span, result: AgentResult) -> None:
             {
                 n.AGENTRT_AGENT_TURNS: len(result.turns),
                 n.AGENTRT_AGENT_STOPPED: str(result.stopped),
+                n.AGENTRT_AGENT_REPAIRS: result.repairs,
                 n.GEN_AI_USAGE_INPUT_TOKENS: result.usage.prompt_tokens,
                 n.GEN_AI_USAGE_OUTPUT_TOKENS: result.usage.completion_tokens,
                 n.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: result.usage.cached_tokens,

@@ -26,8 +26,10 @@ __all__ = [
     "AGENTRT_REQUEST_PRIORITY",
     "AGENTRT_REQUEST_QUEUED_S",
     "AGENTRT_RESPONSE_E2E_S",
+    "AGENTRT_AGENT_REPAIRS",
     "AGENTRT_AGENT_STOPPED",
     "AGENTRT_AGENT_TURNS",
+    "AGENTRT_REPLAYED",
     "AGENTRT_STEP_ATTEMPTS",
     "AGENTRT_STEP_NAME",
     "AGENTRT_STEP_RETRIES",
@@ -113,11 +115,15 @@ AGENTRT_PROGRAM_LLM_CALLS: Final = "agentrt.program.llm_calls"
 AGENTRT_PROGRAM_TOOL_CALLS: Final = "agentrt.program.tool_calls"
 AGENTRT_STEP_NAME: Final = "agentrt.step.name"
 AGENTRT_STEP_ATTEMPTS: Final = "agentrt.step.attempts"
+#: True on the span of work a resumed program took from its journal instead of running it again.
+AGENTRT_REPLAYED: Final = "agentrt.replayed"
 AGENTRT_STEP_RETRIES: Final = "agentrt.step.retries"
 #: Per-attempt time limit in seconds.
 AGENTRT_STEP_TIMEOUT_S: Final = "agentrt.step.timeout_s"
 AGENTRT_AGENT_TURNS: Final = "agentrt.agent.turns"
 AGENTRT_AGENT_STOPPED: Final = "agentrt.agent.stopped"
+#: How many of the agent's turns the model had to repair (unusable replies, unknown tools, invalid arguments).
+AGENTRT_AGENT_REPAIRS: Final = "agentrt.agent.repairs"
 AGENTRT_ENGINE_NAME: Final = "agentrt.engine.name"
 #: Engines the policy could choose from for one dispatch.
 AGENTRT_DISPATCH_CANDIDATES: Final = "agentrt.dispatch.candidates"

@@ -63,7 +63,7 @@ from ._result import ErrorKind, ToolError, ToolResult, ToolUsage, render_tool_va
 from ._run import run_tool
 from ._shell import ShellTool, shell
 from ._sql import Database, PostgresDatabase, QueryResult, SQLiteDatabase, sql_tools
-from ._tool import Isolation, Tool, as_tool, tool
+from ._tool import IdempotencyKey, Isolation, Tool, as_tool, tool
 from ._toolset import ToolSet
 
 __all__ = [
@@ -72,6 +72,7 @@ __all__ = [
     "Database",
     "DurationPredictor",
     "ErrorKind",
+    "IdempotencyKey",
     "Isolation",
     "Limits",
     "PostgresDatabase",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -41,6 +42,7 @@ async def run_tool(
     call_id: str | None = None,
     driver: SandboxDriver | None = None,
     predictor: DurationPredictor | None = durations,
+    idempotency_key: str | None = None,
 ) -> ToolResult:
     """Validate ``arguments`` and run ``tool`` once; failures come back in the result.
 
@@ -56,10 +58,12 @@ async def run_tool(
     :class:`ErrorKind`.  Cancellation of the caller is never turned into a
     result: it propagates (after an isolated call's processes are killed and
     its cgroup removed) and ends the span with ``error.type=cancelled``.
+    ``idempotency_key`` goes to the tool's :data:`IdempotencyKey` parameter,
+    if it has one (default: a fresh random key).
     """
     spec = as_tool(tool)
     with tool_span(spec.name, arguments, call_id) as span:
-        result = await _run(spec, arguments, driver, predictor)
+        result = await _run(spec, arguments, driver, predictor, idempotency_key)
         end_tool(span, result)
         return result
 
@@ -69,6 +73,7 @@ async def _run(
     arguments: Mapping[str, Any] | str,
     driver: SandboxDriver | None,
     predictor: DurationPredictor | None,
+    idempotency_key: str | None = None,
 ) -> ToolResult:
     # The event loop's clock (time.monotonic() on a normal loop) so that inline
     # tools timed under a virtual-time loop (trace replay in the simulator)
@@ -83,6 +88,8 @@ async def _run(
         kwargs = spec.validate(_parse_arguments(arguments))
     except ToolArgumentsError as exc:
         return ToolResult(False, error=ToolError(ErrorKind.INVALID_ARGS, str(exc)), usage=usage())
+    if spec.idempotency_parameter is not None:
+        kwargs[spec.idempotency_parameter] = idempotency_key or uuid.uuid4().hex
     if spec.isolation == "process":
         result = await run_isolated(
             spec.fn,

@@ -11,7 +11,7 @@ import inspect
 import typing
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any, Literal, TypeAlias, overload
+from typing import Any, Literal, NewType, TypeAlias, overload
 
 import pydantic
 
@@ -22,7 +22,15 @@ from ._limits import Limits
 #: thread); ``"process"``: a child process in its own sandbox (cgroup).
 Isolation: TypeAlias = Literal["inline", "process"]
 
-__all__ = ["Isolation", "Tool", "as_tool", "tool"]
+__all__ = ["IdempotencyKey", "Isolation", "Tool", "as_tool", "tool"]
+
+#: Annotate one parameter of a tool with this to receive the call's
+#: idempotency key: a string that stays the same when a journaled program is
+#: resumed and the call runs again (the runtime passes ``program/step``), so a
+#: tool with side effects can make them happen once (a unique key in an
+#: ``INSERT``, an ``Idempotency-Key`` header).  The parameter is not shown to
+#: the model.  Outside a runtime each call gets a fresh random key.
+IdempotencyKey = NewType("IdempotencyKey", str)
 
 
 def _first_paragraph(doc: str | None) -> str:
@@ -103,7 +111,14 @@ class Tool:
         except Exception as exc:
             raise ToolDefinitionError(f"@tool {self.name}: cannot resolve annotations: {exc}") from exc
         fields: dict[str, Any] = {}
+        #: The parameter that receives the call's idempotency key, if the function declares one.
+        self.idempotency_parameter: str | None = None
         for param in sig.parameters.values():
+            if hints.get(param.name) is IdempotencyKey:
+                if self.idempotency_parameter is not None:
+                    raise ToolDefinitionError(f"@tool {self.name}: only one parameter can take the IdempotencyKey")
+                self.idempotency_parameter = param.name
+                continue
             if param.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
                 raise ToolDefinitionError(f"@tool {self.name}: *args/**kwargs cannot be described to a model")
             if param.kind is inspect.Parameter.POSITIONAL_ONLY:

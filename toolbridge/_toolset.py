@@ -66,6 +66,7 @@ class ToolSet(Mapping[str, Tool]):
         call_id: str | None = None,
         driver: SandboxDriver | None = None,
         predictor: DurationPredictor | None = durations,
+        idempotency_key: str | None = None,
     ) -> ToolResult:
         """Run the tool ``name`` (:func:`run_tool`); a name not in the set is a result of kind ``unknown_tool``.
 
@@ -74,7 +75,9 @@ class ToolSet(Mapping[str, Tool]):
         """
         spec = self._tools.get(name)
         if spec is not None:
-            return await run_tool(spec, arguments, call_id=call_id, driver=driver, predictor=predictor)
+            return await run_tool(
+                spec, arguments, call_id=call_id, driver=driver, predictor=predictor, idempotency_key=idempotency_key
+            )
         result = ToolResult(
             False,
             error=ToolError(ErrorKind.UNKNOWN_TOOL, f"there is no tool {name!r}; tools: {', '.join(self._tools)}"),

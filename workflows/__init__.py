@@ -11,17 +11,26 @@ Exceptions (see :mod:`workflows._errors`)::
      ├── WorkflowDefinitionError
      ├── WorkflowInputError
      ├── ContextError
-     └── StepFailed
+     ├── StepFailed
+     └── AgentOutputError
 """
 
 from ._agent import Agent, AgentResult, AgentTurn, tool_name
 from ._context import Context
 from ._decorators import Step, StepCall, Workflow, step, workflow
-from ._errors import ContextError, StepFailed, WorkflowDefinitionError, WorkflowError, WorkflowInputError
+from ._errors import (
+    AgentOutputError,
+    ContextError,
+    StepFailed,
+    WorkflowDefinitionError,
+    WorkflowError,
+    WorkflowInputError,
+)
 from ._types import LLMReply, TokenReply, ToolCall, ToolChoice, ToolLike, ToolMessage, ToolSpec, Usage
 
 __all__ = [
     "Agent",
+    "AgentOutputError",
     "AgentResult",
     "AgentTurn",
     "Context",

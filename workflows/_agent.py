@@ -3,7 +3,10 @@
 Each turn asks the model for either tool calls or a final answer; tool calls
 run (concurrently when there are several) and their results are fed back as
 ``tool`` messages; the loop ends with an answer or when ``max_turns`` is
-reached, in which case the last turn is made to answer.
+reached, in which case the last turn is made to answer.  Output the loop
+cannot use (a reply that does not parse, a call of an unknown tool, arguments
+that fail validation) goes back to the model for repair, up to
+``max_repairs`` times per run; one more raises :class:`AgentOutputError`.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._context import Context
-from ._errors import WorkflowDefinitionError
+from ._errors import AgentOutputError, WorkflowDefinitionError
 from ._types import LLMReply, ToolChoice, ToolLike, ToolMessage, Usage
 
 __all__ = ["Agent", "AgentResult", "AgentTurn"]
@@ -41,6 +44,8 @@ class AgentResult:
 
     ``stopped`` is ``"answer"`` when the model answered, ``"max_turns"`` when the
     turn limit forced the end.  ``messages`` is the full conversation.
+    ``repairs`` counts the model's unusable outputs that were sent back to it
+    (see ``Agent(max_repairs=)``).
     """
 
     answer: str
@@ -48,6 +53,7 @@ class AgentResult:
     turns: tuple[AgentTurn, ...]
     messages: tuple[dict[str, Any], ...]
     usage: Usage = field(default_factory=Usage)
+    repairs: int = 0
 
     @property
     def tool_results(self) -> tuple[ToolMessage, ...]:
@@ -67,7 +73,17 @@ class Agent:
     same arguments) is not run again unless ``repeat_calls`` is true (tools
     whose result changes, like polling): the model is given the earlier
     result and told to move on.
+
+    ``max_repairs`` bounds the model's unusable outputs in one run: replies
+    that could not be used (invalid or truncated JSON) and tool calls
+    refused as an unknown tool or invalid arguments each count one, and each
+    goes back to the model as an error to repair.  The ``max_repairs + 1``-th
+    raises :class:`AgentOutputError` (quoting the last problems), which fails
+    the program unless the workflow catches it.
     """
+
+    #: Tool-message error kinds (``toolbridge.ErrorKind`` values) that mean the model's call was unusable.
+    REFUSED_CALL_KINDS = frozenset({"unknown_tool", "invalid_args"})
 
     def __init__(
         self,
@@ -82,6 +98,7 @@ class Agent:
         parallel_tool_calls: bool = True,
         repeat_calls: bool = False,
         priority: int | None = None,
+        max_repairs: int = 3,
     ) -> None:
         if not isinstance(instructions, str):
             raise WorkflowDefinitionError(f"Agent instructions must be a string, got {type(instructions).__name__}")
@@ -89,6 +106,11 @@ class Agent:
             raise WorkflowDefinitionError(f"Agent max_turns must be an int >= 1, got {max_turns!r}")
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise WorkflowDefinitionError(f"Agent max_tokens must be an int >= 1, got {max_tokens!r}")
+        if not isinstance(max_repairs, int) or isinstance(max_repairs, bool) or max_repairs < 0:
+            raise WorkflowDefinitionError(
+                f"Agent max_repairs must be an int >= 0 (unusable model outputs sent back for repair), "
+                f"got {max_repairs!r}"
+            )
         names: list[str] = []
         for t in tools:
             if not callable(t) and not hasattr(t, "parameters"):
@@ -115,6 +137,7 @@ class Agent:
         self.parallel_tool_calls = parallel_tool_calls
         self.repeat_calls = repeat_calls
         self.priority = priority
+        self.max_repairs = max_repairs
 
     async def run(self, ctx: Context, task: str | Sequence[Mapping[str, Any]]) -> AgentResult:
         """Run the loop for ``task`` (a user message, or a list of chat messages)."""
@@ -130,6 +153,13 @@ class Agent:
         turns: list[AgentTurn] = []
         usage = Usage()
         reply: LLMReply | None = None
+        problems: list[str] = []  # unusable outputs of this run, for max_repairs
+
+        def unusable(problem: str) -> None:
+            problems.append(problem)
+            if len(problems) > self.max_repairs:
+                raise AgentOutputError(self.name, tuple(problems), max_repairs=self.max_repairs, turns=len(turns))
+
         for turn in range(1, self.max_turns + 1):
             last = turn == self.max_turns
             choice: ToolChoice = "none" if last or not self.tools else self.tool_choice
@@ -148,6 +178,7 @@ class Agent:
             messages.append({"role": "assistant", "content": reply.raw_text or reply.text})
             if reply.tool_call_error is not None:
                 turns.append(AgentTurn(reply))
+                unusable(f"turn {turn}: reply could not be used ({reply.tool_call_error}): {_excerpt(reply.raw_text)}")
                 if last:
                     break
                 messages.append(
@@ -160,7 +191,7 @@ class Agent:
                 continue
             if not reply.tool_calls:
                 turns.append(AgentTurn(reply))
-                return AgentResult(reply.text, "answer", tuple(turns), tuple(messages), usage)
+                return AgentResult(reply.text, "answer", tuple(turns), tuple(messages), usage, len(problems))
             # The context remembers what succeeded in this run: a repeated
             # identical call gets the earlier result (unless repeat_calls).
             results = await ctx.gather(
@@ -168,5 +199,13 @@ class Agent:
             )
             turns.append(AgentTurn(reply, tuple(results)))
             messages.extend(r.to_message() for r in results)
+            for r in results:
+                if not r.ok and r.error_kind in self.REFUSED_CALL_KINDS:
+                    unusable(f"turn {turn}: call of {r.name!r} refused ({r.error_kind}): {_excerpt(r.content)}")
         answer = reply.text if reply is not None else ""
-        return AgentResult(answer, "max_turns", tuple(turns), tuple(messages), usage)
+        return AgentResult(answer, "max_turns", tuple(turns), tuple(messages), usage, len(problems))
+
+
+def _excerpt(text: str, limit: int = 160) -> str:
+    """``text`` quoted for an error message, cut to ``limit`` characters."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")

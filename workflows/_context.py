@@ -51,6 +51,8 @@ class Context(ABC):
         priority: int | None = None,
         ignore_eos: bool = False,
         stage: str | None = None,
+        timeout_s: float | None = None,
+        retries: int | None = None,
     ) -> LLMReply:
         """Run one LLM call on the program's behalf.
 
@@ -62,7 +64,11 @@ class Context(ABC):
         to JSON valid against the schema.  ``priority`` (lower runs first)
         overrides the program's priority for this call.  ``stage`` names the
         stage of the program the call belongs to, for scheduling policies
-        (default: the enclosing step's or agent's name).
+        (default: the enclosing step's or agent's name).  ``timeout_s``
+        bounds the call in seconds, queueing included (``TimeoutError``);
+        ``retries`` is how many times a call that failed on a transient
+        engine error (an engine that died or restarts) is tried again; both
+        default to the runtime's settings.
         """
 
     @abstractmethod
@@ -75,6 +81,8 @@ class Context(ABC):
         temperature: float = 0.0,
         priority: int | None = None,
         stage: str | None = None,
+        timeout_s: float | None = None,
+        retries: int | None = None,
     ) -> TokenReply:
         """Run one LLM call on a prompt given as token ids; the reply carries the generated ids.
 

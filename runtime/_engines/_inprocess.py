@@ -1,7 +1,10 @@
 """In-process vLLM engine: ``vllm.v1.engine.async_llm.AsyncLLM`` in this process.
 
-The engine core still runs in a child process that vLLM spawns, which is why a
-script that starts one needs an ``if __name__ == "__main__":`` guard.
+The engine core still runs in a child process that vLLM starts, which is why a
+script that starts one needs an ``if __name__ == "__main__":`` guard.  That
+process is guarded by the reaper (:mod:`._reaper`), so it does not outlive
+this one, and watched by a supervisor task that rebuilds the engine, with
+backoff, when the core dies (``restart_on_failure``).
 
 This module and :mod:`._vllm_stats` are the only places that import vLLM's
 Python API; that surface is kept small on purpose (vLLM's internals move
@@ -11,9 +14,12 @@ between releases) and every piece of it is exercised by the integration tests.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
@@ -25,16 +31,26 @@ import anyio.to_thread
 from .._clock import now
 from .._errors import EngineRequestError, EngineStartError, EngineUnavailableError
 from .._models import resolve_model
+from .._signals import shutdown_requested
 from ._base import ChatPrompt, Completion, Engine, GenerateRequest, TokenDelta
 from ._dtype import engine_build, resolve_dtype
 from ._pin_control import CONFIG_KEY, PinControlClient
 from ._pinned import PinControlled
+from ._reaper import NewChildren
 from ._vllm_stats import SchedulerSnapshot, make_stat_logger_factory
 
 if TYPE_CHECKING:
     from vllm.v1.engine.async_llm import AsyncLLM
 
 __all__ = ["InProcessEngine"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds between looks at whether the engine core is alive (vLLM has no death callback).
+_WATCH_S = 0.25
+#: Restart backoff: first delay and cap, seconds (doubles per restart), as for servers.
+_BACKOFF_FIRST_S = 1.0
+_BACKOFF_MAX_S = 30.0
 
 
 async def _stop_output_handler(llm: AsyncLLM) -> None:
@@ -52,6 +68,10 @@ async def _stop_output_handler(llm: AsyncLLM) -> None:
     if isinstance(handler, asyncio.Task) and not handler.done():
         handler.cancel()
         await asyncio.wait({handler})  # not awaited itself: its CancelledError is not ours
+
+
+def _shut_down_already(timeout: float | None = None) -> None:
+    """What an ``AsyncLLM``'s ``shutdown`` does once we have shut it down."""
 
 
 _engine_counter = 0
@@ -90,6 +110,14 @@ class InProcessEngine(PinControlled, Engine):
     default it is on unless ``scheduler_cls`` names a scheduler of your own;
     ``pins=True`` with your own ``scheduler_cls`` says that it is (or
     subclasses) the plug-in.
+
+    When the engine core dies (killed, crashed), requests in flight on it
+    fail with :class:`~runtime.EngineUnavailableError` and the engine is
+    not :attr:`available`.  With ``restart_on_failure`` (the default) it is
+    then built again in the background, after 1, 2, 4 ... seconds (at most
+    30), up to ``max_restarts`` times over its life, and is available again
+    once rebuilt (:attr:`restarts` counts them); pins of the dead core are
+    lost.  Without it the engine stays down until closed.
     """
 
     def __init__(
@@ -106,6 +134,8 @@ class InProcessEngine(PinControlled, Engine):
         pins: bool | None = None,
         enforce_eager: bool | None = None,
         engine_args: Mapping[str, Any] | None = None,
+        restart_on_failure: bool = True,
+        max_restarts: int = 3,
     ) -> None:
         self.model_path: Path = resolve_model(model)
         super().__init__(name or _next_name(), self.model_path.name)
@@ -134,26 +164,86 @@ class InProcessEngine(PinControlled, Engine):
         if self._pins and scheduler_cls is None:
             self._args["scheduler_cls"] = plugin_scheduler_cls()
         self._pin_dir: str | None = None
+        self._pin_address = self._pin_token = ""
         self._llm: AsyncLLM | None = None
         self._snapshot = SchedulerSnapshot()
+        self._restart_on_failure = restart_on_failure
+        self._max_restarts = max_restarts
+        self._restarts = 0
+        # The processes the current AsyncLLM started (its engine core), guarded by the reaper.
+        self._children: NewChildren | None = None
+        # A build in a worker thread; it runs on when its awaiter is cancelled, and closing waits for it.
+        self._building: asyncio.Task[None] | None = None
+        self._build_children: NewChildren | None = None
+        self._supervisor: asyncio.Task[None] | None = None
+        # None while the engine serves (or before it starts); otherwise why it cannot (restarting, gave up, closed).
+        self._down_reason: str | None = None
+
+    @property
+    def restarts(self) -> int:
+        """How many times the engine was rebuilt after its engine core died."""
+        return self._restarts
 
     async def _start(self) -> None:
-        # vLLM on the CPU sizes its cache from this variable and refuses to
-        # start without it on these machines; the engine-core child process
-        # reads it when it is spawned, so set it just before.
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._kv_cache_gib)
         if self._pins:
             self._open_pin_control()
         try:
-            self._llm = await anyio.to_thread.run_sync(self._build)
+            await self._build_in_thread()
         except Exception as exc:
             await self._close_pins()
-            # vLLM's messages can run to pages (every supported architecture);
-            # the whole text stays on the chained cause.
-            detail = " ".join(str(exc).split())
-            if len(detail) > 400:
-                detail = detail[:400] + " ..."
-            raise EngineStartError(f"in-process vLLM engine on {self.model_path} failed to start: {detail}") from exc
+            raise self._start_error(exc) from exc
+        self._supervisor = asyncio.create_task(self._supervise(), name=f"{self.name} supervisor")
+        self._supervisor.add_done_callback(self._supervisor_done)
+
+    def _start_error(self, exc: Exception) -> EngineStartError:
+        # vLLM's messages can run to pages (every supported architecture);
+        # the whole text stays on the chained cause.
+        detail = " ".join(str(exc).split())
+        if len(detail) > 400:
+            detail = detail[:400] + " ..."
+        return EngineStartError(f"in-process vLLM engine on {self.model_path} failed to start: {detail}")
+
+    async def _build_in_thread(self) -> None:
+        """Build the ``AsyncLLM`` in a worker thread (it blocks for tens of seconds) into ``self._llm``.
+
+        The build runs in a task of its own and stores its result itself, so
+        that cancelling the caller (Ctrl-C while engines start) does not lose
+        an engine that then finishes starting: :meth:`_aclose` waits for the
+        build and shuts down what it made.
+        """
+        # vLLM on the CPU sizes its cache from this variable and refuses to
+        # start without it on these machines; the engine-core child process
+        # reads it when it is started, so set it just before.
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._kv_cache_gib)
+        building = asyncio.create_task(anyio.to_thread.run_sync(self._build_and_keep), name=f"{self.name} build")
+        self._building = building
+        try:
+            await asyncio.shield(building)
+        finally:
+            if building.done():
+                self._building = None
+
+    def _build_and_keep(self) -> None:
+        # The engine core is a child process vLLM forks while it builds: guard
+        # it from the moment it appears, so a kill -9 of this process
+        # mid-build leaves nothing behind either.
+        children = self._build_children = NewChildren()
+        try:
+            with children:
+                llm = self._build()
+        except BaseException:
+            children.release()  # vLLM stopped what it started
+            raise
+        finally:
+            self._build_children = None
+        self._llm, self._children = llm, children
+
+    def _abort_build(self) -> None:
+        """Stop the processes of a build in progress, so that it fails now rather than finish starting to be closed."""
+        children = self._build_children
+        for pid in set(children.pids) if children is not None else ():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
 
     def _open_pin_control(self) -> None:
         # The control server listens in the engine-core process, on a socket
@@ -164,6 +254,7 @@ class InProcessEngine(PinControlled, Engine):
         extra = dict(self._args.get("additional_config") or {})
         extra[CONFIG_KEY] = {"listen": address, "token": token}
         self._args["additional_config"] = extra
+        self._pin_address, self._pin_token = address, token
         self._pin_client = PinControlClient(address, token, engine=self.name)
 
     async def _close_pins(self) -> None:
@@ -189,10 +280,12 @@ class InProcessEngine(PinControlled, Engine):
         return AsyncLLM.from_engine_args(args, stat_loggers=[make_stat_logger_factory(self._snapshot)])
 
     def _require_llm(self) -> AsyncLLM:
+        if self._down_reason is not None:
+            raise EngineUnavailableError(self._down_reason)
         if self._llm is None:
             raise EngineUnavailableError(f"engine {self.name} is not started")
         if self._llm.errored:
-            raise EngineUnavailableError(f"engine {self.name} is dead: {self._llm.dead_error}")
+            raise EngineUnavailableError(f"engine {self.name}: its vLLM engine core died ({self._llm.dead_error})")
         return self._llm
 
     def _prompt_ids(self, llm: AsyncLLM, request: GenerateRequest) -> list[int]:
@@ -284,7 +377,7 @@ class InProcessEngine(PinControlled, Engine):
         self._require_llm()
 
     def _available(self) -> bool:
-        return self._llm is not None and not self._llm.errored
+        return self._down_reason is None and self._llm is not None and not self._llm.errored
 
     async def _engine_stats(self) -> dict[str, Any]:
         return {**self._snapshot.as_stats(), **await self._pin_engine_stats()}
@@ -293,17 +386,93 @@ class InProcessEngine(PinControlled, Engine):
         snap = self._snapshot
         return {"waiting": snap.waiting, "running": snap.running, "kv_usage": snap.kv_usage, **self._pin_load_figures()}
 
-    async def _aclose(self) -> None:
-        llm, self._llm = self._llm, None
-        with anyio.CancelScope(shield=True):
-            await self._close_pins()
-        if llm is None:
+    # -- supervision ---------------------------------------------------------
+
+    async def _supervise(self) -> None:
+        """Wait for the engine core to die; rebuild the engine with backoff while allowed."""
+        while True:
+            while (llm := self._llm) is not None and not llm.errored:  # noqa: ASYNC110 - vLLM has no death event
+                await asyncio.sleep(_WATCH_S)
+            died = f"engine {self.name}: its vLLM engine core died"
+            if shutdown_requested():
+                # A Ctrl-C in a terminal reaches the engine core too, which then exits on its own.
+                self._down_reason = f"{died} while this process shuts down"
+                await self._shut_down_llm()
+                return
+            self._down_reason = f"{died}; restarting" if self._restart_on_failure else died
+            logger.warning("%s", self._down_reason)
+            await self._shut_down_llm()
+            while True:
+                if not self._restart_on_failure or self._restarts >= self._max_restarts:
+                    self._down_reason = (
+                        f"{died} and is not restarted (restart_on_failure={self._restart_on_failure}, "
+                        f"{self._restarts}/{self._max_restarts} restarts used): close it and start a new one"
+                    )
+                    logger.error("%s", self._down_reason)
+                    return
+                await asyncio.sleep(min(_BACKOFF_FIRST_S * 2**self._restarts, _BACKOFF_MAX_S))
+                self._restarts += 1
+                try:
+                    await self._renew_pin_client()
+                    await self._build_in_thread()
+                except Exception as exc:
+                    logger.warning("%s: restart %d failed: %s", self.name, self._restarts, self._start_error(exc))
+                    continue
+                break
+            self._down_reason = None
+            logger.warning("%s: engine rebuilt (restart %d)", self.name, self._restarts)
+
+    def _supervisor_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
             return
+        # A bug in the supervisor: without it nobody would rebuild the engine, so say it is down.
+        exc = task.exception()
+        logger.error("%s: supervisor failed", self.name, exc_info=exc)
+        self._down_reason = f"engine {self.name}: its supervisor failed: {exc!r}"
+
+    async def _renew_pin_client(self) -> None:
+        """A fresh client for the rebuilt core's control server (same address, token): the old connections are dead."""
+        old = self._pin_client
+        if old is None:
+            return
+        self._pin_client = PinControlClient(self._pin_address, self._pin_token, engine=self.name)
+        await old.aclose()
+
+    async def _shut_down_llm(self) -> None:
+        """Shut the current ``AsyncLLM`` down (its core may be dead already) and release its processes."""
+        llm, self._llm = self._llm, None
+        children, self._children = self._children, None
+        if llm is not None:
+            with anyio.CancelScope(shield=True):
+                if not self._in_flight:
+                    await _stop_output_handler(llm)
+                # shutdown() joins the engine-core process: keep the loop free.
+                await anyio.to_thread.run_sync(llm.shutdown)
+            # AsyncLLM.__del__ shuts down once more.  When a traceback keeps the object alive until the
+            # interpreter exits (SystemExit after a SIGTERM, a test's exception info), that second call runs
+            # after vLLM's modules are torn down and prints a TypeError traceback.  It is shut down already.
+            vars(llm)["shutdown"] = _shut_down_already
+        if children is not None:
+            children.release()
+
+    async def _aclose(self) -> None:
+        self._down_reason = f"engine {self.name} is closed"
+        supervisor, self._supervisor = self._supervisor, None
         with anyio.CancelScope(shield=True):
-            if not self._in_flight:
-                await _stop_output_handler(llm)
-            # shutdown() joins the engine-core process: keep the loop free.
-            await anyio.to_thread.run_sync(llm.shutdown)
+            if supervisor is not None:
+                supervisor.cancel()
+                # wait() rather than awaiting the task: its CancelledError is not ours to catch.
+                await asyncio.wait({supervisor})
+            building, self._building = self._building, None
+            if building is not None:
+                # Starting, or restarting, when asked to close (a signal during start-up): end the build, stop
+                # what it made.
+                self._abort_build()
+                await asyncio.wait({building})
+                if not building.cancelled() and building.exception() is not None:
+                    logger.debug("%s: build abandoned at close failed: %s", self.name, building.exception())
+            await self._close_pins()
+            await self._shut_down_llm()
 
     @property
     def vllm(self) -> AsyncLLM:

@@ -344,6 +344,11 @@ class RemoteEngine(PinControlled, Engine):
     requests have no overall timeout, since they may legitimately wait in the
     server's queue for long.
 
+    A failed :meth:`check_health` takes the engine out of dispatch
+    (:attr:`available` false) until a check passes again; the runtime's
+    health monitor probes every few seconds, so a killed server is noticed
+    with no call in flight.
+
     ``pin_control`` is the address of the pin control path of a server that
     runs agentrt's scheduler plug-in (``http://host:port``, the server's
     ``AGENTRT_PIN_LISTEN``; see :mod:`runtime.vllm_scheduler`), and
@@ -374,6 +379,9 @@ class RemoteEngine(PinControlled, Engine):
         self._aborted: set[str] = set()
         # The scheduler figures of the last /metrics read, for load().
         self._last_metrics: dict[str, Any] = {}
+        # Why the last health check failed; None while it passes.  Dispatch
+        # skips the engine meanwhile (available is false).
+        self._failed_check: str | None = None
         if pin_control is not None:
             token = pin_token if pin_token is not None else os.environ.get(ENV_TOKEN)
             if not token:
@@ -540,6 +548,27 @@ class RemoteEngine(PinControlled, Engine):
             response.close()
 
     # -- health and load ---------------------------------------------------
+
+    async def check_health(self) -> None:
+        """Raise :class:`~runtime.EngineUnavailableError` unless the server answers ``/health``.
+
+        The outcome sticks: after a failed check the engine reports
+        :attr:`available` false (so the runtime sends it no new call) until
+        a check succeeds again.  The runtime's health monitor checks every
+        ``Runtime(health_interval_s=)`` seconds; without it, call this (or
+        :meth:`stats`) to bring the engine back.
+        """
+        try:
+            await super().check_health()
+        except EngineClosedError:
+            raise
+        except EngineError as exc:
+            self._failed_check = str(exc)
+            raise
+        self._failed_check = None
+
+    def _available(self) -> bool:
+        return self._failed_check is None
 
     async def _check_health(self) -> None:
         status, body = await self._get("/health")

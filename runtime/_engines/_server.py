@@ -1,7 +1,9 @@
 """An engine that launches and supervises its own ``vllm serve`` process.
 
 The server runs in its own session (process group), so the engine-core process
-vLLM spawns dies with it: closing the engine signals the whole group.  A
+vLLM spawns dies with it: closing the engine signals the whole group.  The
+reaper (:mod:`._reaper`) guards the group too, so it does not outlive this
+process even when this process is killed outright.  A
 watcher task restarts the server, with backoff, when it exits on its own;
 while it is down, health checks and new requests fail with
 :class:`EngineUnavailableError`.  Requests go through :class:`RemoteEngine`.
@@ -32,6 +34,7 @@ from ._base import Completion, GenerateRequest, TokenDelta
 from ._dtype import resolve_dtype
 from ._inprocess import plugin_scheduler_cls
 from ._pin_control import ENV_LISTEN, ENV_TOKEN
+from ._reaper import reaper
 from ._remote import RemoteEngine
 
 __all__ = ["ServerEngine"]
@@ -224,6 +227,8 @@ class ServerEngine(RemoteEngine):
             log_path = Path(tmp)
         self.log_path = log_path
         self._proc: asyncio.subprocess.Process | None = None
+        # The server pid the reaper guards (with its group) until the group is gone.
+        self._guarded_pid: int | None = None
         self._restarts = 0
         self._watcher: asyncio.Task[None] | None = None
         # None while the server serves; otherwise why it cannot (restarting, gave up).
@@ -327,6 +332,8 @@ class ServerEngine(RemoteEngine):
         with _open_log(self.log_path, f"--- agentrt: starting {' '.join(command)}") as log:
             proc = await self._spawn(command, env, log)
         self._proc = proc
+        reaper().guard(proc.pid, group=True)
+        self._guarded_pid = proc.pid
         t0 = now()
         logger.info("%s: started vllm serve (pid %d), log %s", self.name, proc.pid, self.log_path)
         launched = False
@@ -400,6 +407,9 @@ class ServerEngine(RemoteEngine):
         # Reap our child so it does not linger as a zombie.
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(proc.wait(), _KILL_WAIT_S)
+        if self._guarded_pid == pgid and not _group_members(pgid):
+            self._guarded_pid = None
+            reaper().release(pgid)
 
     # -- supervision ---------------------------------------------------------
 

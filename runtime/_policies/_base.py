@@ -57,7 +57,10 @@ class CallInfo:
       to (the caller's ``stage=``, else the enclosing step's or agent's name);
     - ``prompt`` and ``sampling`` as sent (``sampling.max_tokens`` bounds the
       output); ``requested_priority``: the caller's ``priority=``, if any;
-    - ``arrived_s``: when the call reached the dispatcher.
+    - ``arrived_s``: when the call reached the dispatcher;
+    - ``timeout_s`` and ``retries``: the caller's bound on the call's
+      seconds and on its retries after transient engine failures (``None``:
+      the runtime's defaults).
     """
 
     __slots__ = (
@@ -67,8 +70,10 @@ class CallInfo:
         "program",
         "prompt",
         "requested_priority",
+        "retries",
         "sampling",
         "stage",
+        "timeout_s",
     )
 
     def __init__(
@@ -81,6 +86,8 @@ class CallInfo:
         stage: str | None,
         requested_priority: int | None,
         arrived_s: float,
+        timeout_s: float | None = None,
+        retries: int | None = None,
     ) -> None:
         self.program = program
         self.node = node
@@ -89,6 +96,8 @@ class CallInfo:
         self.stage = stage
         self.requested_priority = requested_priority
         self.arrived_s = arrived_s
+        self.timeout_s = timeout_s
+        self.retries = retries
         self._prefix_key: str | None = None
 
     @property

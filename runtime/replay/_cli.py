@@ -85,7 +85,7 @@ def register(sub: Any) -> None:
     replay.add_argument("--max-num-seqs", type=int, help="sequences per engine step (default: the engine's)")
     replay.add_argument("--no-progress", action="store_true", help="no progress bar")
     replay.add_argument("-v", "--verbose", action="store_true", help="show vLLM's own logs")
-    replay.set_defaults(handler=run_replay)
+    replay.set_defaults(handler=_interruptible(run_replay))
 
     calibrate = sub.add_parser("calibrate", help="measure a real engine and write a cost profile for the simulator")
     calibrate.add_argument("--model", default="tiny", help="model under .cache/models or a path (default: tiny)")
@@ -98,7 +98,7 @@ def register(sub: Any) -> None:
         help="number format of the engine measured " + _DTYPE_HELP + "; recorded in the profile",
     )
     calibrate.add_argument("-v", "--verbose", action="store_true", help="show vLLM's own logs")
-    calibrate.set_defaults(handler=run_calibrate)
+    calibrate.set_defaults(handler=_interruptible(run_calibrate))
 
     workload = sub.add_parser("workload", help="write a synthetic workload trace (JSON Lines)")
     workload.add_argument("kind", choices=["agent", "text2sql", "bfcl"])
@@ -119,12 +119,32 @@ def register(sub: Any) -> None:
     compare.set_defaults(handler=_offline(_bench_compare))
 
 
+def _interruptible(command: Any) -> Any:
+    """``command`` for the parser: Ctrl-C is exit code 130, not a traceback.
+
+    While engines run, the ``Runtime`` they run under handles SIGINT and
+    SIGTERM itself (programs cancelled, engines closed, ``SystemExit(130)``
+    or ``SystemExit(143)``); this covers the rest (loading a trace, a model's
+    tokenizer).
+    """
+
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            code: int = command(args)
+        except KeyboardInterrupt:
+            return 130
+        return code
+
+    return handler
+
+
 # -- workload and bench: no engine -------------------------------------------
 
 
 def _offline(command: Any) -> Any:
-    """``command`` for the parser: bad input is a message and exit code 2, not a traceback."""
+    """``command`` for the parser: bad input is a message and exit code 2, not a traceback (nor is Ctrl-C)."""
 
+    @_interruptible
     def handler(args: argparse.Namespace) -> int:
         from ._results import ResultError
         from ._trace import TraceError
@@ -397,7 +417,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     import anyio
 
-    from runtime import DTYPE_BYTES, AgentRuntimeError, resolve_model
+    from runtime import DTYPE_BYTES, AgentRuntimeError, Runtime, resolve_model
 
     from ._calibrate import CPU_BLOCK_SIZE, calibrate_engine, calibration_engine, kv_bytes_per_token
     from ._tokens import model_vocabulary
@@ -420,7 +440,8 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
     async def main() -> dict[str, Any]:
         say(f"starting an in-process engine for {model_dir.name} in {engine.dtype}")
-        async with engine:
+        # Under a Runtime (no programs) for its signal handling: SIGINT and SIGTERM close the engine, then exit.
+        async with Runtime([engine]):
             return await calibrate_engine(
                 engine,
                 name=f"{model_dir.name}-cpu",

@@ -65,7 +65,12 @@ async def pool(tiny_model: Path) -> AsyncIterator[Pool]:
     before = {p.pid for p in engine_core_processes()}
     engines = [
         InProcessEngine(
-            tiny_model, name=f"pool-{i}", max_num_seqs=1, max_model_len=2048, engine_args={"enforce_eager": True}
+            tiny_model,
+            name=f"pool-{i}",
+            max_num_seqs=1,
+            max_model_len=2048,
+            engine_args={"enforce_eager": True},
+            restart_on_failure=False,  # a killed engine stays dead: the test counts the live ones
         )
         for i in range(2)
     ]

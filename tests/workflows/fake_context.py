@@ -53,6 +53,8 @@ class FakeContext(Context):
         priority: int | None = None,
         ignore_eos: bool = False,
         stage: str | None = None,
+        timeout_s: float | None = None,
+        retries: int | None = None,
     ) -> LLMReply:
         self.llm_calls.append({"messages": [dict(m) for m in messages], "tool_choice": tool_choice})
         return self.replies.pop(0)
@@ -66,6 +68,8 @@ class FakeContext(Context):
         temperature: float = 0.0,
         priority: int | None = None,
         stage: str | None = None,
+        timeout_s: float | None = None,
+        retries: int | None = None,
     ) -> TokenReply:
         raise NotImplementedError("the fake context runs no token-level calls")
 

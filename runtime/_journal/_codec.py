@@ -1,0 +1,195 @@
+"""What the journal stores, as bytes and digests: values, prompts, fingerprints.
+
+Values (step results, LLM completions, tool messages, workflow inputs and
+results) are pickled with cloudpickle, which also takes classes and
+functions defined in ``__main__``; :func:`load_value` is plain ``pickle``.
+
+Prompts are stored *content-addressed and chained* so that a conversation's
+journal grows with its new tokens only.  Each chat message (or each aligned
+chunk of :data:`TOKEN_CHUNK` token ids) is one blob named by its digest,
+and a prompt is the last link of a chain ``link_k = H(link_{k-1}, part_k)``:
+the next turn of an agent, whose prompt is the previous prompt plus a few
+messages, adds only the new messages and their links.  (Storing the list of
+part digests with every call instead would grow with the square of the
+number of turns.)  A call's input fingerprint is its prompt's link plus its
+sampling options, so replay compares inputs without reading a prompt back.
+"""
+
+from __future__ import annotations
+
+import array
+import dataclasses
+import hashlib
+import json
+import pickle
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import cloudpickle
+
+from .._engines._base import ChatPrompt, Prompt, SamplingOptions
+from .._errors import JournalError
+
+__all__ = [
+    "TOKEN_CHUNK",
+    "Blob",
+    "PromptChain",
+    "canonical_json",
+    "digest",
+    "dump_value",
+    "fingerprint",
+    "load_value",
+]
+
+#: Token ids per content-addressed chunk of a token prompt.  A prompt that
+#: extends an earlier one shares all of its full chunks.
+TOKEN_CHUNK = 256
+
+#: A blob to store: ``(digest, kind, data)``.
+Blob = tuple[str, str, bytes]
+
+
+def digest(*parts: bytes) -> str:
+    """A 128-bit BLAKE2b digest of ``parts`` in hex (collisions are not a practical concern at this size)."""
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+    return h.hexdigest()
+
+
+def _fallback(value: object) -> object:
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, set | frozenset):
+        return sorted(map(repr, value))
+    if isinstance(value, bytes):
+        return value.hex()
+    # Objects without a stable text form (their repr may hold an address)
+    # are fingerprinted by their type only.
+    return f"<{type(value).__module__}.{type(value).__qualname__}>"
+
+
+def canonical_json(value: object) -> bytes:
+    """``value`` as JSON with sorted keys: the same inputs always give the same bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_fallback).encode()
+
+
+def fingerprint(kind: str, name: str, *inputs: object) -> str:
+    """The digest of a step's kind, name and inputs (each made canonical JSON; strings as they are)."""
+    parts = [kind.encode(), name.encode()]
+    parts.extend(i.encode() if isinstance(i, str) else canonical_json(i) for i in inputs)
+    return digest(*parts)
+
+
+def dump_value(value: object, what: str) -> bytes:
+    """Pickle ``value`` for the journal; ``what`` names it in the error when it cannot be."""
+    try:
+        try:
+            data: bytes = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except Exception:
+            # What plain pickle cannot name (classes and functions defined in __main__ or
+            # in a function) cloudpickle stores by value; it is several times slower.
+            data = cloudpickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        raise JournalError(
+            f"the journal cannot store {what}: {type(value).__name__} does not pickle ({exc}); "
+            "return plain data (str, numbers, lists, dicts, dataclasses, pydantic models) from journaled work"
+        ) from exc
+    return data
+
+
+def load_value(data: bytes, what: str) -> Any:
+    try:
+        return pickle.loads(data)
+    except Exception as exc:
+        raise JournalError(
+            f"the journal cannot load {what}: {type(exc).__name__}: {exc} "
+            "(a class it refers to may have moved or changed since it was stored)"
+        ) from exc
+
+
+def sampling_json(sampling: SamplingOptions) -> bytes:
+    return canonical_json(dataclasses.asdict(sampling))
+
+
+class PromptChain:
+    """Digests and blobs of prompts, remembering what one program already stored.
+
+    One per journaled program.  :meth:`link` returns a prompt's last chain
+    link and the blobs not stored for this program yet; message digests are
+    memoized on the message's (string) contents, so a long conversation is
+    not re-serialized in full on every turn.
+    """
+
+    __slots__ = ("_chunks", "_links", "_messages", "stored")
+
+    def __init__(self, stored: Iterable[str] = ()) -> None:
+        #: Blob digests this program has stored (or found stored).
+        self.stored: set[str] = set(stored)
+        self._messages: dict[tuple[tuple[str, str], ...], tuple[str, bytes]] = {}
+        self._links: dict[tuple[str, str], str] = {}
+        self._chunks: dict[tuple[int, ...], tuple[str, bytes]] = {}
+
+    def link(self, prompt: Prompt) -> tuple[str, list[Blob]]:
+        """The chain link naming ``prompt`` and the blobs to store for it."""
+        blobs: list[Blob] = []
+        parts: Iterable[tuple[str, str, bytes]]
+        if isinstance(prompt, ChatPrompt):
+            parts = (("message", *self._message(m)) for m in prompt.messages)
+        else:
+            ids = prompt.token_ids
+            parts = (("tokens", *self._chunk(ids[i : i + TOKEN_CHUNK])) for i in range(0, len(ids), TOKEN_CHUNK))
+        # `stored` grows only once the blobs are committed (the caller's
+        # `mark_stored`): a failed write must not make later calls skip them.
+        new: set[str] = set()
+        link = ""
+        for kind, part, data in parts:
+            if part not in self.stored and part not in new:
+                blobs.append((part, kind, data))
+                new.add(part)
+            prev = link
+            link = self._links.get((prev, part)) or self._new_link(prev, part)
+            if link not in self.stored and link not in new:
+                blobs.append((link, "link", f"{prev}:{part}".encode()))
+                new.add(link)
+        return link, blobs
+
+    def mark_stored(self, blobs: Iterable[Blob]) -> None:
+        self.stored.update(b[0] for b in blobs)
+
+    def _new_link(self, prev: str, part: str) -> str:
+        link = digest(b"link", prev.encode(), part.encode())
+        self._links[(prev, part)] = link
+        return link
+
+    def _message(self, message: Mapping[str, Any]) -> tuple[str, bytes]:
+        # Every call re-sends the whole conversation: the lookup must be cheap.
+        # Strings cache their hashes, so a key of the message's strings costs
+        # little however long they are; the common two-key message skips the sort.
+        if len(message) == 2:
+            role, content = message.get("role"), message.get("content")
+            key: tuple[Any, ...] | None = (
+                (("content", content), ("role", role)) if isinstance(role, str) and isinstance(content, str) else None
+            )
+        else:
+            key = tuple(sorted(message.items())) if all(isinstance(v, str) for v in message.values()) else None
+        if key is None:
+            data = canonical_json(dict(message))
+            return digest(b"message", data), data
+        known = self._messages.get(key)
+        if known is None:
+            data = canonical_json(dict(message))
+            known = self._messages[key] = (digest(b"message", data), data)
+        return known
+
+    def _chunk(self, token_ids: tuple[int, ...]) -> tuple[str, bytes]:
+        # Each turn re-sends the context's chunks: hashing a tuple of ints is much cheaper than digesting it.
+        known = self._chunks.get(token_ids)
+        if known is None:
+            data = array.array("q", token_ids).tobytes()
+            known = self._chunks[token_ids] = (digest(b"tokens", data), data)
+        return known
