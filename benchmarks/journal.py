@@ -37,7 +37,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import random
 import statistics
 import sys
@@ -51,6 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import anyio  # noqa: E402
+from _machine import machine  # noqa: E402
 
 from runtime import Journal, PostgresJournal, Runtime, SQLiteJournal  # noqa: E402
 from runtime.testing import ScriptedEngine  # noqa: E402
@@ -242,7 +242,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "benchmark": "journal",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "calls": calls,
         "goal_overhead_p50_ms": GOAL_MS,
         "overhead": over,

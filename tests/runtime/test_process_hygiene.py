@@ -34,6 +34,16 @@ def _env() -> dict[str, str]:
     return dict(os.environ, PYTHONPATH=str(ROOT), VLLM_LOGGING_LEVEL="WARNING", PYTHONUNBUFFERED="1")
 
 
+def _default_signals() -> None:
+    """In the child before it runs: SIGINT as a terminal's program gets it.
+
+    A test run started in the background by a non-interactive shell (CI,
+    ``nohup``) ignores SIGINT, and children inherit that; Python then leaves
+    SIGINT ignored and the runtime, rightly, does not take it over.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Subject:
     """A subprocess whose output (stdout and stderr, or a terminal for both) is collected by a thread."""
 
@@ -45,7 +55,13 @@ class Subject:
             primary, secondary = pty.openpty()
             env = dict(_env(), TERM="xterm", COLUMNS="160")
             self.proc = subprocess.Popen(
-                command, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=secondary, stderr=secondary
+                command,
+                cwd=ROOT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=secondary,
+                stderr=secondary,
+                preexec_fn=_default_signals,
             )
             os.close(secondary)
             self._reader = threading.Thread(target=self._read_fd, args=(primary,), daemon=True)
@@ -57,6 +73,7 @@ class Subject:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
+                preexec_fn=_default_signals,
             )
             assert self.proc.stdout is not None
             self._reader = threading.Thread(target=self._read_fd, args=(self.proc.stdout.fileno(),), daemon=True)
