@@ -49,9 +49,10 @@ from workflows import Context, StepFailed, ToolCall, step, workflow
 MAX_MODEL_LEN = 16384
 LONG_TOKENS = 16000
 #: Output tokens of the programs in flight when a server is killed: seconds of
-#: decoding (1,000 took under 2 s here), so the first is still mid-stream when the
+#: decoding (1,000 took under 2 s here; a busy event loop may notice the first token a second late),
+#: so the first is still mid-stream when the
 #: kill follows its first token, and they finish soon after the retry.
-KILL_TOKENS = 3000
+KILL_TOKENS = 12000
 #: Retry rounds of those programs: enough backoff (0.5 s doubling, at most 10 s each)
 #: to wait out a restart of `vllm serve` on a loaded 2-core machine.
 RESTART_RETRIES = 40
@@ -446,8 +447,10 @@ async def kill_server_mid_run(
         return any(w.tokens > 0 for w in watches)
 
     await poll_until(one_streams, timeout_s=300)
-    streaming = [w for w in watches if w.tokens > 0]
-    assert not any(w.handle.done for w in watches)
+    # A busy event loop may notice the first token late: a program that already finished is fine (one that
+    # failed fails `results`); those still streaming are the ones the kill cuts off.
+    streaming = [w for w in watches if w.tokens > 0 and not w.handle.done]
+    assert streaming, "every program finished before the kill: make KILL_TOKENS larger"
     assert all(w.started_on == [server.name] for w in streaming)
     after_start()
     pid = server.pid
