@@ -42,7 +42,7 @@ from ._dispatch import Dispatcher
 from ._engines._base import ChatPrompt, Completion, Prompt, SamplingOptions, TokenPrompt
 from ._events import StepFinished, StepReplayed, StepStarted, ToolCallFinished, ToolCallStarted
 from ._journal import ProgramJournal, StepEntry
-from ._journal._codec import fingerprint, sampling_json
+from ._journal._codec import Blob, fingerprint, sampling_json
 from ._nodes import DagCursor, NodeScope, open_node
 from ._policies import CallInfo
 from ._program import Node, NodeKind, Program
@@ -93,6 +93,26 @@ class RuntimeContext(Context):
         return RuntimeContext(self._dispatcher, self.program, node, journal=self._journal, key_prefix=prefix)
 
     # -- the journal -------------------------------------------------------------
+
+    def _entry(
+        self,
+        node: Node,
+        *inputs: object,
+        input_ref: str | None = None,
+        blobs: Sequence[Blob] = (),
+        idempotency_key: str | None = None,
+    ) -> StepEntry:
+        """``node``'s work as the journal files it: its key, kind and name, and the fingerprint of ``inputs``."""
+        kind = node.kind.value
+        return StepEntry(
+            node.key,
+            kind,
+            node.name,
+            fingerprint(kind, node.name, *inputs),
+            input_ref=input_ref,
+            blobs=blobs,
+            idempotency_key=idempotency_key,
+        )
 
     def _replayed(self, entry: StepEntry, node: Node) -> tuple[bool, Any]:
         """The journaled result of ``entry`` (``(True, value)``), announced as replayed; ``(False, None)`` if none."""
@@ -237,14 +257,7 @@ class RuntimeContext(Context):
             entry: StepEntry | None = None
             if self._journal is not None:
                 link, blobs = self._journal.prompts.link(prompt)
-                entry = StepEntry(
-                    node.key,
-                    NodeKind.LLM.value,
-                    node.name,
-                    fingerprint(NodeKind.LLM.value, node.name, link, sampling_json(sampling).decode()),
-                    input_ref=link,
-                    blobs=blobs,
-                )
+                entry = self._entry(node, link, sampling_json(sampling).decode(), input_ref=link, blobs=blobs)
                 found, journaled = self._replayed(entry, node)
                 if found:
                     completion: Completion = journaled
@@ -340,13 +353,7 @@ class RuntimeContext(Context):
             idempotency_key = f"{program.id}/{node.key}"
             entry: StepEntry | None = None
             if self._journal is not None:
-                entry = StepEntry(
-                    node.key,
-                    NodeKind.TOOL.value,
-                    call.name,
-                    fingerprint(NodeKind.TOOL.value, call.name, call.arguments),
-                    idempotency_key=idempotency_key,
-                )
+                entry = self._entry(node, call.arguments, idempotency_key=idempotency_key)
                 found, journaled = self._replayed(entry, node)
                 if found:
                     message = journaled
@@ -406,12 +413,7 @@ class RuntimeContext(Context):
             node, span = scope.node, scope.span
             entry: StepEntry | None = None
             if self._journal is not None:
-                entry = StepEntry(
-                    node.key,
-                    NodeKind.STEP.value,
-                    step.name,
-                    fingerprint(NodeKind.STEP.value, step.name, list(call.args), call.kwargs),
-                )
+                entry = self._entry(node, list(call.args), call.kwargs)
                 found, journaled = self._replayed(entry, node)
                 if found:
                     span.set_attribute(names.AGENTRT_REPLAYED, True)
@@ -457,12 +459,7 @@ class RuntimeContext(Context):
             entry: StepEntry | None = None
             found = False
             if self._journal is not None:
-                entry = StepEntry(
-                    node.key,
-                    NodeKind.AGENT.value,
-                    agent.name,
-                    fingerprint(NodeKind.AGENT.value, agent.name, agent.instructions, agent.tool_names, task),
-                )
+                entry = self._entry(node, agent.instructions, agent.tool_names, task)
                 found, journaled = self._replayed(entry, node)
             if found:
                 result: AgentResult = journaled
