@@ -488,19 +488,26 @@ async def test_programs_complete_after_their_only_server_restarts(pool: Pool) ->
 @pytest.mark.server
 async def test_programs_fail_over_when_a_server_of_the_pool_is_killed(pool: Pool) -> None:
     server, local = pool.server, pool.local
+    taken_out = anyio.Event()
+
+    async def server_out() -> bool:
+        return not server.available
+
+    async def watch_dispatch() -> None:
+        await poll_until(server_out, timeout_s=60)
+        taken_out.set()
+
     async with anyio.create_task_group() as tg:
         watches, streaming = await kill_server_mid_run(pool, tg, after_start=local.undrain)
+        # With no call left on it, the health monitor takes the dead server out of dispatch.  Watched from
+        # the kill on: the server restarts meanwhile and may be back before the programs end.
+        tg.start_soon(watch_dispatch)
         # Every program completes; those not yet streaming at the kill may still have been admitted to the
         # server before its death was noticed, or after its restart.
         assert set(await results(watches)) <= {local.name, server.name}
+    assert taken_out.is_set()
     for watch in streaming:
         (node,) = watch.handle.program.nodes.values()
         # The call the kill cut off went to the engine it had not tried, at once.
         assert node.attempts >= 2 and watch.started_on[:2] == [server.name, local.name]
         assert "retry_wait_s" not in node.attributes
-
-    # With no call left on it, the health monitor takes the dead server out of dispatch.
-    async def server_out() -> bool:
-        return not server.available
-
-    await poll_until(server_out, timeout_s=60)
