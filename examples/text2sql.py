@@ -22,6 +22,7 @@ Structured output keeps every SQL reply a ``{"sql": "SELECT ..."}`` object.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,20 +30,46 @@ from typing import Any
 from toolbridge import Database, PostgresDatabase, SQLiteDatabase, Tool, chinook_sqlite, sql_tools
 from workflows import Context, ToolCall, step, workflow
 
-__all__ = ["DEMO_QUESTION", "Candidate", "Text2SQLResult", "describe_result", "open_database", "run_demo", "text2sql"]
+__all__ = [
+    "DEMO_QUESTION",
+    "DEMO_REFERENCE_SQL",
+    "Candidate",
+    "Text2SQLResult",
+    "check_against_reference",
+    "describe_result",
+    "open_database",
+    "run_demo",
+    "sql_schema",
+    "text2sql",
+]
 
-#: The question ``agentrt demo`` asks of Chinook.
+#: The question ``agentrt demo`` asks of Chinook, and a query that answers it (to check the model's against).
 DEMO_QUESTION = "How many tracks are there in the database?"
+DEMO_REFERENCE_SQL = "SELECT count(*) FROM track"
 
-#: The reply: one SELECT statement.  Its length is bounded by ``max_tokens``:
-#: xgrammar rejects ``pattern`` with ``maxLength`` and fails to compile a
-#: bounded repetition like ``{1,240}``.
-SQL_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "properties": {"sql": {"type": "string", "pattern": "^SELECT [^;]+$"}},
-    "required": ["sql"],
-    "additionalProperties": False,
-}
+
+def sql_schema(tables: list[str]) -> dict[str, Any]:
+    """The reply: one SELECT statement that reads (at least) one of ``tables``.
+
+    A query of no table (``SELECT 1``, ``SELECT 'answer'``) runs and returns
+    a row, so without the ``FROM`` a small model passes execution with a
+    constant.  The length is bounded by ``max_tokens``: xgrammar rejects
+    ``pattern`` with ``maxLength`` and fails to compile a bounded repetition
+    like ``{1,240}``.
+    """
+    names = "|".join(re.escape(t) for t in tables)
+    return {
+        "type": "object",
+        "properties": {"sql": {"type": "string", "pattern": f"^SELECT [^;]+ FROM ({names})( [^;]*)?$"}},
+        "required": ["sql"],
+        "additionalProperties": False,
+    }
+
+
+def _reads_a_table(sql: str, tables: list[str]) -> bool:
+    """Whether ``sql`` names one of ``tables`` after a FROM or JOIN (a cut-off reply may not)."""
+    known = {t.lower() for t in tables}
+    return any(m.lower() in known for m in re.findall(r'\b(?:from|join)\s+"?(\w+)', sql, flags=re.IGNORECASE))
 
 
 @dataclass
@@ -149,27 +176,31 @@ async def link_schema(ctx: Context, tools: _Tools, question: str) -> tuple[list[
 
 
 @step(retries=1, timeout_s=120)
-async def generate_sql(ctx: Context, dialect: str, schema_text: str, question: str, temperature: float) -> str:
-    """One candidate SQL query."""
+async def generate_sql(
+    ctx: Context, dialect: str, schema_text: str, question: str, temperature: float, tables: list[str]
+) -> str:
+    """One candidate SQL query, reading one of ``tables``."""
     prompt = (
         f"Schema ({dialect}):\n{schema_text}\n\nWrite one {dialect} SELECT query that answers: {question}\n"
         'Reply as JSON: {"sql": "SELECT ..."}'
     )
     reply = await ctx.llm(
-        [{"role": "user", "content": prompt}], json_schema=SQL_SCHEMA, max_tokens=160, temperature=temperature
+        [{"role": "user", "content": prompt}], json_schema=sql_schema(tables), max_tokens=160, temperature=temperature
     )
     return _sql_of(reply.text)
 
 
 @step(retries=1, timeout_s=120)
-async def revise_sql(ctx: Context, dialect: str, schema_text: str, question: str, sql: str, problem: str) -> str:
+async def revise_sql(
+    ctx: Context, dialect: str, schema_text: str, question: str, sql: str, problem: str, tables: list[str]
+) -> str:
     """The LLM fixes a query given what went wrong when it ran."""
     prompt = (
         f"Schema ({dialect}):\n{schema_text}\n\nQuestion: {question}\nThis query:\n{sql}\n"
         f"failed: {problem[:500]}\nWrite a corrected {dialect} SELECT query. "
         'Reply as JSON: {"sql": "SELECT ..."}'
     )
-    reply = await ctx.llm([{"role": "user", "content": prompt}], json_schema=SQL_SCHEMA, max_tokens=160)
+    reply = await ctx.llm([{"role": "user", "content": prompt}], json_schema=sql_schema(tables), max_tokens=160)
     return _sql_of(reply.text)
 
 
@@ -183,12 +214,12 @@ def _sql_of(text: str) -> str:
 
 
 async def _execute_with_repair(
-    ctx: Context, tools: _Tools, schema_text: str, question: str, sql: str, k: int
+    ctx: Context, tools: _Tools, schema_text: str, question: str, sql: str, k: int, tables: list[str]
 ) -> Candidate:
     problem = ""
     for round_ in range(k + 1):
         if round_:
-            sql = await revise_sql(ctx, tools.db.dialect, schema_text, question, sql, problem)
+            sql = await revise_sql(ctx, tools.db.dialect, schema_text, question, sql, problem, tables)
         if not sql:
             problem = "no SQL query was produced"
             continue
@@ -197,15 +228,22 @@ async def _execute_with_repair(
         except _ToolFailed as exc:
             problem = str(exc)
             continue
-        if result["rows"]:
+        if not _reads_a_table(sql, tables):
+            problem = f"the query reads none of the tables {', '.join(tables)}: a constant is not an answer"
+        elif result["rows"]:
             return Candidate(sql, True, result["rows"], result["columns"], None, round_)
-        problem = "the query ran but returned no rows"
+        else:
+            problem = "the query ran but returned no rows"
     return Candidate(sql, False, error=problem, rounds=k)
 
 
 def _result_key(candidate: Candidate) -> str:
-    # Candidates agree when their rows agree, whatever the column names or order.
-    return json.dumps(sorted(json.dumps(row, default=str) for row in candidate.rows))
+    return _rows_key(candidate.rows)
+
+
+def _rows_key(rows: list[list[Any]]) -> str:
+    # Results agree when their rows agree, whatever the column names or order.
+    return json.dumps(sorted(json.dumps(row, default=str) for row in rows))
 
 
 @step(retries=1, timeout_s=120)
@@ -233,8 +271,12 @@ async def text2sql(ctx: Context, question: str, database: str = "", n: int = 3, 
     tools = _Tools(open_database(database))
     tables, schema_text = await link_schema(ctx, tools, question)
     temperatures = [0.0] + [0.7] * (n - 1)
-    drafts = await ctx.gather(*(generate_sql(ctx, tools.db.dialect, schema_text, question, t) for t in temperatures))
-    candidates = await ctx.gather(*(_execute_with_repair(ctx, tools, schema_text, question, sql, k) for sql in drafts))
+    drafts = await ctx.gather(
+        *(generate_sql(ctx, tools.db.dialect, schema_text, question, t, tables) for t in temperatures)
+    )
+    candidates = await ctx.gather(
+        *(_execute_with_repair(ctx, tools, schema_text, question, sql, k, tables) for sql in drafts)
+    )
     groups: dict[str, list[Candidate]] = {}
     for candidate in candidates:
         if candidate.ok:
@@ -263,6 +305,17 @@ def describe_result(out: dict[str, Any]) -> str:
     if out["ok"]:
         lines.append(f"rows: {out['columns']} {out['rows'][:5]}")
     return "\n".join(lines)
+
+
+async def check_against_reference(out: dict[str, Any], reference_sql: str, database: str = "") -> str:
+    """One line: whether the chosen query's rows are those of ``reference_sql``, a query known to answer."""
+    expected = (await open_database(database).query(reference_sql)).rows
+    reference = f"the reference query {reference_sql} gives {expected[:5]}"
+    if not out["ok"]:
+        return f"check: no answer: no candidate query ran successfully ({reference})."
+    if _rows_key(out["rows"]) == _rows_key(expected):
+        return f"check: right: the chosen query's rows are those of {reference}."
+    return f"check: WRONG: the chosen query ran, but {reference}: the model's SQL does not answer the question."
 
 
 async def run_demo(rt: Any, question: str = DEMO_QUESTION) -> str:

@@ -113,6 +113,8 @@ if TYPE_CHECKING:
     from ._engines._inprocess import InProcessEngine
     from ._engines._remote import RemoteEngine
     from ._engines._server import ServerEngine
+    from ._gateway._app import Gateway
+    from ._gateway._tenants import Tenant, load_api_keys
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -142,6 +144,7 @@ __all__ = [
     "EngineUnavailableError",
     "Event",
     "EventsDropped",
+    "Gateway",
     "GenerateRequest",
     "InProcessEngine",
     "Journal",
@@ -186,6 +189,7 @@ __all__ = [
     "StepStarted",
     "TokenDelta",
     "TokenGenerated",
+    "Tenant",
     "TokenPrompt",
     "ToolCallFinished",
     "ToolCallStarted",
@@ -194,6 +198,7 @@ __all__ = [
     "VLLMPolicy",
     "WaitingCall",
     "get_policy",
+    "load_api_keys",
     "models_dir",
     "policy_names",
     "prepare_model",
@@ -202,11 +207,14 @@ __all__ = [
     "resolve_model",
 ]
 
-# Engine backends load on first use: importing `runtime` must not import vLLM.
+# Engine backends and the gateway load on first use: importing `runtime` must not import vLLM or the web server.
 _LAZY = {
     "InProcessEngine": "._engines._inprocess",
     "RemoteEngine": "._engines._remote",
     "ServerEngine": "._engines._server",
+    "Gateway": "._gateway._app",
+    "Tenant": "._gateway._tenants",
+    "load_api_keys": "._gateway._tenants",
 }
 
 

@@ -4,6 +4,7 @@ agentrt demo                       an agent with tools answers a question on the
 agentrt run MODULE:WORKFLOW ...    run any workflow once and print its result (journaled)
 agentrt resume ID                  finish a journaled program: its journaled steps are not redone
 agentrt runs [show ID | prune]     the programs in the journal
+agentrt serve [--model M | --engine URL ...]   the OpenAI-compatible gateway
 agentrt models prepare|list        build the local models (no hub access)
 
 demo and run export OpenTelemetry traces when OTEL_EXPORTER_OTLP_ENDPOINT is
@@ -106,7 +107,7 @@ def _build_runtime(args: argparse.Namespace) -> Any:
 
 
 async def _run_demo(args: argparse.Namespace) -> int:
-    from ._demo import demo_workflow
+    from ._demo import demo_workflow, describe_demo
     from ._report import program_report
 
     started = time.monotonic()
@@ -114,16 +115,8 @@ async def _run_demo(args: argparse.Namespace) -> int:
         print(f"engines ready in {time.monotonic() - started:.1f} s: {', '.join(e.name for e in rt.engines)}")
         print(f"question: {args.question}")
         handle = rt.submit(demo_workflow, question=args.question)
-        result = await handle
-        for i, turn in enumerate(result.turns, 1):
-            calls = ", ".join(f"{c.name}({json.dumps(c.arguments)})" for c in turn.reply.tool_calls)
-            if turn.reply.tool_call_error:
-                print(f"turn {i}: unusable reply ({turn.reply.tool_call_error}); asked the model again")
-            else:
-                print(f"turn {i}: " + (f"tool calls {calls}" if calls else "answer"))
-            for r in turn.tool_results:
-                print(f"   -> {r.name}: {r.content}")
-        print(f"\nanswer: {result.answer}\n")
+        print(describe_demo(await handle))
+        print()
         print(program_report(handle.program))
         if not args.no_sql:
             await _run_text2sql_demo(rt)
@@ -144,7 +137,9 @@ async def _run_text2sql_demo(rt: Any) -> None:
     example = sys.modules[_TEXT2SQL_EXAMPLE.stem]
     print("\n--- Text-to-SQL on Chinook (SQLite, read-only) ---")
     handle = rt.submit(wf, question=example.DEMO_QUESTION)
-    print(example.describe_result(await handle))
+    out = await handle
+    print(example.describe_result(out))
+    print(await example.check_against_reference(out, example.DEMO_REFERENCE_SQL))
     print()
     print(program_report(handle.program))
 
@@ -224,6 +219,7 @@ def _parser() -> argparse.ArgumentParser:
     from ._policies import policy_names
     from ._runs_cli import add_journal_option, add_runs_command
     from ._runtime import default_model
+    from ._serve_cli import add_serve_command
 
     parser = argparse.ArgumentParser(prog="agentrt", description="Run LLM agent workflows on vLLM engines.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -282,6 +278,7 @@ def _parser() -> argparse.ArgumentParser:
     resume.set_defaults(handler=_traced(_resume_workflow), no_journal=False)
 
     add_runs_command(sub)
+    add_serve_command(sub, engine_options)
 
     models = sub.add_parser(
         "models",

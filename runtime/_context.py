@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import anyio
 
@@ -40,14 +40,26 @@ from workflows import (
 from ._clock import now
 from ._dispatch import Dispatcher
 from ._engines._base import ChatPrompt, Completion, Prompt, SamplingOptions, TokenPrompt
+from ._errors import EngineError
 from ._events import StepFinished, StepReplayed, StepStarted, ToolCallFinished, ToolCallStarted
 from ._journal import ProgramJournal, StepEntry
 from ._journal._codec import Blob, fingerprint, sampling_json
 from ._nodes import DagCursor, NodeScope, open_node
 from ._policies import CallInfo
 from ._program import Node, NodeKind, Program
+from ._tool_formats import (
+    TOOL_FORMATS,
+    NativeTools,
+    ToolFormat,
+    native_argument_chars,
+    native_messages,
+    openai_tools,
+    parse_native_reply,
+    resolve_tool_format,
+    structural_tag,
+)
 from ._tool_messages import repeated_message, tool_message
-from ._toolcalls import ToolPrompt, normalize_messages, parse_reply
+from ._toolcalls import ToolPrompt, normalize_messages, parse_reply, tool_specs
 from ._tracing import agent_span, chat_span, end_agent, step_span
 
 __all__ = ["RuntimeContext"]
@@ -154,18 +166,41 @@ class RuntimeContext(Context):
         stage: str | None = None,
         timeout_s: float | None = None,
         retries: int | None = None,
+        tool_format: ToolFormat = "auto",
+        tool_parser: str | None = None,
     ) -> LLMReply:
         if tools and json_schema is not None:
             raise ValueError("ctx.llm: pass either tools or json_schema, not both")
-        chat = normalize_messages(messages)
-        if not chat:
+        if tool_format not in TOOL_FORMATS:
+            raise ValueError(f"ctx.llm: tool_format must be one of {', '.join(TOOL_FORMATS)}, got {tool_format!r}")
+        if not messages:
             raise ValueError("ctx.llm: messages must not be empty")
+        specs = tool_specs(tools) if tools else ()
+        native: NativeTools | None = None
+        if specs:
+            native = resolve_tool_format(
+                tool_format, await self._tool_template(), tool_parser=tool_parser, model=self._dispatcher.model
+            )
         tool_prompt: ToolPrompt | None = None
         schema = json_schema
-        if tools:
-            tool_prompt = ToolPrompt(tuple(ToolSet(tools).values()))
-            chat = tool_prompt.with_system(chat)
-            schema = tool_prompt.schema(tool_choice, max_tokens, parallel_tool_calls=parallel_tool_calls)
+        tag: str | None = None
+        if native is not None:
+            # The native path: the template renders tools and OpenAI-shaped messages its own way.
+            prompt = ChatPrompt.of(native_messages(messages), tools=openai_tools(specs))
+            tag = structural_tag(
+                native,
+                specs,
+                tool_choice,
+                parallel_tool_calls=parallel_tool_calls,
+                max_chars=native_argument_chars(native, specs, max_tokens),
+            )
+        else:
+            chat = normalize_messages(messages)
+            if specs:
+                tool_prompt = ToolPrompt(specs)
+                chat = tool_prompt.with_system(chat)
+                schema = tool_prompt.schema(tool_choice, max_tokens, parallel_tool_calls=parallel_tool_calls)
+            prompt = ChatPrompt.of(chat)
         sampling = SamplingOptions(
             max_tokens=max_tokens,
             temperature=temperature,
@@ -174,21 +209,30 @@ class RuntimeContext(Context):
             stop=tuple(stop),
             ignore_eos=ignore_eos,
             json_schema=schema,
+            structural_tag=tag,
         )
         completion, node = await self._generate(
-            ChatPrompt.of(chat), sampling, stage=stage, priority=priority, timeout_s=timeout_s, retries=retries
+            prompt, sampling, stage=stage, priority=priority, timeout_s=timeout_s, retries=retries
         )
         text, error = completion.text, None
         calls: tuple[ToolCall, ...] = ()
-        if tool_prompt is not None:
-            parsed = parse_reply(
-                # Ids from the step key: the same on every run, so a resumed program's prompts
-                # (which quote them in tool messages) match the journaled ones.
+        # Ids from the step key: the same on every run, so a resumed program's prompts
+        # (which quote them in tool messages) match the journaled ones.
+        call_id_prefix = f"call-{node.key}"
+        used_format: Literal["native", "json"] | None = None
+        if native is not None:
+            parsed = parse_native_reply(
+                native,
                 completion.text,
+                specs,
+                tool_choice,
                 finish_reason=completion.finish_reason,
-                call_id_prefix=f"call-{node.key}",
+                call_id_prefix=call_id_prefix,
             )
-            text, calls, error = parsed.text, parsed.tool_calls, parsed.error
+            text, calls, error, used_format = parsed.text, parsed.tool_calls, parsed.error, "native"
+        elif tool_prompt is not None:
+            parsed = parse_reply(completion.text, finish_reason=completion.finish_reason, call_id_prefix=call_id_prefix)
+            text, calls, error, used_format = parsed.text, parsed.tool_calls, parsed.error, "json"
         return LLMReply(
             text=text,
             tool_calls=calls,
@@ -198,10 +242,26 @@ class RuntimeContext(Context):
             engine=completion.engine,
             raw_text=completion.text,
             tool_call_error=error,
+            tool_format=used_format,
             ttft_s=completion.ttft_s,
             latency_s=completion.e2e_s,
             queued_s=completion.queued_s,
         )
+
+    async def _tool_template(self) -> NativeTools | None:
+        """How the runtime's model does tools, asked of its engines before dispatch.
+
+        Every engine of one runtime serves one model, so the prompt is
+        rendered for it whichever engine the policy then picks: the first
+        engine that can answer decides (an available one first).
+        """
+        engines = sorted(self._dispatcher.engines, key=lambda e: not e.available)
+        for engine in engines:
+            try:
+                return await engine.tool_template()
+            except EngineError:  # down: another engine of the same model may answer
+                continue
+        return None
 
     async def llm_tokens(
         self,

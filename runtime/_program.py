@@ -20,7 +20,7 @@ import enum
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +151,8 @@ class Program:
         # most programs are never followed, and an event per emit showed in
         # replay profiles.
         self._new_event: anyio.Event | None = None
+        # Called with every event as it is emitted, in the emitting task (see listen()).
+        self._listeners: list[Callable[[Event], None]] = []
 
     # -- time ----------------------------------------------------------------
 
@@ -204,6 +206,19 @@ class Program:
         waiter, self._new_event = self._new_event, None
         if waiter is not None:
             waiter.set()
+        for listener in self._listeners:
+            listener(event)
+
+    def listen(self, listener: Callable[[Event], None]) -> Callable[[], None]:
+        """Call ``listener(event)`` for each event from now on, synchronously, in the task that emits it.
+
+        Unlike :meth:`events`, nothing is buffered or dropped, and the
+        listener sees the emitting task's context variables (the gateway
+        tells a streaming request's tokens apart that way).  A listener must
+        be quick and must not raise.  Returns the function that removes it.
+        """
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     @property
     def events_emitted(self) -> int:

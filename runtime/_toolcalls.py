@@ -19,10 +19,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from toolbridge import Tool
-from workflows import ToolCall, ToolChoice
+from toolbridge import ToolDefinitionError, as_tool
+from workflows import ToolCall, ToolChoice, ToolLike, ToolSpec
 
-__all__ = ["ParsedReply", "ToolPrompt", "bounded", "normalize_messages", "parse_reply"]
+__all__ = ["ParsedReply", "ToolPrompt", "argument_chars", "bounded", "normalize_messages", "parse_reply", "tool_specs"]
 
 #: The most tool calls one reply may make.
 MAX_CALLS_PER_TURN = 4
@@ -64,7 +64,25 @@ def bounded(schema: Any, max_chars: int) -> Any:
     return out
 
 
-def _calls_schema(tools: Sequence[Tool], max_chars: int, max_calls: int) -> dict[str, Any]:
+def tool_specs(tools: Sequence[ToolLike]) -> tuple[ToolSpec, ...]:
+    """The tools a model is shown: described tools as they are, functions made tools (``toolbridge.as_tool``).
+
+    Any object with ``name``, ``description`` and ``parameters`` (the
+    :class:`workflows.ToolSpec` protocol, e.g. an OpenAI client's tool) is
+    enough to prompt with and parse for; running one takes a
+    ``toolbridge.Tool``.  Two tools with one name raise
+    :class:`toolbridge.ToolDefinitionError`.
+    """
+    specs: dict[str, ToolSpec] = {}
+    for item in tools:
+        spec: ToolSpec = item if isinstance(item, ToolSpec) else as_tool(item)
+        if spec.name in specs:
+            raise ToolDefinitionError(f"two tools are named {spec.name!r}: {specs[spec.name]!r} and {spec!r}")
+        specs[spec.name] = spec
+    return tuple(specs.values())
+
+
+def _calls_schema(tools: Sequence[ToolSpec], max_chars: int, max_calls: int) -> dict[str, Any]:
     variants = [
         {
             "type": "object",
@@ -83,11 +101,20 @@ def _calls_schema(tools: Sequence[Tool], max_chars: int, max_calls: int) -> dict
     }
 
 
+def argument_chars(max_tokens: int) -> int:
+    """The bound on each argument string of a constrained call of at most ``max_tokens`` tokens, characters.
+
+    A call's JSON then closes before ``max_tokens`` runs out even when every
+    character costs a token (random-weight test models).
+    """
+    return max(8, (max_tokens - 16) // 4)
+
+
 @dataclass(frozen=True, slots=True)
 class ToolPrompt:
     """The tools of one call: the system text that describes them and the reply schema."""
 
-    tools: tuple[Tool, ...]
+    tools: tuple[ToolSpec, ...]
 
     def system_text(self) -> str:
         lines = ["You can call these tools:"]
@@ -126,7 +153,7 @@ class ToolPrompt:
         # (random-weight test models).  The answer bound is loose: an answer
         # cut off by max_tokens is salvaged by parse_reply.
         answer = _answer_schema(max(16, 4 * max_tokens))
-        arg_chars = max(8, (max_tokens - 16) // 4)
+        arg_chars = argument_chars(max_tokens)
         if tool_choice == "none":
             return answer
         if tool_choice == "auto":
@@ -166,7 +193,9 @@ def _salvage_answer(raw: str) -> str | None:
 def parse_reply(raw: str, *, finish_reason: str | None, call_id_prefix: str) -> ParsedReply:
     """Turn the constrained JSON a model produced into an answer or tool calls."""
     try:
-        data = json.loads(raw)
+        # strict=False: the grammar lets raw control characters into strings (a weak model writes
+        # them), which strict JSON refuses; the call is still the one the grammar shaped.
+        data = json.loads(raw, strict=False)
     except json.JSONDecodeError as exc:
         salvaged = _salvage_answer(raw)
         if salvaged is not None:

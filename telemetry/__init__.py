@@ -33,7 +33,7 @@ from ._setup import (
     shutdown,
     tracer,
 )
-from ._spans import INVALID_SPAN, add_event, inject_trace_headers, set_error, span
+from ._spans import INVALID_SPAN, add_event, inject_trace_headers, set_error, span, use_span
 
 __all__ = [
     "DEFAULT_SERVICE_NAME",
@@ -53,5 +53,6 @@ __all__ = [
     "span",
     "spans_to_otlp_json",
     "tracer",
+    "use_span",
     "write_otlp_json",
 ]

@@ -14,6 +14,11 @@ from typing import Final
 __all__ = [
     "AGENTRT_DISPATCH_CANDIDATES",
     "AGENTRT_ENGINE_NAME",
+    "AGENTRT_SESSION_SOURCE",
+    "AGENTRT_TENANT",
+    "HTTP_REQUEST_METHOD",
+    "HTTP_RESPONSE_STATUS_CODE",
+    "HTTP_ROUTE",
     "EVENT_DISPATCH",
     "EVENT_ENGINE_UNAVAILABLE",
     "AGENTRT_LLM_ATTEMPTS",
@@ -146,3 +151,13 @@ AGENTRT_TOOL_WALL_S: Final = "agentrt.tool.wall_s"
 AGENTRT_TOOL_CPU_S: Final = "agentrt.tool.cpu_s"
 AGENTRT_TOOL_PEAK_MEMORY_BYTES: Final = "agentrt.tool.peak_memory_bytes"
 AGENTRT_TOOL_OOM_KILLED: Final = "agentrt.tool.oom_killed"
+
+# -- the OpenAI-compatible gateway (agentrt serve) ----------------------------------
+
+HTTP_REQUEST_METHOD: Final = "http.request.method"
+HTTP_ROUTE: Final = "http.route"
+HTTP_RESPONSE_STATUS_CODE: Final = "http.response.status_code"
+#: The tenant (API key) a gateway request came from.
+AGENTRT_TENANT: Final = "agentrt.tenant"
+#: What named the program a gateway request joined (a header or body field, or none).
+AGENTRT_SESSION_SOURCE: Final = "agentrt.session.source"

@@ -19,7 +19,7 @@ from opentelemetry.util.types import AttributeValue
 from . import _setup
 from ._names import ERROR_TYPE
 
-__all__ = ["INVALID_SPAN", "add_event", "inject_trace_headers", "set_error", "span"]
+__all__ = ["INVALID_SPAN", "add_event", "inject_trace_headers", "set_error", "span", "use_span"]
 
 Attributes = Mapping[str, AttributeValue]
 
@@ -32,11 +32,15 @@ def span(
     kind: SpanKind = SpanKind.INTERNAL,
     root: bool = False,
     start_time_s: float | None = None,
+    trace_headers: Mapping[str, str] | None = None,
 ) -> Iterator[Span]:
     """Open ``name`` as the current span for the ``with`` block and end it after.
 
     ``root=True`` starts a new trace even inside another span (one trace per
-    program), linking to the span that was current.  ``start_time_s`` is a
+    program), linking to the span that was current.  ``trace_headers`` are
+    a caller's W3C trace-context headers (``traceparent``, ``tracestate``;
+    any case): when they name a valid span, the new span is its child, in
+    the caller's trace, whatever span is current here.  ``start_time_s`` is a
     ``time.time()`` reading (seconds) to backdate the start.  An exception
     leaving the block sets ERROR status and ``error.type`` (unless the block set
     an error already); cancellation leaves ``error.type=cancelled``.
@@ -51,6 +55,11 @@ def span(
         current = otel_trace.get_current_span().get_span_context()
         links = [Link(current)] if current.is_valid else ()
         parent = otel_context.Context()  # empty: no parent span
+    if trace_headers:
+        # The propagator's getter reads a mapping by exact key; HTTP header names are case-insensitive.
+        remote = propagate.extract({k.lower(): v for k, v in trace_headers.items()})
+        if otel_trace.get_current_span(remote).get_span_context().is_valid:
+            parent = remote
     start_ns = int(start_time_s * 1e9) if start_time_s is not None else None
     # Status is set here rather than by the SDK so that cancellation (a
     # BaseException) is told apart from a failure.
@@ -77,6 +86,20 @@ def span(
         finally:
             if not finished and _status_unset(current_span):
                 set_error(current_span, "cancelled", "cancelled")
+
+
+@contextmanager
+def use_span(s: Span) -> Iterator[Span]:
+    """Make ``s`` the current span for the ``with`` block (in this task), without ending it after.
+
+    Work started in another task than the span's (a request handled by one
+    task, its LLM call run by a program's) opens its spans as children of ``s``.
+    """
+    if _setup.tracer() is None or not s.get_span_context().is_valid:
+        yield s
+        return
+    with otel_trace.use_span(s, end_on_exit=False):
+        yield s
 
 
 def _status_unset(s: Span) -> bool:

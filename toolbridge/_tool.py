@@ -2,7 +2,9 @@
 
 The JSON schema of a tool's arguments comes from the function's signature via
 pydantic, and the same pydantic model validates what a model sends back, so
-the two can never disagree.
+the two can never disagree.  The docstring (Google, NumPy or Sphinx style;
+parsed in :mod:`toolbridge._docstrings`) gives the tool's description, its
+first paragraph, and each documented parameter's description.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any, Literal, NewType, TypeAlias, overload
 
 import pydantic
 
+from ._docstrings import parse_docstring
 from ._errors import ToolArgumentsError, ToolDefinitionError
 from ._limits import Limits
 
@@ -31,12 +34,6 @@ __all__ = ["IdempotencyKey", "Isolation", "Tool", "as_tool", "tool"]
 #: ``INSERT``, an ``Idempotency-Key`` header).  The parameter is not shown to
 #: the model.  Outside a runtime each call gets a fresh random key.
 IdempotencyKey = NewType("IdempotencyKey", str)
-
-
-def _first_paragraph(doc: str | None) -> str:
-    if not doc:
-        return ""
-    return inspect.cleandoc(doc).split("\n\n", 1)[0].replace("\n", " ").strip()
 
 
 def _strip_titles(schema: Any) -> Any:
@@ -80,7 +77,12 @@ class Tool:
         self.name: str = name or fn.__name__
         if not self.name.replace("_", "").replace("-", "").isalnum():
             raise ToolDefinitionError(f"@tool: name must be letters, digits, '_' or '-', got {self.name!r}")
-        self.description: str = description if description is not None else _first_paragraph(fn.__doc__)
+        doc = parse_docstring(fn.__doc__)
+        # The summary alone, not the docstring's further prose: that is
+        # mostly written for readers of the code (examples, caveats) and
+        # would cost prompt tokens on every turn the tool is offered.  Pass
+        # ``description=`` to show a model more.
+        self.description: str = description if description is not None else doc.summary
         if isolation not in ("inline", "process"):
             raise ToolDefinitionError(f"@tool: isolation must be 'inline' or 'process', got {isolation!r}")
         if limits is not None and not isinstance(limits, Limits):
@@ -103,6 +105,14 @@ class Tool:
         self.parameters: dict[str, Any] = _strip_titles(self._model.model_json_schema())
         self.parameters.setdefault("properties", {})
         self.parameters["additionalProperties"] = False
+        for pname, prop in self.parameters["properties"].items():
+            # A description given in the annotation (``Field(description=...)``)
+            # is the more deliberate one and wins; documented names that are
+            # not properties (``self``, the idempotency key, a stale entry)
+            # are never looked up.
+            text = doc.parameters.get(pname)
+            if text and isinstance(prop, dict) and "description" not in prop:
+                prop["description"] = text
 
     def _build_model(self, fn: Callable[..., Any]) -> type[pydantic.BaseModel]:
         sig = inspect.signature(fn)

@@ -26,7 +26,7 @@ from ._errors import (
     WorkflowError,
     WorkflowInputError,
 )
-from ._types import LLMReply, TokenReply, ToolCall, ToolChoice, ToolLike, ToolMessage, ToolSpec, Usage
+from ._types import LLMReply, TokenReply, ToolCall, ToolChoice, ToolFormat, ToolLike, ToolMessage, ToolSpec, Usage
 
 __all__ = [
     "Agent",
@@ -42,6 +42,7 @@ __all__ = [
     "TokenReply",
     "ToolCall",
     "ToolChoice",
+    "ToolFormat",
     "ToolLike",
     "ToolMessage",
     "ToolSpec",

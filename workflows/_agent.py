@@ -17,7 +17,7 @@ from typing import Any
 
 from ._context import Context
 from ._errors import AgentOutputError, WorkflowDefinitionError
-from ._types import LLMReply, ToolChoice, ToolLike, ToolMessage, Usage
+from ._types import LLMReply, ToolChoice, ToolFormat, ToolLike, ToolMessage, Usage
 
 __all__ = ["Agent", "AgentResult", "AgentTurn"]
 
@@ -80,6 +80,11 @@ class Agent:
     goes back to the model as an error to repair.  The ``max_repairs + 1``-th
     raises :class:`AgentOutputError` (quoting the last problems), which fails
     the program unless the workflow catches it.
+
+    ``tool_format`` and ``tool_parser`` are passed to every ``ctx.llm`` call
+    (docs/tools.md): on the native path the model's tool calls go back into
+    the conversation as an OpenAI assistant ``tool_calls`` message and their
+    results as ``tool`` messages, for the chat template to render.
     """
 
     #: Tool-message error kinds (``toolbridge.ErrorKind`` values) that mean the model's call was unusable.
@@ -99,6 +104,8 @@ class Agent:
         repeat_calls: bool = False,
         priority: int | None = None,
         max_repairs: int = 3,
+        tool_format: ToolFormat = "auto",
+        tool_parser: str | None = None,
     ) -> None:
         if not isinstance(instructions, str):
             raise WorkflowDefinitionError(f"Agent instructions must be a string, got {type(instructions).__name__}")
@@ -124,6 +131,10 @@ class Agent:
                 f"Agent {name!r}: tool_choice must be 'auto', 'required', 'none' or a tool name "
                 f"({', '.join(names) or 'no tools'}), got {tool_choice!r}"
             )
+        if tool_format not in ("auto", "native", "json"):
+            raise WorkflowDefinitionError(
+                f"Agent {name!r}: tool_format must be 'auto', 'native' or 'json', got {tool_format!r}"
+            )
         if tool_choice != "none" and tool_choice != "auto" and not names:
             raise WorkflowDefinitionError(f"Agent {name!r}: tool_choice={tool_choice!r} needs at least one tool")
         self.instructions = instructions
@@ -138,6 +149,8 @@ class Agent:
         self.repeat_calls = repeat_calls
         self.priority = priority
         self.max_repairs = max_repairs
+        self.tool_format: ToolFormat = tool_format
+        self.tool_parser = tool_parser
 
     async def run(self, ctx: Context, task: str | Sequence[Mapping[str, Any]]) -> AgentResult:
         """Run the loop for ``task`` (a user message, or a list of chat messages)."""
@@ -160,6 +173,13 @@ class Agent:
             if len(problems) > self.max_repairs:
                 raise AgentOutputError(self.name, tuple(problems), max_repairs=self.max_repairs, turns=len(turns))
 
+        # Passed only when chosen: contexts written before these options existed keep working.
+        formats: dict[str, Any] = {}
+        if self.tool_format != "auto":
+            formats["tool_format"] = self.tool_format
+        if self.tool_parser is not None:
+            formats["tool_parser"] = self.tool_parser
+
         for turn in range(1, self.max_turns + 1):
             last = turn == self.max_turns
             choice: ToolChoice = "none" if last or not self.tools else self.tool_choice
@@ -171,22 +191,35 @@ class Agent:
                 max_tokens=self.max_tokens,
                 temperature=self.temperature,
                 priority=self.priority,
+                **formats,
             )
             usage = usage + reply.usage
-            # The assistant's turn goes back verbatim: the next prompt then
-            # starts with exactly the tokens the engine already holds.
-            messages.append({"role": "assistant", "content": reply.raw_text or reply.text})
+            native = reply.tool_format == "native"
+            if native and reply.tool_calls and reply.tool_call_error is None:
+                # The template renders the calls its own way (the model's format).
+                messages.append(
+                    {
+                        "role": "assistant",
+                        "content": reply.text or None,
+                        "tool_calls": [call.to_openai() for call in reply.tool_calls],
+                    }
+                )
+            else:
+                # The assistant's turn goes back verbatim: the next prompt then
+                # starts with exactly the tokens the engine already holds.
+                messages.append({"role": "assistant", "content": reply.raw_text or reply.text})
             if reply.tool_call_error is not None:
                 turns.append(AgentTurn(reply))
                 unusable(f"turn {turn}: reply could not be used ({reply.tool_call_error}): {_excerpt(reply.raw_text)}")
                 if last:
                     break
+                again = (
+                    "Reply again with a well-formed tool call or your answer."
+                    if native
+                    else "Reply again with one valid JSON object."
+                )
                 messages.append(
-                    {
-                        "role": "user",
-                        "content": f"Your reply could not be used ({reply.tool_call_error}). "
-                        "Reply again with one valid JSON object.",
-                    }
+                    {"role": "user", "content": f"Your reply could not be used ({reply.tool_call_error}). {again}"}
                 )
                 continue
             if not reply.tool_calls:

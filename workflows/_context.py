@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._types import LLMReply, TokenReply, ToolCall, ToolChoice, ToolLike, ToolMessage
+from ._types import LLMReply, TokenReply, ToolCall, ToolChoice, ToolFormat, ToolLike, ToolMessage
 
 if TYPE_CHECKING:
     from ._agent import Agent, AgentResult
@@ -53,14 +53,24 @@ class Context(ABC):
         stage: str | None = None,
         timeout_s: float | None = None,
         retries: int | None = None,
+        tool_format: ToolFormat = "auto",
+        tool_parser: str | None = None,
     ) -> LLMReply:
         """Run one LLM call on the program's behalf.
 
         ``messages`` are OpenAI-style chat messages.  With ``tools`` the model
         either calls tools (``reply.tool_calls``) or answers (``reply.text``),
         as ``tool_choice`` allows (``parallel_tool_calls=False``: at most one
-        call per reply); the output is constrained by structured output so it
-        always parses.  ``json_schema`` constrains a plain reply
+        call per reply).  ``tool_format`` chooses how (docs/tools.md):
+        ``"native"`` renders the tools through the model's chat template and
+        parses its own call format with a vLLM tool parser (``tool_parser``
+        names one, overriding the one found from the template; a model
+        without tool support raises ``ValueError``), constraining the
+        output only when a call is required; ``"json"`` constrains the
+        output to a JSON protocol by structured output, so it always parses;
+        ``"auto"`` is native where the model supports it, else JSON.
+        Schema-only tools (any :class:`ToolSpec`) are enough to prompt with.
+        ``json_schema`` constrains a plain reply
         to JSON valid against the schema.  ``priority`` (lower runs first)
         overrides the program's priority for this call.  ``stage`` names the
         stage of the program the call belongs to, for scheduling policies

@@ -7,7 +7,17 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, TypeAlias, runtime_checkable
 
-__all__ = ["LLMReply", "TokenReply", "ToolCall", "ToolChoice", "ToolLike", "ToolMessage", "ToolSpec", "Usage"]
+__all__ = [
+    "LLMReply",
+    "TokenReply",
+    "ToolCall",
+    "ToolChoice",
+    "ToolFormat",
+    "ToolLike",
+    "ToolMessage",
+    "ToolSpec",
+    "Usage",
+]
 
 
 @runtime_checkable
@@ -36,6 +46,12 @@ ToolLike: TypeAlias = ToolSpec | Callable[..., Any]
 #: ``"required"`` forces at least one tool call, ``"none"`` forces an answer;
 #: any other string names the one tool the model must call.
 ToolChoice: TypeAlias = Literal["auto", "required", "none"] | str
+
+#: How tools are put to the model (docs/tools.md): ``"native"`` in its chat
+#: template's own tool format, parsed by vLLM's tool parser for it; ``"json"``
+#: as a JSON protocol forced by structured output (any model); ``"auto"``
+#: native where the model's template supports tools, else JSON.
+ToolFormat: TypeAlias = Literal["auto", "native", "json"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,8 +101,10 @@ class LLMReply:
     ``text`` is the answer (with tools: the ``answer`` the model gave, else the
     raw generated text).  ``tool_calls`` is empty unless the model called tools.
     ``tool_call_error`` is set when the model tried to call tools but produced
-    output that cannot be used (truncated or invalid JSON); ``raw_text`` always
-    holds exactly what the model generated.
+    output that cannot be used (truncated or invalid JSON, a native call that
+    does not parse, a required call not made); ``raw_text`` always holds
+    exactly what the model generated.  ``tool_format`` says how the tools
+    were put to the model (``"native"`` or ``"json"``; None without tools).
     """
 
     text: str
@@ -100,6 +118,7 @@ class LLMReply:
     ttft_s: float | None = None
     latency_s: float = 0.0
     queued_s: float | None = None
+    tool_format: Literal["native", "json"] | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,9 +16,12 @@ from collections.abc import AsyncGenerator, Mapping, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self, TypeAlias
+from typing import TYPE_CHECKING, Any, Self, TypeAlias
 
 from .._errors import EngineCapabilityError, EngineClosedError, EngineError
+
+if TYPE_CHECKING:
+    from .._tool_formats import NativeTools
 
 __all__ = [
     "ChatPrompt",
@@ -58,13 +61,20 @@ METADATA_PIN_TTL_S = "pin_ttl_s"
 
 @dataclass(frozen=True, slots=True)
 class ChatPrompt:
-    """Chat messages (``{"role": ..., "content": ...}``) rendered by the engine's chat template."""
+    """Chat messages (``{"role": ..., "content": ...}``) rendered by the engine's chat template.
+
+    ``tools`` are OpenAI function tools (``{"type": "function", "function":
+    {"name", "description", "parameters"}}``) for the template to render in
+    the model's own tool format (the native path of docs/tools.md); empty on
+    the JSON path, whose tools are described in the messages themselves.
+    """
 
     messages: tuple[Mapping[str, Any], ...]
+    tools: tuple[Mapping[str, Any], ...] = ()
 
     @classmethod
-    def of(cls, messages: Sequence[Mapping[str, Any]]) -> ChatPrompt:
-        return cls(tuple(dict(m) for m in messages))
+    def of(cls, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Mapping[str, Any]] = ()) -> ChatPrompt:
+        return cls(tuple(dict(m) for m in messages), tuple(dict(t) for t in tools))
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +93,9 @@ class SamplingOptions:
 
     ``json_schema`` turns on structured output: the engine only emits text that
     parses as JSON valid against the schema (vLLM guided decoding).
+    ``structural_tag`` (an xgrammar structural tag, as JSON text) constrains
+    it to a format with free text and constrained parts, such as a model's
+    own tool-call format; at most one of the two may be set.
     """
 
     max_tokens: int = 256
@@ -92,8 +105,11 @@ class SamplingOptions:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     json_schema: Mapping[str, Any] | None = None
+    structural_tag: str | None = None
 
     def __post_init__(self) -> None:
+        if self.json_schema is not None and self.structural_tag is not None:
+            raise ValueError("json_schema and structural_tag are exclusive: constrain the output with one of them")
         if self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.temperature < 0:
@@ -401,6 +417,20 @@ class Engine(ABC):
         """Seconds this engine takes to prefill ``tokens`` uncached tokens, from its calibration; None when it has none.
 
         For policies weighing a KV pin against recomputing the prompt; no I/O.
+        """
+        return None
+
+    # -- the chat template's tools -------------------------------------------
+
+    async def tool_template(self) -> NativeTools | None:
+        """How this engine's chat template does tools (docs/tools.md); None when it does not, or cannot tell.
+
+        The runtime asks before putting a call with tools to the model: with
+        an answer, ``ChatPrompt.tools`` are rendered by the template and the
+        output parsed by the named vLLM tool parser (the native path); with
+        None, tools go the JSON-protocol way.  Backends that can see the
+        model's tokenizer override it (in-process: the engine's own; servers:
+        the model's local directory); the answer is cached by them.
         """
         return None
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import secrets
@@ -32,6 +33,7 @@ from .._clock import now
 from .._errors import EngineRequestError, EngineStartError, EngineUnavailableError
 from .._models import resolve_model
 from .._signals import shutdown_requested
+from .._tool_formats import NativeTools, native_tools_of
 from ._base import ChatPrompt, Completion, Engine, GenerateRequest, TokenDelta
 from ._dtype import engine_build, resolve_dtype
 from ._pin_control import CONFIG_KEY, PinControlClient
@@ -51,6 +53,8 @@ _WATCH_S = 0.25
 #: Restart backoff: first delay and cap, seconds (doubles per restart), as for servers.
 _BACKOFF_FIRST_S = 1.0
 _BACKOFF_MAX_S = 30.0
+#: Seconds the engine core gets to exit after vLLM's SIGTERM at shutdown before vLLM kills it (vLLM's default: 5).
+_CORE_EXIT_GRACE_S = 30.0
 
 
 async def _stop_output_handler(llm: AsyncLLM) -> None:
@@ -61,13 +65,34 @@ async def _stop_output_handler(llm: AsyncLLM) -> None:
     between and logs it as a crash ("AsyncLLM output_handler failed ...
     EngineDeadError", a traceback at every other exit of the demo).  With
     nothing in flight the handler has nothing left to deliver, so it goes
-    first.  (With requests in flight vLLM's order stands: the handler's error
-    is what fails their streams instead of leaving them waiting.)
+    first.  (A close aborts what is in flight first, :func:`_quiesce`; on a
+    dead core with requests in flight vLLM's order stands: the handler's
+    error is what fails their streams instead of leaving them waiting.)
     """
     handler = getattr(llm, "output_handler", None)
     if isinstance(handler, asyncio.Task) and not handler.done():
         handler.cancel()
         await asyncio.wait({handler})  # not awaited itself: its CancelledError is not ours
+
+
+async def _quiesce(llm: AsyncLLM, in_flight: tuple[str, ...]) -> None:
+    """Before a deliberate shutdown of a live engine: abort what is in flight, then stop the output handler.
+
+    Aborting ends each request's stream with vLLM's final "abort" output
+    (what :meth:`Engine.aclose` promises), so the output handler has nothing
+    left to deliver and can go before the core stops, and nobody waits on a
+    stream that would otherwise only end by the handler's ``EngineDeadError``.
+    """
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    if in_flight:
+        try:
+            await llm.abort(list(in_flight))
+        except EngineDeadError:
+            pass  # the core died meanwhile; the streams were ended before the core was asked
+        except Exception:
+            logger.warning("aborting %d request(s) before shutdown failed", len(in_flight), exc_info=True)
+    await _stop_output_handler(llm)
 
 
 def _shut_down_already(timeout: float | None = None) -> None:
@@ -178,6 +203,9 @@ class InProcessEngine(PinControlled, Engine):
         self._supervisor: asyncio.Task[None] | None = None
         # None while the engine serves (or before it starts); otherwise why it cannot (restarting, gave up, closed).
         self._down_reason: str | None = None
+        # The chat template's tools, read once from the engine's tokenizer (the model does not change).
+        self._tool_template: NativeTools | None = None
+        self._tool_template_read = False
 
     @property
     def restarts(self) -> int:
@@ -292,9 +320,12 @@ class InProcessEngine(PinControlled, Engine):
         if not isinstance(request.prompt, ChatPrompt):
             return list(request.prompt.token_ids)
         tokenizer = llm.get_tokenizer()
+        # Tools only when there are some: a template given tools=[] may still
+        # render its tools preamble, and the JSON path's prompts must not change.
+        tools = {"tools": [dict(t) for t in request.prompt.tools]} if request.prompt.tools else {}
         try:
             ids = tokenizer.apply_chat_template(
-                [dict(m) for m in request.prompt.messages], add_generation_prompt=True, tokenize=True
+                [dict(m) for m in request.prompt.messages], add_generation_prompt=True, tokenize=True, **tools
             )
         except Exception as exc:
             raise EngineRequestError(f"cannot render chat messages with {self.model}'s template: {exc}") from exc
@@ -320,8 +351,15 @@ class InProcessEngine(PinControlled, Engine):
                 stop=list(opts.stop) or None,
                 ignore_eos=opts.ignore_eos,
                 structured_outputs=(
-                    StructuredOutputsParams(json=dict(opts.json_schema)) if opts.json_schema is not None else None
+                    StructuredOutputsParams(json=dict(opts.json_schema))
+                    if opts.json_schema is not None
+                    else StructuredOutputsParams(structural_tag=opts.structural_tag)
+                    if opts.structural_tag is not None
+                    else None
                 ),
+                # A native tool call's markers are special tokens in some
+                # models (as vLLM's parsers set it, for the parser to see them).
+                skip_special_tokens=not (isinstance(request.prompt, ChatPrompt) and request.prompt.tools),
                 extra_args=dict(request.metadata) or None,
                 output_kind=RequestOutputKind.DELTA,
             )
@@ -368,6 +406,14 @@ class InProcessEngine(PinControlled, Engine):
             raise EngineUnavailableError(f"engine {self.name} died: {exc}") from exc
         except (VLLMClientError, ValueError) as exc:
             raise EngineRequestError(f"engine {self.name} rejected request {request.request_id!r}: {exc}") from exc
+
+    async def tool_template(self) -> NativeTools | None:
+        """What the engine's own tokenizer's chat template does with tools (see :meth:`Engine.tool_template`)."""
+        if not self._tool_template_read:
+            tokenizer = self._require_llm().get_tokenizer()
+            self._tool_template = native_tools_of(tokenizer, self.model)
+            self._tool_template_read = True
+        return self._tool_template
 
     async def _abort(self, request_id: str) -> None:
         if self._llm is not None:
@@ -438,16 +484,21 @@ class InProcessEngine(PinControlled, Engine):
         self._pin_client = PinControlClient(self._pin_address, self._pin_token, engine=self.name)
         await old.aclose()
 
-    async def _shut_down_llm(self) -> None:
-        """Shut the current ``AsyncLLM`` down (its core may be dead already) and release its processes."""
+    async def _shut_down_llm(self, *, closing: bool = False) -> None:
+        """Shut the current ``AsyncLLM`` down (its core may be dead already) and release its processes.
+
+        ``closing``: a deliberate close, so requests in flight on a live core are aborted first.
+        """
         llm, self._llm = self._llm, None
         children, self._children = self._children, None
         if llm is not None:
             with anyio.CancelScope(shield=True):
-                if not self._in_flight:
+                if closing and not llm.errored:
+                    await _quiesce(llm, tuple(self._in_flight))
+                elif not self._in_flight:
                     await _stop_output_handler(llm)
-                # shutdown() joins the engine-core process: keep the loop free.
-                await anyio.to_thread.run_sync(llm.shutdown)
+                # shutdown() sends the core SIGTERM and joins it: in a thread, to keep the loop free.
+                await anyio.to_thread.run_sync(functools.partial(llm.shutdown, timeout=_CORE_EXIT_GRACE_S))
             # AsyncLLM.__del__ shuts down once more.  When a traceback keeps the object alive until the
             # interpreter exits (SystemExit after a SIGTERM, a test's exception info), that second call runs
             # after vLLM's modules are torn down and prints a TypeError traceback.  It is shut down already.
@@ -472,7 +523,7 @@ class InProcessEngine(PinControlled, Engine):
                 if not building.cancelled() and building.exception() is not None:
                     logger.debug("%s: build abandoned at close failed: %s", self.name, building.exception())
             await self._close_pins()
-            await self._shut_down_llm()
+            await self._shut_down_llm(closing=True)
 
     @property
     def vllm(self) -> AsyncLLM:

@@ -22,6 +22,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import anyio.to_thread
 from prometheus_client.parser import text_string_to_metric_families
 
 import telemetry
@@ -34,6 +35,7 @@ from .._errors import (
     EngineStartError,
     EngineUnavailableError,
 )
+from .._tool_formats import NativeTools, load_native_tools
 from ._base import (
     ChatPrompt,
     Completion,
@@ -319,10 +321,22 @@ def request_body(request: GenerateRequest, model: str) -> tuple[str, dict[str, A
     if sampling.json_schema is not None:
         # vLLM's own field; works on both endpoints (response_format is chat-only).
         body["structured_outputs"] = {"json": dict(sampling.json_schema)}
+    elif sampling.structural_tag is not None:
+        body["structured_outputs"] = {"structural_tag": sampling.structural_tag}
     if request.metadata:
         body["vllm_xargs"] = {k: list(v) if isinstance(v, list) else v for k, v in request.metadata.items()}
     if isinstance(request.prompt, ChatPrompt):
         body["messages"] = [dict(m) for m in request.prompt.messages]
+        if request.prompt.tools:
+            # The server renders the tools through the template; "none" keeps its
+            # own tool parsing and tool grammar out (no --enable-auto-tool-choice
+            # or --tool-call-parser needed): the runtime parses the text itself
+            # and sends its own structural tag.  (A server started with
+            # --exclude-tools-when-tool-choice-none would drop the tools.)
+            body["tools"] = [dict(t) for t in request.prompt.tools]
+            body["tool_choice"] = "none"
+            # A tool call's markers are special tokens in some models.
+            body["skip_special_tokens"] = False
         body["max_completion_tokens"] = sampling.max_tokens  # max_tokens is deprecated on chat
         return "/v1/chat/completions", body
     body["prompt"] = list(request.prompt.token_ids)
@@ -379,6 +393,9 @@ class RemoteEngine(PinControlled, Engine):
         self._aborted: set[str] = set()
         # The scheduler figures of the last /metrics read, for load().
         self._last_metrics: dict[str, Any] = {}
+        # The chat template's tools (tool_template), read once.
+        self._tool_template: NativeTools | None = None
+        self._tool_template_read = False
         # Why the last health check failed; None while it passes.  Dispatch
         # skips the engine meanwhile (available is false).
         self._failed_check: str | None = None
@@ -437,6 +454,28 @@ class RemoteEngine(PinControlled, Engine):
             raise EngineStartError(
                 f"{self.name}: model {self._requested_model!r} is not served at {self.base_url}; served: {served}"
             )
+
+    # -- the chat template's tools ------------------------------------------
+
+    def _tokenizer_dir(self) -> str | None:
+        """A local directory holding the served model's tokenizer, if the model id is one."""
+        return self.model or None
+
+    async def tool_template(self) -> NativeTools | None:
+        """What the served model's chat template does with tools (see :meth:`Engine.tool_template`).
+
+        Read from the model's tokenizer when the served model id is a local
+        directory (as for :class:`ServerEngine`), once; None otherwise: the
+        server's template cannot be seen from here, so tools go the JSON way
+        unless ``tool_format="native"`` is asked for (an error then).
+        """
+        if not self._tool_template_read and self.model:  # the model id is known once started
+            path = self._tokenizer_dir()
+            found = None
+            if path is not None:
+                found = await anyio.to_thread.run_sync(load_native_tools, path, self.model)
+            self._tool_template, self._tool_template_read = found, True
+        return self._tool_template
 
     # -- HTTP helpers ------------------------------------------------------
 

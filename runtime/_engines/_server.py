@@ -29,7 +29,8 @@ from typing import IO
 import telemetry
 
 from .._clock import now
-from .._errors import EngineStartError, EngineUnavailableError
+from .._errors import EngineStartError, EngineUnavailableError, ModelNotFoundError
+from .._models import resolve_model
 from ._base import Completion, GenerateRequest, TokenDelta
 from ._dtype import resolve_dtype
 from ._inprocess import plugin_scheduler_cls
@@ -233,6 +234,13 @@ class ServerEngine(RemoteEngine):
         self._watcher: asyncio.Task[None] | None = None
         # None while the server serves; otherwise why it cannot (restarting, gave up).
         self._down_reason: str | None = None
+
+    def _tokenizer_dir(self) -> str | None:
+        # The server was given this path or known model name: the tokenizer is here too.
+        try:
+            return str(resolve_model(self._model_arg))
+        except ModelNotFoundError:  # a hub id: nothing local to read
+            return None
 
     # -- public state --------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import array
 import dataclasses
 import hashlib
+import itertools
 import json
 import pickle
 from collections.abc import Iterable, Mapping
@@ -113,7 +114,11 @@ def load_value(data: bytes, what: str) -> Any:
 
 
 def sampling_json(sampling: SamplingOptions) -> bytes:
-    return canonical_json(dataclasses.asdict(sampling))
+    fields = dataclasses.asdict(sampling)
+    # Options added later count only when set: journals written before them keep their fingerprints.
+    if fields.get("structural_tag") is None:
+        fields.pop("structural_tag", None)
+    return canonical_json(fields)
 
 
 class PromptChain:
@@ -127,7 +132,7 @@ class PromptChain:
     agent's growing conversation has) is not even looked up again.
     """
 
-    __slots__ = ("_chunks", "_last", "_links", "_messages", "stored")
+    __slots__ = ("_chunks", "_last", "_last_tools", "_links", "_messages", "_tools", "stored")
 
     def __init__(self, stored: Iterable[str] = ()) -> None:
         #: Blob digests this program has stored (or found stored).
@@ -137,6 +142,9 @@ class PromptChain:
         self._chunks: dict[tuple[int, ...], tuple[str, bytes]] = {}
         # The last chat prompt linked: per message, its role and content objects and its chain link.
         self._last: list[tuple[object, object, str]] = []
+        # The tools part the last chat prompt's chain started from ("" without tools).
+        self._last_tools = ""
+        self._tools: dict[str, tuple[str, bytes]] = {}
 
     def link(self, prompt: Prompt) -> tuple[str, list[Blob]]:
         """The chain link naming ``prompt`` and the blobs to store for it."""
@@ -145,12 +153,22 @@ class PromptChain:
         link = ""
         if isinstance(prompt, ChatPrompt):
             messages = prompt.messages
+            # Tools rendered by the template (the native path) are the chain's first
+            # part: a prompt with other tools is another prompt from the start.
+            tools_part = self._tools_part(prompt.tools) if prompt.tools else None
+            tools_digest = tools_part[1] if tools_part is not None else ""
+            if tools_digest != self._last_tools:
+                self._last.clear()
+                self._last_tools = tools_digest
             shared = self._shared_prefix(messages)
             if shared:
                 link = self._last[shared - 1][2]
             del self._last[shared:]
             parts = (("message", *self._message(m)) for m in messages[shared:])
             tail: list[Mapping[str, Any]] = list(messages[shared:])
+            if tools_part is not None and not shared:
+                parts = itertools.chain((tools_part,), parts)
+                tail = [{}, *tail]  # the tools part is no message: nothing of it is remembered
         else:
             tail = []
             ids = prompt.token_ids
@@ -169,7 +187,8 @@ class PromptChain:
                 new.add(link)
             if tail:
                 message = tail[index]
-                self._last.append((message.get("role"), message.get("content"), link))
+                if message:
+                    self._last.append((message.get("role"), message.get("content"), link))
         return link, blobs
 
     def _shared_prefix(self, messages: tuple[Mapping[str, Any], ...]) -> int:
@@ -187,6 +206,14 @@ class PromptChain:
         while shared and last[shared - 1][2] not in self.stored:
             shared -= 1
         return shared
+
+    def _tools_part(self, tools: tuple[Mapping[str, Any], ...]) -> tuple[str, str, bytes]:
+        data = canonical_json([dict(t) for t in tools])
+        key = data.decode()
+        known = self._tools.get(key)
+        if known is None:
+            known = self._tools[key] = (digest(b"tools", data), data)
+        return ("tools", *known)
 
     def mark_stored(self, blobs: Iterable[Blob]) -> None:
         self.stored.update(b[0] for b in blobs)

@@ -42,6 +42,58 @@ CHATML_TEMPLATE = (
 )
 
 
+#: ChatML with tools the Hermes / Qwen2.5 way: with ``tools``, a system turn
+#: lists them in ``<tools>...</tools>`` (after the caller's system text) and
+#: says how to call one; assistant ``tool_calls`` render as
+#: ``<tool_call>\n{"name": ..., "arguments": ...}\n</tool_call>`` and
+#: consecutive ``tool`` messages as ``<tool_response>`` blocks of one user
+#: turn.  Without tools and tool messages it renders exactly what
+#: :data:`CHATML_TEMPLATE` does, byte for byte.
+HERMES_TOOLS_TEMPLATE = (
+    "{%- macro text_of(content) -%}"
+    "{%- if content is string -%}{{- content -}}"
+    "{%- elif content -%}"
+    "{{- content | selectattr('type', 'equalto', 'text') | map(attribute='text') | join('') -}}"
+    "{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- if tools -%}"
+    "{{- '<|im_start|>system\n' -}}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}"
+    "{{- text_of(messages[0].get('content')) + '\n\n' -}}"
+    "{%- endif -%}"
+    "{{- '# Tools\n\nYou may call one or more functions to assist with the user query.\n\n'"
+    " + 'You are provided with function signatures within <tools></tools> XML tags:\n<tools>' -}}"
+    "{%- for tool in tools -%}{{- '\n' + (tool | tojson) -}}{%- endfor -%}"
+    "{{- '\n</tools>\n\nFor each function call, return a json object with function name and arguments '"
+    " + 'within <tool_call></tool_call> XML tags:\n<tool_call>\n'"
+    ' + \'{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n\' -}}'
+    "{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- set text = text_of(message.get('content')) -%}"
+    "{%- if tools and loop.first and message['role'] == 'system' -%}"
+    "{#- already in the tools system turn -#}"
+    "{%- elif message['role'] == 'assistant' and message.get('tool_calls') -%}"
+    "{{- '<|im_start|>assistant' -}}{%- if text -%}{{- '\n' + text -}}{%- endif -%}"
+    "{%- for call in message['tool_calls'] -%}"
+    "{%- set fn = call['function'] if call.get('function') else call -%}"
+    "{%- set args = fn.get('arguments', {}) -%}"
+    "{{- '\n<tool_call>\n{\"name\": \"' + fn['name'] + '\", \"arguments\": ' -}}"
+    "{%- if args is string -%}{{- args -}}{%- else -%}{{- args | tojson -}}{%- endif -%}"
+    "{{- '}\n</tool_call>' -}}"
+    "{%- endfor -%}"
+    "{{- '<|im_end|>\n' -}}"
+    "{%- elif message['role'] == 'tool' -%}"
+    "{%- if loop.first or messages[loop.index0 - 1]['role'] != 'tool' -%}{{- '<|im_start|>user' -}}{%- endif -%}"
+    "{{- '\n<tool_response>\n' + text + '\n</tool_response>' -}}"
+    "{%- if loop.last or messages[loop.index0 + 1]['role'] != 'tool' -%}{{- '<|im_end|>\n' -}}{%- endif -%}"
+    "{%- else -%}"
+    "{{- '<|im_start|>' + message['role'] + '\n' + text + '<|im_end|>\n' -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
+)
+
+
 def _transformers() -> Any:
     """The ``transformers`` module, typed as Any.
 

@@ -1,0 +1,387 @@
+"""Gateway sessions: a program of the runtime whose LLM calls arrive as HTTP requests.
+
+A client's requests that name one session (see :mod:`._session_keys`) are
+turns of one :class:`GatewaySession`, which runs as an ordinary program of
+the :class:`~runtime.Runtime` (workflow ``gateway``): its calls go through
+the same dispatcher, policy, pins, urgency and traces as a library
+program's.  The program's task receives each turn and runs it in a task of
+its own (turns of one session may overlap: a client may fan out), under the
+request's span when the request carried a ``traceparent``.
+
+Between turns the client runs its tools.  The session tells the policy as a
+library program's ``ctx.call_tool`` would: the tool calls of a reply start
+client-side tool nodes (:class:`~runtime.ToolStarted`, so the pin is kept
+for that tool's predicted time), and the next request's ``tool`` messages
+answering them finish them (:class:`~runtime.ToolFinished`, with the wall
+time the client took).  ``expected_tool`` does the same for a reply the
+gateway cannot parse (raw completions).
+
+A session ends after a turn marked last, after ``idle_timeout_s`` seconds
+with no turn in flight, or when a client disconnects mid-request (the
+program ends, which releases its pin); the next request naming it starts a
+new program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import math
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+import telemetry
+from toolbridge import ErrorKind
+from workflows import Context, ToolCall, workflow
+
+from .._clock import now
+from .._context import RuntimeContext
+from .._errors import ProgramIdInUseError, RuntimeStateError
+from .._events import Event, TokenGenerated, ToolCallFinished, ToolCallStarted
+from .._handle import ProgramHandle
+from .._program import Node, NodeKind
+from ._session_keys import SessionRef
+from ._tenants import ANONYMOUS, Tenant
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import Span
+
+    from .._runtime import Runtime
+
+__all__ = ["GatewaySession", "SessionTable", "Turn", "TurnCancelled", "gateway_session"]
+
+logger = logging.getLogger("runtime.gateway")
+
+# The live sessions by program id: the workflow body finds its session here.
+_LIVE: dict[str, GatewaySession] = {}
+
+# The token sink of the turn running in this task (a streaming request's).
+_TOKEN_SINK: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
+    "agentrt_gateway_token_sink", default=None
+)
+
+
+class TurnCancelled(Exception):
+    """The turn did not run to its end: its client left, or the gateway is shutting down."""
+
+
+@dataclass(eq=False)
+class Turn:
+    """One request's LLM call, run by its session's program.
+
+    ``work`` gets the program's context and returns the turn's outcome;
+    ``answers`` are the tool-call ids the request's ``tool`` messages
+    answer; ``on_token`` receives the call's text as it streams.
+    """
+
+    work: Callable[[RuntimeContext], Awaitable[Any]]
+    answers: frozenset[str] = frozenset()
+    expected_tool: str | None = None
+    last: bool = False
+    span: Span | None = None
+    on_token: Callable[[str], None] | None = None
+    #: Called once the turn has ended, before :attr:`done` is set (a streaming request's end of text).
+    tokens_done: Callable[[], None] | None = None
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: Any = None
+    error: BaseException | None = None
+    #: The tool calls the reply made, as (id, name, arguments): they start client-side tool nodes.
+    tool_calls: tuple[ToolCall, ...] = ()
+    _scope: anyio.CancelScope | None = None
+    _cancelled: bool = False
+
+    def cancel(self) -> None:
+        """Stop the turn (its engine request is aborted); it ends with :class:`TurnCancelled`."""
+        self._cancelled = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def outcome(self) -> Any:
+        """Wait for the turn; its result, or its error raised."""
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
+@dataclass(eq=False, slots=True)
+class _ClientTool:
+    node: Node
+    call: ToolCall
+    started_at: float
+
+
+class GatewaySession:
+    """The turns of one session, served by its program (see the module docstring)."""
+
+    def __init__(self, program_id: str, tenant: Tenant, key: str | None, *, idle_timeout_s: float) -> None:
+        self.program_id = program_id
+        self.tenant = tenant
+        self.key = key
+        self.idle_timeout_s = idle_timeout_s
+        self.handle: ProgramHandle[Any] | None = None
+        self.end_reason: str | None = None
+        self._send: MemoryObjectSendStream[Turn]
+        self._receive: MemoryObjectReceiveStream[Turn]
+        self._send, self._receive = anyio.create_memory_object_stream[Turn](math.inf)
+        self._in_flight = 0
+        self._closing = False
+        self._wait_scope: anyio.CancelScope | None = None
+        self._tools: dict[str, _ClientTool] = {}
+        self._hints = 0
+        self._on_end: list[Callable[[GatewaySession], None]] = []
+
+    @property
+    def accepting(self) -> bool:
+        return not self._closing
+
+    def submit(self, turn: Turn) -> None:
+        """Queue ``turn`` for the program; a session that is closing refuses it (:class:`RuntimeStateError`)."""
+        if self._closing:
+            raise RuntimeStateError(f"gateway session {self.program_id} has ended")
+        self._in_flight += 1
+        if turn.last:
+            self._close("last turn")
+        self._send.send_nowait(turn)
+        self._wake()
+
+    def client_gone(self) -> None:
+        """A client disconnected mid-request: end the session once its turns in flight have ended."""
+        self._close("client disconnected")
+
+    def _close(self, reason: str) -> None:
+        if not self._closing:
+            self._closing = True
+            self.end_reason = reason
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._wait_scope is not None:
+            self._wait_scope.cancel()
+
+    # -- the program's body ----------------------------------------------------------
+
+    async def serve(self, ctx: RuntimeContext) -> dict[str, Any]:
+        """Run turns until the session ends (the body of its program)."""
+        program = ctx.program
+        stop_listening = program.listen(_forward_tokens)
+        turns = 0
+        try:
+            async with anyio.create_task_group() as tg:
+                while True:
+                    try:
+                        turn = self._receive.receive_nowait()
+                    except anyio.WouldBlock:
+                        pass
+                    else:
+                        turns += 1
+                        tg.start_soon(self._run_turn, ctx, turn)
+                        continue
+                    if self._closing and self._in_flight == 0:
+                        break
+                    idle = self._in_flight == 0
+                    deadline = now() + self.idle_timeout_s if idle else math.inf
+                    with anyio.CancelScope(deadline=deadline) as self._wait_scope:
+                        await anyio.sleep_forever()
+                    self._wait_scope = None
+                    if idle and now() >= deadline and self._in_flight == 0:
+                        self._close("idle")
+        finally:
+            stop_listening()
+            with anyio.CancelScope(shield=True):
+                await self._end_tools(ctx)
+            self._closing = True
+            self._fail_queued()
+            for callback in self._on_end:
+                callback(self)
+        return {"turns": turns, "ended": self.end_reason or "cancelled"}
+
+    async def _run_turn(self, ctx: RuntimeContext, turn: Turn) -> None:
+        try:
+            await self._finish_answered(ctx, turn.answers)
+            with anyio.CancelScope() as scope:
+                turn._scope = scope
+                if turn._cancelled:
+                    scope.cancel()
+                _TOKEN_SINK.set(turn.on_token)
+                with telemetry.use_span(turn.span) if turn.span is not None else contextlib.nullcontext():
+                    turn.result = await turn.work(ctx)
+            if scope.cancelled_caught:
+                turn.error = TurnCancelled("the request was cancelled")
+            else:
+                turn.tool_calls = tuple(getattr(turn.result, "tool_calls", ()))
+                await self._start_tools(ctx, turn)
+        except Exception as exc:
+            turn.error = exc
+        except BaseException:
+            turn.error = TurnCancelled("the gateway is shutting down")
+            raise
+        finally:
+            self._in_flight -= 1
+            if turn.tokens_done is not None:
+                turn.tokens_done()
+            turn.done.set()
+            self._wake()
+
+    def _fail_queued(self) -> None:
+        while True:
+            try:
+                turn = self._receive.receive_nowait()
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                return
+            self._in_flight -= 1
+            turn.error = TurnCancelled(f"gateway session {self.program_id} ended ({self.end_reason or 'cancelled'})")
+            if turn.tokens_done is not None:
+                turn.tokens_done()
+            turn.done.set()
+
+    # -- client-side tools -----------------------------------------------------------
+
+    async def _start_tools(self, ctx: RuntimeContext, turn: Turn) -> None:
+        if turn.last:
+            return  # the program ends with this turn: no next request will answer a tool
+        calls = list(turn.tool_calls)
+        if not calls and turn.expected_tool is not None:
+            self._hints += 1
+            calls = [ToolCall(f"hint-{self._hints}", turn.expected_tool, {})]
+        program, cursor = ctx.program, ctx._cursor
+        for call in calls:
+            node = cursor.open(NodeKind.TOOL, call.name)
+            node.attributes["client_side"] = True
+            program.tool_calls += 1
+            self._tools[call.id] = _ClientTool(node, call, now())
+            program.emit(
+                ToolCallStarted(
+                    program_id=program.id,
+                    t=program.elapsed(),
+                    node_id=node.id,
+                    name=call.name,
+                    call_id=call.id,
+                    arguments=call.arguments,
+                )
+            )
+            await ctx._dispatcher.tool_started(program, node, call)
+
+    async def _finish_answered(self, ctx: RuntimeContext, answers: Iterable[str]) -> None:
+        # A hinted tool has no id the client could quote: the session's next request answers it.
+        ids = [i for i in answers if i in self._tools] + [i for i in self._tools if i.startswith("hint-")]
+        for call_id in ids:
+            await self._finish_tool(ctx, self._tools.pop(call_id), ok=True)
+
+    async def _end_tools(self, ctx: RuntimeContext) -> None:
+        tools, self._tools = self._tools, {}
+        for tool in tools.values():
+            await self._finish_tool(ctx, tool, ok=False)
+
+    async def _finish_tool(self, ctx: RuntimeContext, tool: _ClientTool, *, ok: bool) -> None:
+        program, node, call = ctx.program, tool.node, tool.call
+        wall_s = now() - tool.started_at
+        error_kind = None if ok else ErrorKind.CANCELLED
+        ctx._cursor.close(node, ok=ok, error=None if ok else "the session ended before the client answered")
+        program.emit(
+            ToolCallFinished(
+                program_id=program.id,
+                t=program.elapsed(),
+                node_id=node.id,
+                name=call.name,
+                call_id=call.id,
+                ok=ok,
+                duration_s=node.duration_s or wall_s,
+                error_kind=error_kind,
+            )
+        )
+        await ctx._dispatcher.tool_finished(program, node, call, ok=ok, wall_s=wall_s, error_kind=error_kind)
+
+
+def _forward_tokens(event: Event) -> None:
+    if isinstance(event, TokenGenerated):
+        sink = _TOKEN_SINK.get()
+        if sink is not None:
+            sink(event.text)
+
+
+@workflow(name="gateway")
+async def gateway_session(ctx: Context, session: str) -> dict[str, Any]:
+    """A program whose LLM calls arrive as requests to ``agentrt serve`` (see runtime/_gateway/_sessions.py)."""
+    live = _LIVE.get(session)
+    if live is None or not isinstance(ctx, RuntimeContext):
+        raise RuntimeStateError(
+            f"{session!r} is not a live gateway session: gateway programs are driven by their clients "
+            "and cannot be resumed"
+        )
+    return await live.serve(ctx)
+
+
+class SessionTable:
+    """The live sessions of one gateway: join the one a request names, or start a program for it."""
+
+    def __init__(
+        self, runtime: Runtime, *, idle_timeout_s: float, on_ended: Callable[[str], None] | None = None
+    ) -> None:
+        if not idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s must be > 0 seconds, got {idle_timeout_s}")
+        self._runtime = runtime
+        self._on_ended = on_ended
+        self.idle_timeout_s = idle_timeout_s
+        self._by_key: dict[tuple[str, str], GatewaySession] = {}
+        self.started = 0
+        self.ended: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def session_for(self, tenant: Tenant, ref: SessionRef) -> GatewaySession:
+        """The accepting session ``ref`` names for ``tenant``, or a new one (a one-call one when it names none)."""
+        if ref.key is not None:
+            found = self._by_key.get((tenant.name, ref.key))
+            if found is not None and found.accepting:
+                return found
+        return self._start(tenant, ref)
+
+    def _program_id(self, tenant: Tenant, key: str | None) -> str:
+        if key is None:
+            return f"gw-{uuid.uuid4().hex[:12]}"
+        # Tenants' session ids are theirs: two tenants' "s1" are two programs.
+        base = key if tenant is ANONYMOUS else f"{tenant.name}:{key}"
+        candidate, n = base, 1
+        programs = self._runtime.programs
+        while candidate in _LIVE or (candidate in programs and not programs[candidate].state.finished):
+            n += 1  # the session's previous program is still ending
+            candidate = f"{base}#{n}"
+        return candidate
+
+    def _start(self, tenant: Tenant, ref: SessionRef) -> GatewaySession:
+        program_id = self._program_id(tenant, ref.key)
+        session = GatewaySession(program_id, tenant, ref.key, idle_timeout_s=self.idle_timeout_s)
+        _LIVE[program_id] = session
+        session._on_end.append(self._ended)
+        try:
+            session.handle = self._runtime.start_program(
+                gateway_session,
+                {"session": program_id},
+                program_id=program_id,
+                deadline_s=ref.deadline_s,
+                priority=ref.priority,
+            )
+        except (ProgramIdInUseError, RuntimeStateError):
+            del _LIVE[program_id]
+            raise
+        if ref.key is not None:
+            self._by_key[(tenant.name, ref.key)] = session
+        self.started += 1
+        return session
+
+    def _ended(self, session: GatewaySession) -> None:
+        _LIVE.pop(session.program_id, None)
+        if session.key is not None and self._by_key.get((session.tenant.name, session.key)) is session:
+            del self._by_key[(session.tenant.name, session.key)]
+        reason = session.end_reason or "cancelled"
+        self.ended[reason] = self.ended.get(reason, 0) + 1
+        if self._on_ended is not None:
+            self._on_ended(reason)
