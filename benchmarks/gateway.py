@@ -4,29 +4,27 @@ Two parts (``--part overhead|gain|both``), each in child processes of this
 script (one engine set alive at a time; a fresh ``Runtime`` per run):
 
 - **overhead**: one ``vllm serve`` on ``--overhead-model`` (default
-  ``tiny``), launched by :class:`runtime.ServerEngine`; three sides:
-  ``direct`` (that server), ``gateway`` (a :class:`runtime.Runtime` over
-  that one server, ``--overhead-policy``, default ``agentrt`` like
-  ``agentrt serve``, with a :class:`runtime.Gateway` in front: a second HTTP
-  hop), and ``serve`` (``agentrt serve``'s own set-up: a gateway over an
-  in-process engine of the same model, cache and context size, replacing
-  ``vllm serve`` rather than standing in front of it).  One aiohttp client
-  (one connection pool, keep-alive, requests one at a time) sends
-  ``--requests`` non-streamed ``/v1/chat/completions`` requests
-  (``max_tokens`` 1, ``temperature`` 0) to each side, in rounds of one
-  request per side, rotating which side goes first so all see the same
-  conditions, after ``--warmup`` rounds that are not counted.  Every
-  request has a prompt of its own of the same shape (``"Request NNNNNN:
-  ..."``, one user message): no request is a full prefix-cache hit, and all
-  sides share the same common prefix (the chat template and the words
-  before the number).  Then ``--stream-requests`` streamed rounds the same
-  way (``max_tokens`` 4, ``ignore_eos``) for the time to first token: from
-  sending the request to the first chunk with text (the gateway sends its
-  role chunk at once, before the engine answers, so the first byte would
-  flatter it).  Reported: p50/p90/p99 latency of each side, each agentrt
-  side's added latency at p50 and p90 (its percentile minus direct's) and
-  the median of the per-round differences; the same for TTFT.  Goal: < 2
-  ms added at p50 (printed beside the figure, never asserted).
+  ``tiny``), launched by :class:`runtime.ServerEngine`, with a
+  :class:`runtime.Runtime` over that one server (``--overhead-policy``,
+  default ``agentrt``, the default of ``agentrt serve``) and a
+  :class:`runtime.Gateway` in front of it.  One aiohttp client (one
+  connection pool, keep-alive, requests one at a time) sends ``--requests``
+  non-streamed ``/v1/chat/completions`` requests (``max_tokens`` 1,
+  ``temperature`` 0) to the server directly and as many through the
+  gateway, in pairs, alternating which side goes first (direct first in even
+  pairs, gateway first in odd ones) so both see the same conditions, after
+  ``--warmup`` pairs that are not counted.  Every request has a prompt of
+  its own of the same shape (``"Request NNNNNN: ..."``, one user message):
+  no request is a full prefix-cache hit, and both sides share the same
+  common prefix (the chat template and the words before the number).  Then
+  ``--stream-requests`` streamed pairs the same way (``max_tokens`` 4,
+  ``ignore_eos``) for the time to first token: from sending the request to
+  the first chunk with text (the gateway sends its role chunk at once,
+  before the engine answers, so the first byte would flatter it).  Reported:
+  p50/p90/p99 latency of each side, the gateway's added latency at p50 and
+  p90 (gateway percentile minus direct percentile) and the median of the
+  per-pair differences; the same for TTFT.  Goal: < 2 ms added at p50
+  (printed beside the figure, never asserted).
 - **gain**: a multi-turn agent trace (``generate_workload("agent")``,
   ``--programs`` 8 at ``--rate`` 0.5/s, seed ``--seed`` 41, tokens x
   ``--scale`` 0.05, tools x ``--tool-scale`` 0.3, like the real agent
@@ -198,38 +196,22 @@ async def _streamed(http: aiohttp.ClientSession, url: str, body: dict[str, Any])
     return (first if first is not None else total), total, first is not None
 
 
-#: The sides of the overhead part: vLLM's own server; the gateway in front of that same server;
-#: ``agentrt serve``'s own set-up, the gateway over an in-process engine of the same model and size.
-SIDES = ("direct", "gateway", "serve")
-
-
 async def _measure_overhead(cfg: dict[str, Any]) -> dict[str, Any]:
     model_dir = resolve_model(cfg["model"])
     server = ServerEngine(model_dir, kv_cache_gib=1, max_model_len=4096, dtype=cfg["dtype"])
-    local = InProcessEngine(model_dir, name="in-process", kv_cache_gib=1, max_model_len=4096, dtype=cfg["dtype"])
-    async with (
-        Runtime([server], policy=cfg["policy"]) as rt,
-        Gateway(rt, port=0) as gw,
-        Runtime([local], policy=cfg["policy"]) as local_rt,
-        Gateway(local_rt, port=0) as serve,
-    ):
-        sides = {
-            "direct": (server.base_url, server.model),
-            "gateway": (gw.url, gw.model_name),
-            "serve": (serve.url, serve.model_name),
-        }
-        plain: dict[str, list[float]] = {side: [] for side in SIDES}
-        ttft: dict[str, list[float]] = {side: [] for side in SIDES}
-        stream_total: dict[str, list[float]] = {side: [] for side in SIDES}
-        textless = dict.fromkeys(SIDES, 0)
+    async with Runtime([server], policy=cfg["policy"]) as rt, Gateway(rt, port=0) as gw:
+        sides = {"direct": (server.base_url, server.model), "gateway": (gw.url, gw.model_name)}
+        plain: dict[str, list[float]] = {"direct": [], "gateway": []}
+        ttft: dict[str, list[float]] = {"direct": [], "gateway": []}
+        stream_total: dict[str, list[float]] = {"direct": [], "gateway": []}
+        textless = {"direct": 0, "gateway": 0}
         connector = aiohttp.TCPConnector(limit=8)
         timeout = aiohttp.ClientTimeout(total=120)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
             warmup, n, n_stream = cfg["warmup"], cfg["requests"], cfg["stream_requests"]
             counter = 0
             for i in range(warmup + n):
-                # Rotate which side goes first, so all see the same conditions.
-                order = SIDES[i % 3 :] + SIDES[: i % 3]
+                order = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
                 for side in order:
                     url, model = sides[side]
                     counter += 1
@@ -238,7 +220,7 @@ async def _measure_overhead(cfg: dict[str, Any]) -> dict[str, Any]:
                     if i >= warmup:
                         plain[side].append(elapsed)
             for i in range(warmup + n_stream):
-                order = SIDES[i % 3 :] + SIDES[: i % 3]
+                order = ("direct", "gateway") if i % 2 == 0 else ("gateway", "direct")
                 for side in order:
                     url, model = sides[side]
                     counter += 1
@@ -248,43 +230,33 @@ async def _measure_overhead(cfg: dict[str, Any]) -> dict[str, Any]:
                         ttft[side].append(first)
                         stream_total[side].append(total)
                         textless[side] += not had_text
-        served = 0
-        for g in (gw, serve):  # counted by the gateways themselves: a check that none went astray
-            served += int(
-                sum(s.value for m in g.metrics.requests.collect() for s in m.samples if s.name.endswith("_total"))
-            )
+        gateway_requests = gw.metrics.requests  # counted by the gateway itself: a check that none went astray
+        served = sum(s.value for m in gateway_requests.collect() for s in m.samples if s.name.endswith("_total"))
+    paired = [g - d for d, g in zip(plain["direct"], plain["gateway"], strict=True)]
+    paired_ttft = [g - d for d, g in zip(ttft["direct"], ttft["gateway"], strict=True)]
     report: dict[str, Any] = {
         "model": model_dir.name,
         "policy": cfg["policy"],
         "dtype": server.dtype,
         "requests_per_side": n,
         "stream_requests_per_side": n_stream,
-        "warmup_rounds": warmup,
+        "warmup_pairs": warmup,
         "max_tokens": cfg["max_tokens"],
         "stream_max_tokens": cfg["stream_max_tokens"],
-        "gateway_requests_counted": served,
-        "sides": {
-            "direct": "vLLM's OpenAI server (vllm serve), directly",
-            "gateway": "agentrt's gateway in front of that same vllm serve (a RemoteEngine: a second HTTP hop)",
-            "serve": "agentrt serve's own set-up: the gateway over an in-process engine of the same model and size",
-        },
+        "gateway_requests_counted": int(served),
         "plain": {side: _ms(v) for side, v in plain.items()},
         "ttft": {side: _ms(v) for side, v in ttft.items()},
         "stream_total": {side: _ms(v) for side, v in stream_total.items()},
         "streams_without_text": textless,
         "samples_s": {"plain": plain, "ttft": ttft},
     }
-    for key, samples in (("plain", plain), ("ttft", ttft)):
-        d = report[key]["direct"]
-        for side in ("gateway", "serve"):
-            g = report[key][side]
-            paired = [b - a for a, b in zip(samples["direct"], samples[side], strict=True)]
-            report[key][f"added_ms_{side}"] = {
-                "p50": round(g["p50_ms"] - d["p50_ms"], 3),
-                "p90": round(g["p90_ms"] - d["p90_ms"], 3),
-                "paired_median": round(1000 * statistics.median(paired), 3),
-            }
-        report[key]["added_ms"] = report[key]["added_ms_gateway"]
+    for key, paired_values in (("plain", paired), ("ttft", paired_ttft)):
+        d, g = report[key]["direct"], report[key]["gateway"]
+        report[key]["added_ms"] = {
+            "p50": round(g["p50_ms"] - d["p50_ms"], 3),
+            "p90": round(g["p90_ms"] - d["p90_ms"], 3),
+            "paired_median": round(1000 * statistics.median(paired_values), 3),
+        }
     return report
 
 
@@ -674,23 +646,14 @@ def table(report: dict[str, Any]) -> str:
         lines += [
             f"overhead: {o['requests_per_side']} requests per side, {o['model']} ({o['dtype']}), "
             f"policy {o['policy']} (goal: p50 added < {GOAL_ADDED_P50_MS} ms)",
-            "direct: vllm serve; gateway: the gateway in front of that vllm serve; serve: agentrt serve "
-            "(the gateway over an in-process engine)",
-            f"{'ms':<34}{'direct':>10}{'gateway':>10}{'added':>10}{'serve':>10}{'added':>10}",
+            f"{'ms':<34}{'direct':>10}{'gateway':>10}{'added':>10}",
         ]
         for key, label in (("plain", "chat (max_tokens 1)"), ("ttft", "streamed, time to first token")):
-            d, g, v = o[key]["direct"], o[key]["gateway"], o[key]["serve"]
+            d, g = o[key]["direct"], o[key]["gateway"]
             for q in (50, 90, 99):
-                added_g = g[f"p{q}_ms"] - d[f"p{q}_ms"]
-                added_v = v[f"p{q}_ms"] - d[f"p{q}_ms"]
-                lines.append(
-                    f"{f'{label} p{q}':<34}{d[f'p{q}_ms']:>10.2f}{g[f'p{q}_ms']:>10.2f}{added_g:>10.2f}"
-                    f"{v[f'p{q}_ms']:>10.2f}{added_v:>10.2f}"
-                )
-            lines.append(
-                f"{'  median of pair differences':<34}{'':>20}{o[key]['added_ms_gateway']['paired_median']:>10.2f}"
-                f"{'':>10}{o[key]['added_ms_serve']['paired_median']:>10.2f}"
-            )
+                added = o[key]["added_ms"].get(f"p{q}", g[f"p{q}_ms"] - d[f"p{q}_ms"])
+                lines.append(f"{f'{label} p{q}':<34}{d[f'p{q}_ms']:>10.2f}{g[f'p{q}_ms']:>10.2f}{added:>10.2f}")
+            lines.append(f"{'  median of pair differences':<34}{'':>20}{o[key]['added_ms']['paired_median']:>10.2f}")
     elif o:
         lines.append(f"overhead failed: {o['error'][:300]}")
     g = report.get("gain")
@@ -721,7 +684,7 @@ def plot(report: dict[str, Any], png: Path) -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(18, 5))
     o = report.get("overhead")
-    colors = {"direct": "tab:gray", "gateway": "tab:green", "serve": "tab:blue"}
+    colors = {"direct": "tab:gray", "gateway": "tab:green"}
     if o and "error" not in o:
         for ax, key, title in ((axes[0], "plain", "chat, max_tokens 1"), (axes[1], "ttft", "streamed, TTFT")):
             for side, values in o["samples_s"][key].items():
@@ -729,8 +692,7 @@ def plot(report: dict[str, Any], png: Path) -> None:
                 ys = [(i + 1) / len(xs) for i in range(len(xs))]
                 ax.plot(xs, ys, label=f"{side} (p50 {o[key][side]['p50_ms']:.2f} ms)", color=colors[side])
             ax.set(
-                title=f"{title}: added p50 {o[key]['added_ms_gateway']['p50']:.2f} ms (gateway), "
-                f"{o[key]['added_ms_serve']['p50']:.2f} ms (serve), {o['model']}",
+                title=f"{title}: added p50 {o[key]['added_ms']['p50']:.2f} ms ({o['model']})",
                 xlabel="latency (ms)",
                 ylabel="fraction of requests",
             )
@@ -765,7 +727,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     over.add_argument("--overhead-policy", default="agentrt")
     over.add_argument("--requests", type=int, help="non-streamed requests per side (default 300; --quick 20)")
     over.add_argument("--stream-requests", type=int, help="streamed requests per side (default 100; --quick 10)")
-    over.add_argument("--warmup", type=int, help="uncounted rounds first (default 20; --quick 3)")
+    over.add_argument("--warmup", type=int, help="uncounted pairs first (default 20; --quick 3)")
     g = parser.add_argument_group("gain")
     g.add_argument("--model", help="model of the gain's engines (default llama-49m; --quick tiny)")
     g.add_argument("--engines", type=int, help="in-process engines (default 2; --quick 1)")
