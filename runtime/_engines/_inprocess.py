@@ -22,6 +22,7 @@ import secrets
 import shutil
 import signal
 import tempfile
+import threading
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -53,6 +54,14 @@ _WATCH_S = 0.25
 #: Restart backoff: first delay and cap, seconds (doubles per restart), as for servers.
 _BACKOFF_FIRST_S = 1.0
 _BACKOFF_MAX_S = 30.0
+#: One engine build at a time in a process.  vLLM's build is not safe to run
+#: concurrently with another: its Prometheus logger unregisters every "vllm:"
+#: collector of the global registry and registers its own, so two builds that
+#: finish together fail with "Duplicated timeseries"; the CPU cache size is
+#: an environment variable the engine-core child reads when it starts; and
+#: each build tells its engine-core process apart as the children that
+#: appeared during it.  Engines of one pool start one after the other.
+_BUILD_LOCK = threading.Lock()
 #: Seconds the engine core gets to exit after vLLM's SIGTERM at shutdown before vLLM kills it (vLLM's default: 5).
 _CORE_EXIT_GRACE_S = 30.0
 
@@ -239,10 +248,6 @@ class InProcessEngine(PinControlled, Engine):
         an engine that then finishes starting: :meth:`_aclose` waits for the
         build and shuts down what it made.
         """
-        # vLLM on the CPU sizes its cache from this variable and refuses to
-        # start without it on these machines; the engine-core child process
-        # reads it when it is started, so set it just before.
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._kv_cache_gib)
         building = asyncio.create_task(anyio.to_thread.run_sync(self._build_and_keep), name=f"{self.name} build")
         self._building = building
         try:
@@ -255,6 +260,14 @@ class InProcessEngine(PinControlled, Engine):
         # The engine core is a child process vLLM forks while it builds: guard
         # it from the moment it appears, so a kill -9 of this process
         # mid-build leaves nothing behind either.
+        with _BUILD_LOCK:
+            # vLLM on the CPU sizes its cache from this variable and refuses to
+            # start without it on these machines; the engine-core child process
+            # reads it when it is started, so set it just before.
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(self._kv_cache_gib)
+            self._build_locked()
+
+    def _build_locked(self) -> None:
         children = self._build_children = NewChildren()
         try:
             with children:

@@ -73,8 +73,12 @@ def chat_work(
     top_p = 1.0 if request.top_p is None else request.top_p
     stop = request.stop_sequences()
 
+    # With tool_choice "none" the tools are still shown (as OpenAI and vLLM do): the prompt stays the
+    # same as the turns before it, and so does its prefix in the engine's cache.
+    show_tools = bool(tools) and not (json_schema is not None and tool_choice == "none")
+
     async def work(ctx: RuntimeContext) -> ChatOutcome:
-        if tools and tool_choice != "none":
+        if show_tools:
             reply = await ctx.llm(
                 messages,
                 tools=tools,

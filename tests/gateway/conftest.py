@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime import Gateway, InProcessEngine, Runtime
+from runtime import AgentrtPolicy, Gateway, InProcessEngine, Runtime
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +21,10 @@ async def gw_runtime(tiny_model: Path) -> AsyncIterator[Runtime]:
     engine = InProcessEngine(
         tiny_model, name="gw-0", max_num_seqs=8, max_model_len=2048, engine_args={"enforce_eager": True}
     )
-    async with Runtime([engine], policy="agentrt") as runtime:
+    # A tool the policy has never seen is pinned for default_ttl_s (2 s); a cold engine's first structured-output
+    # grammars can take longer to compile than that before the next turn is admitted.  These tests are about the
+    # gateway carrying the pin, not about the TTL the policy picks.
+    async with Runtime([engine], policy=AgentrtPolicy(default_ttl_s=30.0)) as runtime:
         yield runtime
 
 
