@@ -261,6 +261,8 @@ class InProcessEngine(PinControlled, Engine):
         # it from the moment it appears, so a kill -9 of this process
         # mid-build leaves nothing behind either.
         with _BUILD_LOCK:
+            if self.closed:  # closed while it waited for another engine's build: build nothing
+                raise EngineUnavailableError(f"engine {self.name} was closed before it started")
             # vLLM on the CPU sizes its cache from this variable and refuses to
             # start without it on these machines; the engine-core child process
             # reads it when it is started, so set it just before.
