@@ -18,8 +18,6 @@ from runtime._program import NodeKind
 from ..runtime._helpers import poll_until
 from .test_gateway import SYSTEM
 
-agents = pytest.importorskip("agents")
-
 pytestmark = pytest.mark.engine
 
 
