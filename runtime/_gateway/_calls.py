@@ -78,31 +78,21 @@ def chat_work(
     show_tools = bool(tools) and not (json_schema is not None and tool_choice == "none")
 
     async def work(ctx: RuntimeContext) -> ChatOutcome:
-        if show_tools:
-            reply = await ctx.llm(
-                messages,
-                tools=tools,
-                tool_choice=tool_choice,
-                parallel_tool_calls=request.parallel_tool_calls is not False,
-                tool_format=tool_format,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                seed=request.seed,
-                stop=stop,
-                ignore_eos=request.ignore_eos,
-            )
-        else:
-            reply = await ctx.llm(
-                messages,
-                json_schema=json_schema,
-                max_tokens=max_tokens,
-                temperature=temperature,
-                top_p=top_p,
-                seed=request.seed,
-                stop=stop,
-                ignore_eos=request.ignore_eos,
-            )
+        # Without tools shown, tool_choice and the rest are not used; json_schema only goes without tools.
+        reply = await ctx.llm(
+            messages,
+            tools=tools if show_tools else None,
+            tool_choice=tool_choice,
+            parallel_tool_calls=request.parallel_tool_calls is not False,
+            tool_format=tool_format,
+            json_schema=None if show_tools else json_schema,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=request.seed,
+            stop=stop,
+            ignore_eos=request.ignore_eos,
+        )
         if reply.tool_calls:
             return ChatOutcome(None, reply.tool_calls, "tool_calls", reply.usage, reply.engine, None)
         # A malformed tool call is the model's text, shown as it is: the client decides what to do with it.

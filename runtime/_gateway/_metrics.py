@@ -44,13 +44,7 @@ class _EngineCollector(Collector):
             "pins_expired": ("Pins whose time-to-live ran out", lambda s: s.pins_expired),
             "pins_released_pressure": ("Pins released for memory pressure", lambda s: s.pins_released_pressure),
         }
-        for name, (doc, read) in counters.items():
-            family = CounterMetricFamily(f"agentrt_engine_{name}", doc, labels=labels)
-            for s in self.stats:
-                value = read(s)
-                if value is not None:
-                    family.add_metric([s.name, self.policy], value)
-            yield family
+        yield from self._families(CounterMetricFamily, counters, labels)
         gauges: dict[str, tuple[str, _Read]] = {
             "in_flight": ("Requests in flight on the engine", lambda s: s.in_flight),
             "waiting": ("Requests waiting in the engine's scheduler", lambda s: s.waiting),
@@ -59,13 +53,22 @@ class _EngineCollector(Collector):
             "pinned_blocks": ("KV blocks held by pins", lambda s: s.pinned_blocks),
             "healthy": ("1 when the engine passes its health check", lambda s: 1 if s.healthy else 0),
         }
-        for name, (doc, read) in gauges.items():
-            gauge = GaugeMetricFamily(f"agentrt_engine_{name}", doc, labels=labels)
+        yield from self._families(GaugeMetricFamily, gauges, labels)
+
+    def _families(
+        self,
+        family_type: type[CounterMetricFamily] | type[GaugeMetricFamily],
+        figures: dict[str, tuple[str, _Read]],
+        labels: list[str],
+    ) -> Iterator[Metric]:
+        """One family per figure, one sample per engine that reports it."""
+        for name, (doc, read) in figures.items():
+            family = family_type(f"agentrt_engine_{name}", doc, labels=labels)
             for s in self.stats:
                 value = read(s)
                 if value is not None:
-                    gauge.add_metric([s.name, self.policy], value)
-            yield gauge
+                    family.add_metric([s.name, self.policy], value)
+            yield family
 
 
 class GatewayMetrics:
