@@ -39,7 +39,7 @@ from workflows import (
 
 from ._clock import now
 from ._dispatch import Dispatcher
-from ._engines._base import ChatPrompt, Completion, Prompt, SamplingOptions, TokenPrompt
+from ._engines import ChatPrompt, Completion, Prompt, SamplingOptions, TokenPrompt
 from ._errors import EngineError
 from ._events import StepFinished, StepReplayed, StepStarted, ToolCallFinished, ToolCallStarted
 from ._journal import ProgramJournal, StepEntry

@@ -32,7 +32,7 @@ from telemetry import names
 from workflows import ToolCall, Usage
 
 from ._clock import now
-from ._engines._base import (
+from ._engines import (
     METADATA_NODE_ID,
     METADATA_PIN_TTL_S,
     METADATA_PROGRAM_ID,

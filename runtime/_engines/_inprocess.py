@@ -35,11 +35,12 @@ from .._errors import EngineRequestError, EngineStartError, EngineUnavailableErr
 from .._models import resolve_model
 from .._signals import shutdown_requested
 from .._tool_formats import NativeTools, native_tools_of
-from ._base import ChatPrompt, Completion, Engine, GenerateRequest, TokenDelta
+from ._base import Engine
 from ._dtype import engine_build, resolve_dtype
 from ._pin_control import CONFIG_KEY, PinControlClient
 from ._pinned import PinControlled
 from ._reaper import NewChildren
+from ._requests import ChatPrompt, Completion, GenerateRequest, TokenDelta
 from ._vllm_stats import SchedulerSnapshot, make_stat_logger_factory
 
 if TYPE_CHECKING:

@@ -31,12 +31,12 @@ import telemetry
 from .._clock import now
 from .._errors import EngineStartError, EngineUnavailableError, ModelNotFoundError
 from .._models import resolve_model
-from ._base import Completion, GenerateRequest, TokenDelta
 from ._dtype import resolve_dtype
 from ._inprocess import plugin_scheduler_cls
 from ._pin_control import ENV_LISTEN, ENV_TOKEN
 from ._reaper import reaper
 from ._remote import RemoteEngine
+from ._requests import Completion, GenerateRequest, TokenDelta
 
 __all__ = ["ServerEngine"]
 

@@ -26,13 +26,14 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from runtime._engines._base import (
+from runtime._engines import (
     METADATA_PIN_TTL_S,
     METADATA_PROGRAM_ID,
     ChatPrompt,
     Completion,
     GenerateRequest,
     SamplingOptions,
+    ServerEngine,
     TokenDelta,
     TokenPrompt,
 )
@@ -45,7 +46,6 @@ from runtime._engines._remote import (
     parse_vllm_metrics,
     request_body,
 )
-from runtime._engines._server import ServerEngine
 from runtime._errors import (
     EngineClosedError,
     EngineError,
