@@ -15,6 +15,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
+from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -48,6 +49,16 @@ class Engine(ABC):
     def supports_pins(self) -> bool:
         """Whether this engine can pin KV blocks (see the class docstring); backends that can override it."""
         return False
+
+    @property
+    def model_path(self) -> Path | None:
+        """The served model's local directory (weights, tokenizer, chat template); None when there is no local copy.
+
+        Backends that start the model themselves (in-process, a launched
+        server) override it; a remote server's model is only an id to this
+        process.  The gateway reads its tokenizer from here.
+        """
+        return None
 
     def __init__(self, name: str, model: str) -> None:
         self.name = name

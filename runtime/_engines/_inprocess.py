@@ -169,14 +169,14 @@ class InProcessEngine(PinControlled, Engine):
         restart_on_failure: bool = True,
         max_restarts: int = 3,
     ) -> None:
-        self.model_path: Path = resolve_model(model)
-        super().__init__(name or _next_name(), self.model_path.name)
+        self._model_path = resolve_model(model)
+        super().__init__(name or _next_name(), self._model_path.name)
         self._kv_cache_gib = kv_cache_gib
         #: The number format the engine runs in (``"auto"`` resolved for this machine).
         self.dtype = resolve_dtype(dtype)
         self._args: dict[str, Any] = {
-            "model": str(self.model_path),
-            "served_model_name": [self.model_path.name],
+            "model": str(self._model_path),
+            "served_model_name": [self._model_path.name],
             "dtype": self.dtype,
             "max_model_len": max_model_len,
             "max_num_seqs": max_num_seqs,
@@ -219,6 +219,11 @@ class InProcessEngine(PinControlled, Engine):
         self._tool_template_read = False
 
     @property
+    def model_path(self) -> Path:
+        """The model's directory (``model`` resolved)."""
+        return self._model_path
+
+    @property
     def restarts(self) -> int:
         """How many times the engine was rebuilt after its engine core died."""
         return self._supervisor.restarts
@@ -239,7 +244,7 @@ class InProcessEngine(PinControlled, Engine):
         detail = " ".join(str(exc).split())
         if len(detail) > 400:
             detail = detail[:400] + " ..."
-        return EngineStartError(f"in-process vLLM engine on {self.model_path} failed to start: {detail}")
+        return EngineStartError(f"in-process vLLM engine on {self._model_path} failed to start: {detail}")
 
     async def _build_in_thread(self) -> None:
         """Build the ``AsyncLLM`` in a worker thread (it blocks for tens of seconds) into ``self._llm``.

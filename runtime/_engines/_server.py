@@ -224,12 +224,18 @@ class ServerEngine(RemoteEngine):
             log_path=self.log_path,
         )
 
-    def _tokenizer_dir(self) -> str | None:
-        # The server was given this path or known model name: the tokenizer is here too.
+    @property
+    def model_path(self) -> Path | None:
+        """The directory of the model the server was given (a path or a known name); None for a hub id."""
         try:
-            return str(resolve_model(self._model_arg))
+            return resolve_model(self._model_arg)
         except ModelNotFoundError:  # a hub id: nothing local to read
             return None
+
+    def _tokenizer_dir(self) -> str | None:
+        # The server was given this path or known model name: the tokenizer is here too.
+        path = self.model_path
+        return None if path is None else str(path)
 
     # -- public state --------------------------------------------------------
 
