@@ -30,9 +30,10 @@ Exceptions (see :mod:`runtime._errors`)::
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ._engines._base import (
+from ._engines import (
+    DTYPE_BYTES,
     METADATA_NODE_ID,
     METADATA_PIN_TTL_S,
     METADATA_PROGRAM_ID,
@@ -49,8 +50,8 @@ from ._engines._base import (
     SamplingOptions,
     TokenDelta,
     TokenPrompt,
+    resolve_dtype,
 )
-from ._engines._dtype import DTYPE_BYTES, resolve_dtype
 from ._errors import (
     AgentRuntimeError,
     EngineCapabilityError,
@@ -88,6 +89,7 @@ from ._events import (
 )
 from ._handle import ProgramHandle
 from ._journal import Journal, JournalState, PostgresJournal, ProgramRecord, PruneReport, SQLiteJournal, StepRecord
+from ._lazy import load_on_first_use
 from ._models import KNOWN_MODELS, models_dir, prepare_model, resolve_model
 from ._policies import (
     AgentrtPolicy,
@@ -110,11 +112,8 @@ from ._program import Node, NodeKind, Program, ProgramState
 from ._runtime import DEFAULT_MODEL, Runtime
 
 if TYPE_CHECKING:
-    from ._engines._inprocess import InProcessEngine
-    from ._engines._remote import RemoteEngine
-    from ._engines._server import ServerEngine
-    from ._gateway._app import Gateway
-    from ._gateway._tenants import Tenant, load_api_keys
+    from ._engines import InProcessEngine, RemoteEngine, ServerEngine
+    from ._gateway import Gateway, Tenant, load_api_keys
 
 __all__ = [
     "DEFAULT_MODEL",
@@ -207,26 +206,14 @@ __all__ = [
     "resolve_model",
 ]
 
-# Engine backends and the gateway load on first use: importing `runtime` must not import vLLM or the web server.
-_LAZY = {
-    "InProcessEngine": "._engines._inprocess",
-    "RemoteEngine": "._engines._remote",
-    "ServerEngine": "._engines._server",
-    "Gateway": "._gateway._app",
-    "Tenant": "._gateway._tenants",
-    "load_api_keys": "._gateway._tenants",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        obj = getattr(importlib.import_module(_LAZY[name], __name__), name)
-        obj.__module__ = "runtime"
-        globals()[name] = obj
-        return obj
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Engine backends and the gateway load on first use, from their subpackages' faces (which name the modules):
+# importing `runtime` must not import vLLM or the web server.
+__getattr__ = load_on_first_use(
+    __name__,
+    dict.fromkeys(("InProcessEngine", "RemoteEngine", "ServerEngine"), "._engines")
+    | dict.fromkeys(("Gateway", "Tenant", "load_api_keys"), "._gateway"),
+    shown_in=__name__,
+)
 
 
 for _name in __all__:

@@ -37,9 +37,10 @@ from workflows import (
     Usage,
 )
 
+from ._backoff import Backoff
 from ._clock import now
 from ._dispatch import Dispatcher
-from ._engines._base import ChatPrompt, Completion, Prompt, SamplingOptions, TokenPrompt
+from ._engines import ChatPrompt, Completion, Prompt, SamplingOptions, TokenPrompt
 from ._errors import EngineError
 from ._events import StepFinished, StepReplayed, StepStarted, ToolCallFinished, ToolCallStarted
 from ._journal import ProgramJournal, StepEntry
@@ -66,8 +67,8 @@ __all__ = ["RuntimeContext"]
 
 T = TypeVar("T")
 
-#: Seconds to wait before retry n (n = 1, 2, ...) of a failed step: 0.1, 0.2, 0.4 ... capped at 2.
-_RETRY_BACKOFF_S = (0.1, 2.0)
+#: How long to wait before each retry of a failed step: 0.1 s, 0.2, 0.4 ... at most 2 s.
+_RETRY_BACKOFF = Backoff(first_s=0.1, max_s=2.0)
 
 
 def _call_key(call: ToolCall) -> tuple[str, str]:
@@ -502,7 +503,7 @@ class RuntimeContext(Context):
                         if attempt > step.retries or not isinstance(exc, step.retry_on):
                             set_error(span, type(cause).__qualname__, error)  # the cause, not StepFailed
                             raise StepFailed(step.name, attempt, cause) from cause
-                        await anyio.sleep(min(_RETRY_BACKOFF_S[0] * 2 ** (attempt - 1), _RETRY_BACKOFF_S[1]))
+                        await anyio.sleep(_RETRY_BACKOFF.delay_s(attempt))
                         continue
                     scope.error = None  # an earlier attempt's failure is not the step's
                     await self._record(entry, value)

@@ -31,8 +31,9 @@ import telemetry
 from telemetry import names
 from workflows import ToolCall, Usage
 
+from ._backoff import Backoff
 from ._clock import now
-from ._engines._base import (
+from ._engines import (
     METADATA_NODE_ID,
     METADATA_PIN_TTL_S,
     METADATA_PROGRAM_ID,
@@ -56,38 +57,20 @@ from ._tracing import end_chat
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-__all__ = ["DEFAULT_LLM_RETRIES", "Dispatcher", "RetryBackoff"]
+__all__ = ["DEFAULT_LLM_RETRIES", "RETRY_BACKOFF", "Dispatcher"]
 
 logger = logging.getLogger("runtime.dispatch")
 
 E = TypeVar("E")
 
 
+#: How long a call waits before each new round over the engines: 0.5 s doubling, at most 10 s.
+RETRY_BACKOFF = Backoff(first_s=0.5, max_s=10.0)
+
 #: Rounds over the engines a call gets after its first (``Runtime(llm_retries=)``):
-#: with :class:`RetryBackoff`'s defaults a call waits out about 45 s of outage,
+#: with :data:`RETRY_BACKOFF` a call waits out about 45 s of outage,
 #: the restart of a small model's server.
 DEFAULT_LLM_RETRIES = 8
-
-
-@dataclass(frozen=True, slots=True)
-class RetryBackoff:
-    """How long a call waits before each new round over the engines: ``first_s`` doubling, at most ``max_s`` seconds.
-
-    No jitter: calls waiting for one restarting engine queue in its
-    scheduler when it is back, which orders them; and replays stay
-    deterministic under virtual time.
-    """
-
-    first_s: float = 0.5
-    max_s: float = 10.0
-
-    def __post_init__(self) -> None:
-        if not 0 < self.first_s <= self.max_s:
-            raise ValueError(f"RetryBackoff needs 0 < first_s <= max_s, got {self.first_s} and {self.max_s}")
-
-    def delay_s(self, round_: int) -> float:
-        """Seconds to wait before round ``round_`` (1, 2, ...) of retries."""
-        return min(self.first_s * 2.0 ** (round_ - 1), self.max_s)
 
 
 def _engine_state(engine: Engine) -> str:
@@ -142,7 +125,7 @@ class Dispatcher:
         *,
         retries: int = DEFAULT_LLM_RETRIES,
         timeout_s: float | None = None,
-        backoff: RetryBackoff | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         if retries < 0:
             raise ValueError(f"llm_retries must be >= 0, got {retries}")
@@ -150,7 +133,7 @@ class Dispatcher:
             raise ValueError(f"llm_timeout_s must be > 0 seconds or None, got {timeout_s}")
         self._retries = retries
         self._timeout_s = timeout_s
-        self._backoff = backoff or RetryBackoff()
+        self._backoff = backoff or RETRY_BACKOFF
         self._engines = list(engines)
         self._by_name = {e.name: e for e in self._engines}
         self.policy = policy
@@ -219,7 +202,7 @@ class Dispatcher:
         here).  A call that fails with :class:`~runtime.EngineUnavailableError`
         (or on an engine closed under it) goes at once to another available
         engine it has not tried in this round; when none is left, or none is
-        available at all, it waits (:class:`RetryBackoff`) and starts a new
+        available at all, it waits (:data:`RETRY_BACKOFF`) and starts a new
         round over every available engine, up to ``call.retries`` rounds (the
         runtime's default when ``None``).  Then it raises
         :class:`~runtime.NoEngineError` naming every attempt.  An engine that

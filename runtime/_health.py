@@ -20,7 +20,7 @@ from collections.abc import Sequence
 import anyio
 
 from ._clock import now
-from ._engines._base import Engine
+from ._engines import Engine
 from ._errors import EngineClosedError
 
 __all__ = ["HealthMonitor"]

@@ -28,7 +28,7 @@ from workflows import Workflow
 from ._clock import now
 from ._context import RuntimeContext
 from ._dispatch import DEFAULT_LLM_RETRIES, Dispatcher
-from ._engines._base import Engine, EngineStats
+from ._engines import Engine, EngineStats
 from ._errors import JournalError, ProgramIdInUseError, ProgramNotFoundError, RuntimeStateError
 from ._events import ProgramFinished, ProgramStarted
 from ._handle import ProgramHandle
@@ -125,7 +125,7 @@ class Runtime:
     ) -> None:
         if isinstance(engines, Engine | str) or not engines:
             raise ValueError("Runtime needs a non-empty list of engines (Engine objects or server URLs)")
-        from ._engines._remote import RemoteEngine
+        from ._engines import RemoteEngine
 
         self.engines: list[Engine] = [RemoteEngine(e) if isinstance(e, str) else e for e in engines]
         self.policy = get_policy(policy)
@@ -169,7 +169,7 @@ class Runtime:
         ``tiny``) or a path; by default ``$AGENTRT_MODEL``, else ``smollm2-135m``.  ``journal`` is as for
         :class:`Runtime`.  Other keyword arguments go to :class:`InProcessEngine`.
         """
-        from ._engines._inprocess import InProcessEngine
+        from ._engines import InProcessEngine
 
         if engines < 1:
             raise ValueError(f"engines must be >= 1, got {engines}")

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from workflows import Agent, AgentResult, Step
 
-    from ._engines._base import Completion, SamplingOptions
+    from ._engines import Completion, SamplingOptions
     from ._program import Program
 
 __all__ = [

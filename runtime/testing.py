@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator
 
-from ._engines._base import Completion, Engine, GenerateRequest, TokenDelta
+from ._engines import Completion, Engine, GenerateRequest, TokenDelta
 from ._errors import EngineUnavailableError
 
 __all__ = ["ScriptedEngine"]

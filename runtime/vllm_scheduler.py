@@ -15,6 +15,6 @@ that requests ask for (``vllm_xargs`` ``{"program_id": ..., "pin_ttl_s": ...}``)
 but has no control path.  Importing this module imports vLLM.
 """
 
-from ._engines._pin_scheduler import AsyncPinningScheduler, PinningScheduler
+from ._engines import AsyncPinningScheduler, PinningScheduler
 
 __all__ = ["AsyncPinningScheduler", "PinningScheduler"]

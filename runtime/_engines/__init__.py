@@ -1,23 +1,40 @@
-"""Engine backends behind one abstract base (:class:`Engine`).
+"""Engine backends behind one abstract base (:class:`Engine`); this module is the subpackage's face.
 
 - :class:`InProcessEngine`: vLLM's ``AsyncLLM`` in this process (the embedded default).
 - :class:`RemoteEngine`: a vLLM OpenAI-compatible server reached over HTTP.
 - :class:`ServerEngine`: a ``vllm serve`` subprocess the runtime launches and supervises.
+- :class:`PinningScheduler`, :class:`AsyncPinningScheduler`: agentrt's scheduler
+  plug-in, loaded by vLLM in its engine-core process (public path:
+  :mod:`runtime.vllm_scheduler`).
 
-Backends are imported lazily so that using one never imports another's
-dependencies (a remote-only client never imports vLLM).
+The rest of the runtime imports engines only through this module:
+:class:`Engine` (``_base.py``), what passes between the runtime and an
+engine (``_requests.py``: requests, completions, stats, the metadata keys),
+``dtype="auto"`` (``_dtype.py``) and the backends.  Backends are imported on
+first use, so that importing this module never imports vLLM or aiohttp, and
+using one backend never imports another's dependencies (a remote-only client
+never imports vLLM).  Modules inside the subpackage import each other directly.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ._base import (
+from .._lazy import load_on_first_use
+from ._base import Engine
+from ._dtype import DTYPE_BYTES, resolve_dtype
+from ._requests import (
+    METADATA_NODE_ID,
+    METADATA_PIN_TTL_S,
+    METADATA_PROGRAM_ID,
+    METADATA_WORKFLOW,
     ChatPrompt,
     Completion,
-    Engine,
+    EngineLoad,
     EngineStats,
     GenerateRequest,
+    MetadataValue,
+    PinStats,
     Prompt,
     SamplingOptions,
     TokenDelta,
@@ -26,30 +43,44 @@ from ._base import (
 
 if TYPE_CHECKING:
     from ._inprocess import InProcessEngine
+    from ._pin_scheduler import AsyncPinningScheduler, PinningScheduler
     from ._remote import RemoteEngine
     from ._server import ServerEngine
 
 __all__ = [
+    "DTYPE_BYTES",
+    "METADATA_NODE_ID",
+    "METADATA_PIN_TTL_S",
+    "METADATA_PROGRAM_ID",
+    "METADATA_WORKFLOW",
+    "AsyncPinningScheduler",
     "ChatPrompt",
     "Completion",
     "Engine",
+    "EngineLoad",
     "EngineStats",
     "GenerateRequest",
     "InProcessEngine",
+    "MetadataValue",
+    "PinStats",
+    "PinningScheduler",
     "Prompt",
     "RemoteEngine",
     "SamplingOptions",
     "ServerEngine",
     "TokenDelta",
     "TokenPrompt",
+    "resolve_dtype",
 ]
 
-_LAZY = {"InProcessEngine": "._inprocess", "RemoteEngine": "._remote", "ServerEngine": "._server"}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# The backends (vLLM, aiohttp) and the scheduler plug-in (vLLM) load on first use.
+__getattr__ = load_on_first_use(
+    __name__,
+    {
+        "InProcessEngine": "._inprocess",
+        "RemoteEngine": "._remote",
+        "ServerEngine": "._server",
+        "PinningScheduler": "._pin_scheduler",
+        "AsyncPinningScheduler": "._pin_scheduler",
+    },
+)

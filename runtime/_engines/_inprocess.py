@@ -3,8 +3,8 @@
 The engine core still runs in a child process that vLLM starts, which is why a
 script that starts one needs an ``if __name__ == "__main__":`` guard.  That
 process is guarded by the reaper (:mod:`._reaper`), so it does not outlive
-this one, and watched by a supervisor task that rebuilds the engine, with
-backoff, when the core dies (``restart_on_failure``).
+this one, and watched by a supervisor (:mod:`._supervisor`) that rebuilds
+the engine, with backoff, when the core dies (``restart_on_failure``).
 
 This module and :mod:`._vllm_stats` are the only places that import vLLM's
 Python API; that surface is kept small on purpose (vLLM's internals move
@@ -33,13 +33,14 @@ import anyio.to_thread
 from .._clock import now
 from .._errors import EngineRequestError, EngineStartError, EngineUnavailableError
 from .._models import resolve_model
-from .._signals import shutdown_requested
 from .._tool_formats import NativeTools, native_tools_of
-from ._base import ChatPrompt, Completion, Engine, GenerateRequest, TokenDelta
+from ._base import Engine
 from ._dtype import engine_build, resolve_dtype
 from ._pin_control import CONFIG_KEY, PinControlClient
 from ._pinned import PinControlled
 from ._reaper import NewChildren
+from ._requests import ChatPrompt, Completion, GenerateRequest, TokenDelta
+from ._supervisor import Supervisor
 from ._vllm_stats import SchedulerSnapshot, make_stat_logger_factory
 
 if TYPE_CHECKING:
@@ -51,9 +52,6 @@ logger = logging.getLogger(__name__)
 
 #: Seconds between looks at whether the engine core is alive (vLLM has no death callback).
 _WATCH_S = 0.25
-#: Restart backoff: first delay and cap, seconds (doubles per restart), as for servers.
-_BACKOFF_FIRST_S = 1.0
-_BACKOFF_MAX_S = 30.0
 #: One engine build at a time in a process.  vLLM's build is not safe to run
 #: concurrently with another: its Prometheus logger unregisters every "vllm:"
 #: collector of the global registry and registers its own, so two builds that
@@ -171,14 +169,14 @@ class InProcessEngine(PinControlled, Engine):
         restart_on_failure: bool = True,
         max_restarts: int = 3,
     ) -> None:
-        self.model_path: Path = resolve_model(model)
-        super().__init__(name or _next_name(), self.model_path.name)
+        self._model_path = resolve_model(model)
+        super().__init__(name or _next_name(), self._model_path.name)
         self._kv_cache_gib = kv_cache_gib
         #: The number format the engine runs in (``"auto"`` resolved for this machine).
         self.dtype = resolve_dtype(dtype)
         self._args: dict[str, Any] = {
-            "model": str(self.model_path),
-            "served_model_name": [self.model_path.name],
+            "model": str(self._model_path),
+            "served_model_name": [self._model_path.name],
             "dtype": self.dtype,
             "max_model_len": max_model_len,
             "max_num_seqs": max_num_seqs,
@@ -201,25 +199,34 @@ class InProcessEngine(PinControlled, Engine):
         self._pin_address = self._pin_token = ""
         self._llm: AsyncLLM | None = None
         self._snapshot = SchedulerSnapshot()
-        self._restart_on_failure = restart_on_failure
-        self._max_restarts = max_restarts
-        self._restarts = 0
         # The processes the current AsyncLLM started (its engine core), guarded by the reaper.
         self._children: NewChildren | None = None
         # A build in a worker thread; it runs on when its awaiter is cancelled, and closing waits for it.
         self._building: asyncio.Task[None] | None = None
         self._build_children: NewChildren | None = None
-        self._supervisor: asyncio.Task[None] | None = None
-        # None while the engine serves (or before it starts); otherwise why it cannot (restarting, gave up, closed).
-        self._down_reason: str | None = None
+        self._supervisor = Supervisor(
+            self.name,
+            watch=self._core_death,
+            clean_up=self._shut_down_llm,
+            rebuild=self._rebuild,
+            restart=restart_on_failure,
+            max_restarts=max_restarts,
+            restart_option="restart_on_failure",
+            logger=logger,
+        )
         # The chat template's tools, read once from the engine's tokenizer (the model does not change).
         self._tool_template: NativeTools | None = None
         self._tool_template_read = False
 
     @property
+    def model_path(self) -> Path:
+        """The model's directory (``model`` resolved)."""
+        return self._model_path
+
+    @property
     def restarts(self) -> int:
         """How many times the engine was rebuilt after its engine core died."""
-        return self._restarts
+        return self._supervisor.restarts
 
     async def _start(self) -> None:
         if self._pins:
@@ -229,8 +236,7 @@ class InProcessEngine(PinControlled, Engine):
         except Exception as exc:
             await self._close_pins()
             raise self._start_error(exc) from exc
-        self._supervisor = asyncio.create_task(self._supervise(), name=f"{self.name} supervisor")
-        self._supervisor.add_done_callback(self._supervisor_done)
+        self._supervisor.start()
 
     def _start_error(self, exc: Exception) -> EngineStartError:
         # vLLM's messages can run to pages (every supported architecture);
@@ -238,7 +244,7 @@ class InProcessEngine(PinControlled, Engine):
         detail = " ".join(str(exc).split())
         if len(detail) > 400:
             detail = detail[:400] + " ..."
-        return EngineStartError(f"in-process vLLM engine on {self.model_path} failed to start: {detail}")
+        return EngineStartError(f"in-process vLLM engine on {self._model_path} failed to start: {detail}")
 
     async def _build_in_thread(self) -> None:
         """Build the ``AsyncLLM`` in a worker thread (it blocks for tens of seconds) into ``self._llm``.
@@ -323,8 +329,8 @@ class InProcessEngine(PinControlled, Engine):
         return AsyncLLM.from_engine_args(args, stat_loggers=[make_stat_logger_factory(self._snapshot)])
 
     def _require_llm(self) -> AsyncLLM:
-        if self._down_reason is not None:
-            raise EngineUnavailableError(self._down_reason)
+        if (reason := self._supervisor.down_reason) is not None:
+            raise EngineUnavailableError(reason)
         if self._llm is None:
             raise EngineUnavailableError(f"engine {self.name} is not started")
         if self._llm.errored:
@@ -438,7 +444,7 @@ class InProcessEngine(PinControlled, Engine):
         self._require_llm()
 
     def _available(self) -> bool:
-        return self._down_reason is None and self._llm is not None and not self._llm.errored
+        return self._supervisor.down_reason is None and self._llm is not None and not self._llm.errored
 
     async def _engine_stats(self) -> dict[str, Any]:
         return {**self._snapshot.as_stats(), **await self._pin_engine_stats()}
@@ -449,47 +455,19 @@ class InProcessEngine(PinControlled, Engine):
 
     # -- supervision ---------------------------------------------------------
 
-    async def _supervise(self) -> None:
-        """Wait for the engine core to die; rebuild the engine with backoff while allowed."""
-        while True:
-            while (llm := self._llm) is not None and not llm.errored:  # noqa: ASYNC110 - vLLM has no death event
-                await asyncio.sleep(_WATCH_S)
-            died = f"engine {self.name}: its vLLM engine core died"
-            if shutdown_requested():
-                # A Ctrl-C in a terminal reaches the engine core too, which then exits on its own.
-                self._down_reason = f"{died} while this process shuts down"
-                await self._shut_down_llm()
-                return
-            self._down_reason = f"{died}; restarting" if self._restart_on_failure else died
-            logger.warning("%s", self._down_reason)
-            await self._shut_down_llm()
-            while True:
-                if not self._restart_on_failure or self._restarts >= self._max_restarts:
-                    self._down_reason = (
-                        f"{died} and is not restarted (restart_on_failure={self._restart_on_failure}, "
-                        f"{self._restarts}/{self._max_restarts} restarts used): close it and start a new one"
-                    )
-                    logger.error("%s", self._down_reason)
-                    return
-                await asyncio.sleep(min(_BACKOFF_FIRST_S * 2**self._restarts, _BACKOFF_MAX_S))
-                self._restarts += 1
-                try:
-                    await self._renew_pin_client()
-                    await self._build_in_thread()
-                except Exception as exc:
-                    logger.warning("%s: restart %d failed: %s", self.name, self._restarts, self._start_error(exc))
-                    continue
-                break
-            self._down_reason = None
-            logger.warning("%s: engine rebuilt (restart %d)", self.name, self._restarts)
+    async def _core_death(self) -> str:
+        """Return once the engine core has died (the supervisor's ``watch``)."""
+        while (llm := self._llm) is not None and not llm.errored:  # noqa: ASYNC110 - vLLM has no death event
+            await asyncio.sleep(_WATCH_S)
+        return f"engine {self.name}: its vLLM engine core died"
 
-    def _supervisor_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        # A bug in the supervisor: without it nobody would rebuild the engine, so say it is down.
-        exc = task.exception()
-        logger.error("%s: supervisor failed", self.name, exc_info=exc)
-        self._down_reason = f"engine {self.name}: its supervisor failed: {exc!r}"
+    async def _rebuild(self) -> None:
+        """Build the engine again after its core died (the supervisor's ``rebuild``)."""
+        try:
+            await self._renew_pin_client()
+            await self._build_in_thread()
+        except Exception as exc:
+            raise self._start_error(exc) from exc
 
     async def _renew_pin_client(self) -> None:
         """A fresh client for the rebuilt core's control server (same address, token): the old connections are dead."""
@@ -522,13 +500,9 @@ class InProcessEngine(PinControlled, Engine):
             children.release()
 
     async def _aclose(self) -> None:
-        self._down_reason = f"engine {self.name} is closed"
-        supervisor, self._supervisor = self._supervisor, None
+        self._supervisor.down_reason = f"engine {self.name} is closed"
         with anyio.CancelScope(shield=True):
-            if supervisor is not None:
-                supervisor.cancel()
-                # wait() rather than awaiting the task: its CancelledError is not ours to catch.
-                await asyncio.wait({supervisor})
+            await self._supervisor.stop()
             building, self._building = self._building, None
             if building is not None:
                 # Starting, or restarting, when asked to close (a signal during start-up): end the build, stop

@@ -38,9 +38,9 @@ from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.scheduler import Scheduler
 from vllm.v1.request import Request, RequestStatus
 
-from ._base import METADATA_PIN_TTL_S, METADATA_PROGRAM_ID
 from ._pin_control import PinControlServer, control_settings
 from ._pin_table import PinTable
+from ._requests import METADATA_PIN_TTL_S, METADATA_PROGRAM_ID
 
 if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks

@@ -13,8 +13,8 @@ import logging
 from typing import Any
 
 from .._errors import EngineCapabilityError, EngineError
-from ._base import PinStats
 from ._pin_control import PinControlClient
+from ._requests import PinStats
 
 __all__ = ["PinControlled"]
 

@@ -36,15 +36,10 @@ from .._errors import (
     EngineUnavailableError,
 )
 from .._tool_formats import NativeTools, load_native_tools
-from ._base import (
-    ChatPrompt,
-    Completion,
-    Engine,
-    GenerateRequest,
-    TokenDelta,
-)
+from ._base import Engine
 from ._pin_control import ENV_TOKEN, PinControlClient
 from ._pinned import PinControlled
+from ._requests import ChatPrompt, Completion, GenerateRequest, TokenDelta
 
 __all__ = [
     "RemoteEngine",

@@ -3,9 +3,9 @@
 The server runs in its own session (process group), so the engine-core process
 vLLM spawns dies with it: closing the engine signals the whole group.  The
 reaper (:mod:`._reaper`) guards the group too, so it does not outlive this
-process even when this process is killed outright.  A
-watcher task restarts the server, with backoff, when it exits on its own;
-while it is down, health checks and new requests fail with
+process even when this process is killed outright.  A supervisor
+(:mod:`._supervisor`) restarts the server, with backoff, when it exits on its
+own; while it is down, health checks and new requests fail with
 :class:`EngineUnavailableError`.  Requests go through :class:`RemoteEngine`.
 """
 
@@ -31,28 +31,24 @@ import telemetry
 from .._clock import now
 from .._errors import EngineStartError, EngineUnavailableError, ModelNotFoundError
 from .._models import resolve_model
-from ._base import Completion, GenerateRequest, TokenDelta
 from ._dtype import resolve_dtype
 from ._inprocess import plugin_scheduler_cls
 from ._pin_control import ENV_LISTEN, ENV_TOKEN
 from ._reaper import reaper
 from ._remote import RemoteEngine
+from ._requests import Completion, GenerateRequest, TokenDelta
+from ._supervisor import Supervisor, log_tail
 
 __all__ = ["ServerEngine"]
 
 logger = logging.getLogger(__name__)
 
-#: Log lines quoted in start and crash errors.
-_TAIL_LINES = 40
 #: Seconds between /health probes while a server starts.
 _POLL_S = 0.5
 #: Seconds a server gets to exit after SIGTERM before SIGKILL.
 _TERM_GRACE_S = 15.0
 #: Seconds to wait for the process group to vanish after SIGKILL.
 _KILL_WAIT_S = 5.0
-#: Restart backoff: first delay and cap, seconds (doubles per restart).
-_BACKOFF_FIRST_S = 1.0
-_BACKOFF_MAX_S = 30.0
 
 #: Structured output config: with random-weight models xgrammar's default
 #: grammar lets the model pad JSON with whitespace until max_tokens.
@@ -122,19 +118,6 @@ def _open_log(path: Path, header: str) -> IO[bytes]:
     log.write(header.encode() + b"\n")
     log.flush()
     return log
-
-
-def _tail(path: Path, lines: int = _TAIL_LINES) -> str:
-    """The last ``lines`` lines of a log file (reads at most its last 64 KiB)."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 65536))
-            data = f.read()
-    except OSError as exc:
-        return f"(log {path} unreadable: {exc})"
-    return "\n".join(data.decode("utf-8", errors="replace").splitlines()[-lines:])
 
 
 class ServerEngine(RemoteEngine):
@@ -219,8 +202,6 @@ class ServerEngine(RemoteEngine):
         self._extra_args = tuple(extra_args)
         self._env = dict(env or {})
         self._startup_timeout_s = startup_timeout_s
-        self._restart = restart
-        self._max_restarts = max_restarts
         self._owns_log = log_path is None
         if log_path is None:
             fd, tmp = tempfile.mkstemp(prefix="agentrt-vllm-", suffix=".log")
@@ -230,17 +211,31 @@ class ServerEngine(RemoteEngine):
         self._proc: asyncio.subprocess.Process | None = None
         # The server pid the reaper guards (with its group) until the group is gone.
         self._guarded_pid: int | None = None
-        self._restarts = 0
-        self._watcher: asyncio.Task[None] | None = None
-        # None while the server serves; otherwise why it cannot (restarting, gave up).
-        self._down_reason: str | None = None
+        self._supervisor = Supervisor(
+            self.name,
+            watch=self._server_exit,
+            # Leftovers (an engine core that outlived the API server) hold the port and memory.
+            clean_up=self._stop_process,
+            rebuild=self._launch,
+            restart=restart,
+            max_restarts=max_restarts,
+            restart_option="restart",
+            logger=logger,
+            log_path=self.log_path,
+        )
+
+    @property
+    def model_path(self) -> Path | None:
+        """The directory of the model the server was given (a path or a known name); None for a hub id."""
+        try:
+            return resolve_model(self._model_arg)
+        except ModelNotFoundError:  # a hub id: nothing local to read
+            return None
 
     def _tokenizer_dir(self) -> str | None:
         # The server was given this path or known model name: the tokenizer is here too.
-        try:
-            return str(resolve_model(self._model_arg))
-        except ModelNotFoundError:  # a hub id: nothing local to read
-            return None
+        path = self.model_path
+        return None if path is None else str(path)
 
     # -- public state --------------------------------------------------------
 
@@ -253,7 +248,7 @@ class ServerEngine(RemoteEngine):
     @property
     def restarts(self) -> int:
         """How many times the supervisor has (re)started the server after it exited."""
-        return self._restarts
+        return self._supervisor.restarts
 
     def command(self) -> list[str]:
         """The server's command line."""
@@ -303,16 +298,11 @@ class ServerEngine(RemoteEngine):
             if not started:
                 await self._stop_process()
                 await self._close_session()
-        self._watcher = asyncio.create_task(self._supervise(), name=f"{self.name} supervisor")
-        self._watcher.add_done_callback(self._supervisor_done)
+        self._supervisor.start()
 
     async def _aclose(self) -> None:
-        watcher, self._watcher = self._watcher, None
-        if watcher is not None:
-            watcher.cancel()
-            # wait() rather than awaiting the task: its CancelledError is not ours to catch.
-            await asyncio.wait({watcher})
-        self._down_reason = f"{self.name} is closed"
+        await self._supervisor.stop()
+        self._supervisor.down_reason = f"{self.name} is closed"
         try:
             await self._stop_process()
         finally:
@@ -379,7 +369,7 @@ class ServerEngine(RemoteEngine):
                     raise EngineStartError(
                         f"{self.name}: vllm serve (pid {proc.pid}) not healthy after "
                         f"{self._startup_timeout_s:.0f} s; "
-                        f"log {self.log_path}, last lines:\n{_tail(self.log_path)}"
+                        f"log {self.log_path}, last lines:\n{log_tail(self.log_path)}"
                     )
                 # Sleep, but wake at once if the server dies.
                 done, _ = await asyncio.wait({exited}, timeout=_POLL_S)
@@ -387,7 +377,7 @@ class ServerEngine(RemoteEngine):
                     raise EngineStartError(
                         f"{self.name}: vllm serve (pid {proc.pid}) exited with code {proc.returncode} "
                         "while starting; "
-                        f"log {self.log_path}, last lines:\n{_tail(self.log_path)}"
+                        f"log {self.log_path}, last lines:\n{log_tail(self.log_path)}"
                     )
         finally:
             exited.cancel()
@@ -421,46 +411,15 @@ class ServerEngine(RemoteEngine):
 
     # -- supervision ---------------------------------------------------------
 
-    async def _supervise(self) -> None:
-        """Wait for the server to exit; restart it with backoff while allowed."""
-        while True:
-            proc = self._proc
-            assert proc is not None
-            code = await proc.wait()
-            self._down_reason = f"{self.name}: vllm serve (pid {proc.pid}) exited with code {code}; restarting"
-            logger.warning("%s; last log lines:\n%s", self._down_reason, _tail(self.log_path))
-            # Leftovers (an engine core that outlived the API server) hold the port and memory.
-            await self._stop_process()
-            while True:
-                if not self._restart or self._restarts >= self._max_restarts:
-                    self._down_reason = (
-                        f"{self.name}: vllm serve (pid {proc.pid}) exited with code {code} and is not "
-                        f"restarted (restart={self._restart}, {self._restarts}/{self._max_restarts} "
-                        f"restarts used); log {self.log_path}, last lines:\n{_tail(self.log_path)}"
-                    )
-                    logger.error("%s", self._down_reason)
-                    return
-                await asyncio.sleep(min(_BACKOFF_FIRST_S * 2**self._restarts, _BACKOFF_MAX_S))
-                self._restarts += 1
-                try:
-                    await self._launch()
-                except EngineStartError as exc:
-                    logger.warning("%s: restart %d failed: %s", self.name, self._restarts, exc)
-                    continue
-                break
-            self._down_reason = None
-            logger.info("%s: restarted (restart %d)", self.name, self._restarts)
-
-    def _supervisor_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None:
-            return
-        # A bug in the supervisor: without it nobody would notice a crash, so stop serving.
-        exc = task.exception()
-        logger.error("%s: supervisor failed", self.name, exc_info=exc)
-        self._down_reason = f"{self.name}: supervisor failed: {exc!r}"
+    async def _server_exit(self) -> str:
+        """Return once the server has exited (the supervisor's ``watch``)."""
+        proc = self._proc
+        assert proc is not None
+        code = await proc.wait()
+        return f"{self.name}: vllm serve (pid {proc.pid}) exited with code {code}"
 
     def _raise_if_down(self) -> None:
-        reason = self._down_reason
+        reason = self._supervisor.down_reason
         if reason is not None:
             raise EngineUnavailableError(reason)
 

@@ -7,3 +7,18 @@ call), ``_tenants`` (API keys, fair admission), ``_metrics`` (Prometheus).
 The public names are re-exported by :mod:`runtime`, loaded on first use
 (importing ``runtime`` does not load the web server).
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .._lazy import load_on_first_use
+
+if TYPE_CHECKING:
+    from ._app import Gateway
+    from ._tenants import Tenant, load_api_keys
+
+__all__ = ["Gateway", "Tenant", "load_api_keys"]
+
+# The gateway loads on first use: importing `runtime` must not import the web server (aiohttp).
+__getattr__ = load_on_first_use(__name__, {"Gateway": "._app", "Tenant": "._tenants", "load_api_keys": "._tenants"})

@@ -222,7 +222,7 @@ class Gateway:
             return
         engine = self.runtime.engines[0] if self.runtime.engines else None
         # In-process and launched engines know their model's directory; a remote one only its model id.
-        local = getattr(engine, "model_path", None) or (engine.model if engine is not None else None)
+        local = (engine.model_path or engine.model) if engine is not None else None
         source = self._tokenizer_path or local
         if source:
             try:

@@ -17,7 +17,7 @@ from typing import Any
 from workflows import ToolCall, Usage
 
 from .._context import RuntimeContext
-from .._engines._base import SamplingOptions, TokenPrompt
+from .._engines import SamplingOptions, TokenPrompt
 from .._tool_formats import ToolFormat
 from ._protocol import ChatRequest, CompletionRequest, OpenAIError
 

@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .._engines._base import EngineStats
+from .._engines import EngineStats
 
 __all__ = ["GatewayMetrics"]
 

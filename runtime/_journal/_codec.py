@@ -28,7 +28,7 @@ from typing import Any
 
 import cloudpickle
 
-from .._engines._base import ChatPrompt, Prompt, SamplingOptions
+from .._engines import ChatPrompt, Prompt, SamplingOptions
 from .._errors import JournalError
 
 __all__ = [

@@ -91,7 +91,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .._engines._base import Completion, Engine
+from .._engines import Completion, Engine
 from .._program import Program
 from ._base import CallFinished, CallInfo, Route
 from ._contexts import ContextIndex

@@ -38,7 +38,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from .._engines._base import Engine
+from .._engines import Engine
 from .._program import Program
 from ._base import CallFinished, CallInfo, Policy, Route
 from ._placement import least_loaded

@@ -27,7 +27,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
-from .._engines._base import ChatPrompt, Completion, Engine, MetadataValue, Prompt, SamplingOptions
+from .._engines import ChatPrompt, Completion, Engine, MetadataValue, Prompt, SamplingOptions
 from .._program import Node, Program
 
 __all__ = [

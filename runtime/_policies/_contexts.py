@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .._engines._base import ChatPrompt, Completion, Engine, Prompt
+from .._engines import ChatPrompt, Completion, Engine, Prompt
 
 __all__ = ["CONTEXTS_PER_PROGRAM", "FINGERPRINT_TOKENS", "ContextIndex"]
 

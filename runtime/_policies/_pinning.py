@@ -51,7 +51,7 @@ from typing import ClassVar
 
 from toolbridge import DurationPredictor, ErrorKind
 
-from .._engines._base import METADATA_PIN_TTL_S, Completion, Engine
+from .._engines import METADATA_PIN_TTL_S, Completion, Engine
 from .._program import Program
 from ._base import CallFinished, CallInfo, Policy, Route, ToolFinished, ToolStarted
 from ._placement import least_loaded

@@ -23,7 +23,7 @@ import hashlib
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
-from .._engines._base import Engine, EngineLoad
+from .._engines import Engine, EngineLoad
 
 __all__ = ["PrefixHomes", "has_headroom", "least_loaded", "load_key", "waiting_estimate"]
 

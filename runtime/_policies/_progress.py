@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .._engines._base import Engine
+from .._engines import Engine
 from .._program import Program, ProgramState
 from ._base import CallFinished, CallInfo
 from ._placement import has_headroom, waiting_estimate

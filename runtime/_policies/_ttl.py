@@ -28,7 +28,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .._engines._base import EngineLoad
+from .._engines import EngineLoad
 
 __all__ = [
     "NO_PIN",

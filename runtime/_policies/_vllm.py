@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 
-from .._engines._base import Engine
+from .._engines import Engine
 from ._base import CallInfo, Policy, Route
 from ._placement import least_loaded
 

@@ -26,7 +26,7 @@ from runtime import (
     TokenDelta,
     VLLMPolicy,
 )
-from runtime._dispatch import RetryBackoff
+from runtime._backoff import Backoff
 from runtime._health import HealthMonitor
 from runtime.testing import ScriptedEngine
 from workflows import Context, workflow
@@ -208,10 +208,12 @@ async def test_a_retried_call_does_not_count_against_its_own_admission() -> None
 
 
 def test_backoff_doubles_up_to_its_cap() -> None:
-    backoff = RetryBackoff(first_s=0.5, max_s=3.0)
+    backoff = Backoff(first_s=0.5, max_s=3.0)
     assert [backoff.delay_s(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     with pytest.raises(ValueError, match="first_s"):
-        RetryBackoff(first_s=2.0, max_s=1.0)
+        Backoff(first_s=2.0, max_s=1.0)
+    with pytest.raises(ValueError, match="from 1"):
+        backoff.delay_s(0)
     with pytest.raises(ValueError, match="llm_retries"):
         Runtime([ScriptedEngine()], llm_retries=-1)
     with pytest.raises(ValueError, match="llm_timeout_s"):

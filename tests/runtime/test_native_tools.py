@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 
 from runtime import InProcessEngine, Runtime
-from runtime._engines._base import ChatPrompt, GenerateRequest, SamplingOptions
+from runtime._engines import ChatPrompt, GenerateRequest, SamplingOptions
 from runtime._tool_formats import openai_tools
 from toolbridge import tool
 from workflows import Agent, Context, LLMReply, workflow

@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from runtime import InProcessEngine
-from runtime._engines._base import (
+from runtime._engines import (
     METADATA_PIN_TTL_S,
     METADATA_PROGRAM_ID,
     Completion,

@@ -26,13 +26,16 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from runtime._engines._base import (
+from runtime import resolve_model
+from runtime._engines import (
     METADATA_PIN_TTL_S,
     METADATA_PROGRAM_ID,
     ChatPrompt,
     Completion,
     GenerateRequest,
+    InProcessEngine,
     SamplingOptions,
+    ServerEngine,
     TokenDelta,
     TokenPrompt,
 )
@@ -45,7 +48,6 @@ from runtime._engines._remote import (
     parse_vllm_metrics,
     request_body,
 )
-from runtime._engines._server import ServerEngine
 from runtime._errors import (
     EngineClosedError,
     EngineError,
@@ -286,6 +288,19 @@ async def test_closed_port_fails_start() -> None:
     with pytest.raises(EngineStartError, match="cannot list models"):
         await engine.start()
     await engine.aclose()
+
+
+async def test_engines_say_where_their_model_is(tiny_model: Path) -> None:
+    # Engine.model_path is where the gateway reads a tokenizer: only engines that start the model have it.
+    where = resolve_model(tiny_model)  # the directory, links resolved
+    assert InProcessEngine(tiny_model).model_path == where
+    launched, hub = ServerEngine(tiny_model), ServerEngine("someone/not-a-local-model")  # never started
+    try:
+        assert launched.model_path == where and hub.model_path is None
+    finally:
+        await launched.aclose()  # removes their log files
+        await hub.aclose()
+    assert RemoteEngine(f"http://127.0.0.1:{free_port()}").model_path is None
 
 
 disconnected: list[str] = []

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from runtime._engines._base import ChatPrompt, SamplingOptions
+from runtime._engines import ChatPrompt, SamplingOptions
 from runtime._journal._codec import PromptChain, sampling_json
 from runtime._model_build._common import CHATML_TEMPLATE, HERMES_TOOLS_TEMPLATE
 from runtime._tool_formats import (
@@ -334,7 +334,7 @@ def test_sampling_fingerprint_unchanged_without_structural_tag() -> None:
 
 
 def test_remote_body_renders_tools_without_server_tool_parsing() -> None:
-    from runtime._engines._base import GenerateRequest
+    from runtime._engines import GenerateRequest
     from runtime._engines._remote import request_body
 
     prompt = ChatPrompt.of([{"role": "user", "content": "hi"}], tools=openai_tools([ADD]))

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runtime import AutellixPolicy, Completion, Program
-from runtime._engines._base import ChatPrompt, TokenPrompt
+from runtime._engines import ChatPrompt, TokenPrompt
 from runtime._policies._contexts import ContextIndex
 from runtime._policies._placement import PrefixHomes
 from runtime._policies._profiles import StageSpan, WorkflowProfile, planned_share
