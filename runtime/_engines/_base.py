@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Self, TypeAlias
 from .._errors import EngineCapabilityError, EngineClosedError, EngineError
 
 if TYPE_CHECKING:
-    from .._tool_formats import NativeTools
+    from .._tools import NativeTools
 
 __all__ = [
     "ChatPrompt",

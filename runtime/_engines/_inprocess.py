@@ -34,7 +34,7 @@ from .._clock import now
 from .._errors import EngineRequestError, EngineStartError, EngineUnavailableError
 from .._models import resolve_model
 from .._signals import shutdown_requested
-from .._tool_formats import NativeTools, native_tools_of
+from .._tools import NativeTools, native_tools_of
 from ._base import ChatPrompt, Completion, Engine, GenerateRequest, TokenDelta
 from ._dtype import engine_build, resolve_dtype
 from ._pin_control import CONFIG_KEY, PinControlClient
