@@ -15,7 +15,7 @@ import dataclasses
 import json
 import math
 from collections.abc import Awaitable, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 
@@ -40,27 +40,22 @@ from workflows import (
 from ._backoff import Backoff
 from ._clock import now
 from ._dispatch import Dispatcher
-from ._engines import ChatPrompt, Completion, Prompt, SamplingOptions, TokenPrompt
-from ._errors import EngineError
+from ._engines import Completion, Prompt, SamplingOptions, TokenPrompt
 from ._events import StepFinished, StepReplayed, StepStarted, ToolCallFinished, ToolCallStarted
 from ._journal import ProgramJournal, StepEntry
 from ._journal._codec import Blob, fingerprint, sampling_json
 from ._nodes import DagCursor, NodeScope, open_node
 from ._policies import CallInfo
 from ._program import Node, NodeKind, Program
-from ._tool_formats import (
+from ._tools import (
     TOOL_FORMATS,
-    NativeTools,
     ToolFormat,
-    native_argument_chars,
-    native_messages,
-    openai_tools,
-    parse_native_reply,
+    repeated_message,
     resolve_tool_format,
-    structural_tag,
+    tool_calling,
+    tool_message,
+    tool_specs,
 )
-from ._tool_messages import repeated_message, tool_message
-from ._toolcalls import ToolPrompt, normalize_messages, parse_reply, tool_specs
 from ._tracing import agent_span, chat_span, end_agent, step_span
 
 __all__ = ["RuntimeContext"]
@@ -177,31 +172,21 @@ class RuntimeContext(Context):
         if not messages:
             raise ValueError("ctx.llm: messages must not be empty")
         specs = tool_specs(tools) if tools else ()
-        native: NativeTools | None = None
+        native = None
         if specs:
-            native = resolve_tool_format(
-                tool_format, await self._tool_template(), tool_parser=tool_parser, model=self._dispatcher.model
-            )
-        tool_prompt: ToolPrompt | None = None
-        schema = json_schema
-        tag: str | None = None
-        if native is not None:
-            # The native path: the template renders tools and OpenAI-shaped messages its own way.
-            prompt = ChatPrompt.of(native_messages(messages), tools=openai_tools(specs))
-            tag = structural_tag(
-                native,
-                specs,
-                tool_choice,
-                parallel_tool_calls=parallel_tool_calls,
-                max_chars=native_argument_chars(native, specs, max_tokens),
-            )
-        else:
-            chat = normalize_messages(messages)
-            if specs:
-                tool_prompt = ToolPrompt(specs)
-                chat = tool_prompt.with_system(chat)
-                schema = tool_prompt.schema(tool_choice, max_tokens, parallel_tool_calls=parallel_tool_calls)
-            prompt = ChatPrompt.of(chat)
+            # Every engine of one runtime serves one model: the prompt is rendered for it
+            # whichever engine the policy then picks.
+            template = await self._dispatcher.tool_template()
+            native = resolve_tool_format(tool_format, template, tool_parser=tool_parser, model=self._dispatcher.model)
+        calling = tool_calling(
+            specs,
+            native,
+            tool_choice=tool_choice,
+            parallel_tool_calls=parallel_tool_calls,
+            max_tokens=max_tokens,
+            json_schema=json_schema,
+        )
+        prepared = calling.prepare(messages)
         sampling = SamplingOptions(
             max_tokens=max_tokens,
             temperature=temperature,
@@ -209,60 +194,30 @@ class RuntimeContext(Context):
             seed=seed,
             stop=tuple(stop),
             ignore_eos=ignore_eos,
-            json_schema=schema,
-            structural_tag=tag,
+            json_schema=prepared.json_schema,
+            structural_tag=prepared.structural_tag,
         )
         completion, node = await self._generate(
-            prompt, sampling, stage=stage, priority=priority, timeout_s=timeout_s, retries=retries
+            prepared.prompt, sampling, stage=stage, priority=priority, timeout_s=timeout_s, retries=retries
         )
-        text, error = completion.text, None
-        calls: tuple[ToolCall, ...] = ()
         # Ids from the step key: the same on every run, so a resumed program's prompts
         # (which quote them in tool messages) match the journaled ones.
         call_id_prefix = f"call-{node.key}"
-        used_format: Literal["native", "json"] | None = None
-        if native is not None:
-            parsed = parse_native_reply(
-                native,
-                completion.text,
-                specs,
-                tool_choice,
-                finish_reason=completion.finish_reason,
-                call_id_prefix=call_id_prefix,
-            )
-            text, calls, error, used_format = parsed.text, parsed.tool_calls, parsed.error, "native"
-        elif tool_prompt is not None:
-            parsed = parse_reply(completion.text, finish_reason=completion.finish_reason, call_id_prefix=call_id_prefix)
-            text, calls, error, used_format = parsed.text, parsed.tool_calls, parsed.error, "json"
+        reply = calling.parse(completion.text, finish_reason=completion.finish_reason, call_id_prefix=call_id_prefix)
         return LLMReply(
-            text=text,
-            tool_calls=calls,
+            text=reply.text,
+            tool_calls=reply.tool_calls,
             usage=node.usage,
             finish_reason=completion.finish_reason,
             model=completion.model,
             engine=completion.engine,
             raw_text=completion.text,
-            tool_call_error=error,
-            tool_format=used_format,
+            tool_call_error=reply.error,
+            tool_format=calling.tool_format,
             ttft_s=completion.ttft_s,
             latency_s=completion.e2e_s,
             queued_s=completion.queued_s,
         )
-
-    async def _tool_template(self) -> NativeTools | None:
-        """How the runtime's model does tools, asked of its engines before dispatch.
-
-        Every engine of one runtime serves one model, so the prompt is
-        rendered for it whichever engine the policy then picks: the first
-        engine that can answer decides (an available one first).
-        """
-        engines = sorted(self._dispatcher.engines, key=lambda e: not e.available)
-        for engine in engines:
-            try:
-                return await engine.tool_template()
-            except EngineError:  # down: another engine of the same model may answer
-                continue
-        return None
 
     async def llm_tokens(
         self,

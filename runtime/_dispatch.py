@@ -8,9 +8,10 @@ retry rounds with backoff when no engine is left to take it (a server
 restarting), the call's time bound over all of it, and the bookkeeping of
 the finished call (node and program usage, service received, the ``chat``
 span's attributes, the policy's :meth:`~Policy.on_call_finished`).
-Contexts reach it through :meth:`Dispatcher.generate` and the three
-``*_started``/``*_finished`` notifications; nothing else of the runtime
-talks to engines for a call.
+Contexts reach it through :meth:`Dispatcher.generate`, the three
+``*_started``/``*_finished`` notifications and :meth:`Dispatcher.tool_template`
+(how the model does tools, asked before the prompt is rendered); nothing
+else of the runtime talks to engines for a call.
 
 The dispatcher is also the :class:`~runtime.PolicyHost` a policy is bound to.
 """
@@ -45,6 +46,7 @@ from ._engines import (
 from ._errors import (
     EngineCapabilityError,
     EngineClosedError,
+    EngineError,
     EngineUnavailableError,
     NoEngineError,
     PolicyError,
@@ -56,6 +58,8 @@ from ._tracing import end_chat
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
+
+    from ._tools import NativeTools
 
 __all__ = ["DEFAULT_LLM_RETRIES", "RETRY_BACKOFF", "Dispatcher"]
 
@@ -139,6 +143,9 @@ class Dispatcher:
         self.policy = policy
         self._held: list[_Held] = []
         self._recheck: asyncio.TimerHandle | None = None
+        # The model's tool template (tool_template), once an engine has told.
+        self._tool_template: NativeTools | None = None
+        self._tool_template_known = False
 
     # -- PolicyHost ------------------------------------------------------------
 
@@ -192,6 +199,26 @@ class Dispatcher:
     def model(self) -> str:
         """The model name calls are recorded under before an engine is chosen (the first available engine's)."""
         return next((e.model for e in self._engines if e.available), self._engines[0].model)
+
+    async def tool_template(self) -> NativeTools | None:
+        """How the runtime's model does tools (:meth:`Engine.tool_template`), asked of its engines once.
+
+        Every engine of one runtime serves one model, so a call's prompt is
+        rendered for it before the policy picks an engine: the first engine
+        that answers decides (available ones first; one that fails is passed
+        over) and its answer is kept for the runtime's life.  None, not kept,
+        when no engine answers.
+        """
+        if self._tool_template_known:
+            return self._tool_template
+        for engine in sorted(self._engines, key=lambda e: not e.available):
+            try:
+                found = await engine.tool_template()
+            except EngineError:  # down: another engine of the same model may answer
+                continue
+            self._tool_template, self._tool_template_known = found, True
+            return found
+        return None
 
     # -- LLM calls -------------------------------------------------------------
 

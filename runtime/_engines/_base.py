@@ -23,7 +23,7 @@ from .._errors import EngineCapabilityError, EngineClosedError, EngineError
 from ._requests import Completion, EngineLoad, EngineStats, GenerateRequest, PinStats, TokenDelta
 
 if TYPE_CHECKING:
-    from .._tool_formats import NativeTools
+    from .._tools import NativeTools
 
 __all__ = ["Engine"]
 

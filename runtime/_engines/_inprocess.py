@@ -33,7 +33,7 @@ import anyio.to_thread
 from .._clock import now
 from .._errors import EngineRequestError, EngineStartError, EngineUnavailableError
 from .._models import resolve_model
-from .._tool_formats import NativeTools, native_tools_of
+from .._tools import NativeTools, native_tools_of
 from ._base import Engine
 from ._dtype import engine_build, resolve_dtype
 from ._pin_control import CONFIG_KEY, PinControlClient

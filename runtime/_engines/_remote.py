@@ -35,7 +35,7 @@ from .._errors import (
     EngineStartError,
     EngineUnavailableError,
 )
-from .._tool_formats import NativeTools, load_native_tools
+from .._tools import NativeTools, load_native_tools
 from ._base import Engine
 from ._pin_control import ENV_TOKEN, PinControlClient
 from ._pinned import PinControlled

@@ -38,7 +38,7 @@ import telemetry
 from telemetry import names
 
 from .._errors import EngineRequestError, EngineUnavailableError, NoEngineError, RuntimeStateError
-from .._tool_formats import TOOL_FORMATS, ToolFormat
+from .._tools import TOOL_FORMATS, ToolFormat
 from ._calls import ChatOutcome, CompletionOutcome, chat_work, completion_work
 from ._metrics import GatewayMetrics
 from ._protocol import (

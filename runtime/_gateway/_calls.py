@@ -18,7 +18,7 @@ from workflows import ToolCall, Usage
 
 from .._context import RuntimeContext
 from .._engines import SamplingOptions, TokenPrompt
-from .._tool_formats import ToolFormat
+from .._tools import ToolFormat
 from ._protocol import ChatRequest, CompletionRequest, OpenAIError
 
 __all__ = ["ChatOutcome", "ClientTool", "CompletionOutcome", "chat_work", "completion_work"]

@@ -15,7 +15,7 @@ import pytest
 
 from runtime import InProcessEngine, Runtime
 from runtime._engines import ChatPrompt, GenerateRequest, SamplingOptions
-from runtime._tool_formats import openai_tools
+from runtime._tools._native import openai_tools
 from toolbridge import tool
 from workflows import Agent, Context, LLMReply, workflow
 

@@ -16,7 +16,8 @@ import pytest
 from runtime._engines import ChatPrompt, SamplingOptions
 from runtime._journal._codec import PromptChain, sampling_json
 from runtime._model_build._common import CHATML_TEMPLATE, HERMES_TOOLS_TEMPLATE
-from runtime._tool_formats import (
+from runtime._tools import tool_specs
+from runtime._tools._native import (
     NativeTools,
     detect_parser,
     load_native_tools,
@@ -27,7 +28,6 @@ from runtime._tool_formats import (
     structural_tag,
     template_supports_tools,
 )
-from runtime._toolcalls import tool_specs
 from toolbridge import ToolDefinitionError, tool
 
 LLAMA3_TEMPLATE = (
@@ -242,7 +242,7 @@ def test_no_structural_tag_for_parsers_without_one() -> None:
 
 
 def test_argument_bound_leaves_room_for_the_envelope(hermes: NativeTools) -> None:
-    from runtime._tool_formats import native_argument_chars
+    from runtime._tools._native import native_argument_chars
 
     envelope = len(hermes.tokenizer.encode('<tool_call>\n{"name": "echo", "arguments": {}}\n</tool_call>'))
     for max_tokens in (64, 96, 256):

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pydantic import Field
 
-from runtime._toolcalls import ToolPrompt, bounded, parse_reply
+from runtime._tools._json_protocol import ToolPrompt, bounded, parse_reply
 from toolbridge import tool
 
 

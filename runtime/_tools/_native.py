@@ -10,8 +10,9 @@ the template (what vLLM's OpenAI server does), and, when a call is required
 (``tool_choice="required"`` or a tool's name), constrains generation with the
 xgrammar structural tag vLLM builds for that format.
 
-The other path is :mod:`._toolcalls`: a JSON protocol of our own forced by
-structured output, which any model (even a random-weight one) follows.
+The other path is :mod:`._json_protocol`: a JSON protocol of our own forced
+by structured output, which any model (even a random-weight one) follows.
+:class:`~._calling.ToolCalling` puts a call on one path or the other.
 
 Which path a call takes (:func:`resolve_tool_format`):
 
@@ -38,7 +39,7 @@ from typing import Any, Literal, TypeAlias
 
 from workflows import ToolCall, ToolChoice, ToolSpec
 
-from ._toolcalls import ParsedReply, bounded
+from ._json_protocol import ParsedReply, bounded
 
 __all__ = [
     "TOOL_FORMATS",
@@ -60,7 +61,7 @@ logger = logging.getLogger(__name__)
 
 #: How a call with tools is put to the model: ``"native"`` (its chat
 #: template's tool format), ``"json"`` (the structured-output protocol of
-#: :mod:`._toolcalls`), ``"auto"`` (native where the model supports it).
+#: :mod:`._json_protocol`), ``"auto"`` (native where the model supports it).
 ToolFormat: TypeAlias = Literal["auto", "native", "json"]
 
 TOOL_FORMATS: tuple[str, ...] = ("auto", "native", "json")
@@ -265,7 +266,7 @@ def structural_tag(
 
     Only ``tool_choice="required"`` or a tool's name constrain generation (as
     in vLLM's server): ``"auto"`` and ``"none"`` generate freely.  The
-    arguments follow each tool's schema, with :func:`~._toolcalls.bounded`
+    arguments follow each tool's schema, with :func:`~._json_protocol.bounded`
     bounds (``max_chars`` characters) so they close before ``max_tokens``.
     ``parallel_tool_calls=False`` allows one call.  None, too, for a parser
     vLLM has no structural tag for (Mistral, pythonic): such a call is
@@ -349,7 +350,7 @@ def _bounded_whitespace(node: Any) -> Any:
 def native_argument_chars(native: NativeTools, tools: Sequence[ToolSpec], max_tokens: int) -> int:
     """The bound on each argument string of a forced call of at most ``max_tokens`` tokens, characters.
 
-    As on the JSON path (:func:`~._toolcalls.argument_chars`: four tokens a
+    As on the JSON path (:func:`~._json_protocol.argument_chars`: four tokens a
     character, for byte-level tokenizers), less what the format's envelope
     around the arguments costs in this tokenizer (Hermes: ``<tool_call>``,
     the name, ``</tool_call>``), so the call closes before ``max_tokens``.

@@ -1,4 +1,4 @@
-"""Tool calling through structured output.
+"""Tool calling through structured output: agentrt's JSON protocol.
 
 The model is shown the tools in its system message and its reply is
 constrained (vLLM structured output) to one JSON object: either
@@ -19,10 +19,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from toolbridge import ToolDefinitionError, as_tool
-from workflows import ToolCall, ToolChoice, ToolLike, ToolSpec
+from workflows import ToolCall, ToolChoice, ToolSpec
 
-__all__ = ["ParsedReply", "ToolPrompt", "argument_chars", "bounded", "normalize_messages", "parse_reply", "tool_specs"]
+__all__ = ["ParsedReply", "ToolPrompt", "argument_chars", "bounded", "normalize_messages", "parse_reply"]
 
 #: The most tool calls one reply may make.
 MAX_CALLS_PER_TURN = 4
@@ -62,24 +61,6 @@ def bounded(schema: Any, max_chars: int) -> Any:
     elif kind == "string" and "maxLength" not in out and "enum" not in out and "const" not in out:
         out["maxLength"] = max_chars
     return out
-
-
-def tool_specs(tools: Sequence[ToolLike]) -> tuple[ToolSpec, ...]:
-    """The tools a model is shown: described tools as they are, functions made tools (``toolbridge.as_tool``).
-
-    Any object with ``name``, ``description`` and ``parameters`` (the
-    :class:`workflows.ToolSpec` protocol, e.g. an OpenAI client's tool) is
-    enough to prompt with and parse for; running one takes a
-    ``toolbridge.Tool``.  Two tools with one name raise
-    :class:`toolbridge.ToolDefinitionError`.
-    """
-    specs: dict[str, ToolSpec] = {}
-    for item in tools:
-        spec: ToolSpec = item if isinstance(item, ToolSpec) else as_tool(item)
-        if spec.name in specs:
-            raise ToolDefinitionError(f"two tools are named {spec.name!r}: {specs[spec.name]!r} and {spec!r}")
-        specs[spec.name] = spec
-    return tuple(specs.values())
 
 
 def _calls_schema(tools: Sequence[ToolSpec], max_chars: int, max_calls: int) -> dict[str, Any]:
@@ -168,6 +149,8 @@ class ToolPrompt:
 
 @dataclass(frozen=True, slots=True)
 class ParsedReply:
+    """A model's reply read back: its text, its tool calls, and why the calls cannot be used (None: they can)."""
+
     text: str
     tool_calls: tuple[ToolCall, ...]
     error: str | None
