@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 import telemetry
 from telemetry import names
@@ -456,6 +457,10 @@ class Dispatcher:
                 program.emit(
                     TokenGenerated(program_id=program.id, t=program.elapsed(), node_id=node.id, text=chunk.text)
                 )
+                # A stream read from a full buffer never suspends: let the program's readers and
+                # other tasks run between tokens, so that a cancel (say, on the first token) lands
+                # before the call ends, and one fast stream cannot starve the event loop.
+                await anyio.lowlevel.checkpoint()
         raise EngineUnavailableError(f"engine {engine.name} ended request {request.request_id} without a result")
 
     # -- tools and programs ------------------------------------------------------

@@ -142,6 +142,12 @@ async def test_every_request_completes_under_pressure(engine: InProcessEngine) -
     assert (await engine.pin_stats()).pinned_programs == 0
 
 
+#: Output tokens of each filler in the abort test: far more than the test needs (it aborts them), within
+#: the cache: four fillers of 8 + 880 tokens (7 blocks each) beside a pinned 804-token context (7 blocks)
+#: use 35 of the 40 blocks, so none is preempted and no pin is released under pressure.
+FILL_TOKENS = 880
+
+
 async def test_abort_releases_the_programs_pin(engine: InProcessEngine) -> None:
     """A program's request aborted while it waits (the engine is full): its pin goes, unused."""
     await generate(engine, "abort-a1", tokens(800), "abort-A", pin_s=60.0)
@@ -149,7 +155,7 @@ async def test_abort_releases_the_programs_pin(engine: InProcessEngine) -> None:
     assert before.pinned_programs == 1
 
     async def long(i: int) -> None:
-        await generate(engine, f"abort-fill-{i}", tokens(200), f"abort-fill-{i}", n=400)
+        await generate(engine, f"abort-fill-{i}", tokens(8), f"abort-fill-{i}", n=FILL_TOKENS)
 
     async with anyio.create_task_group() as tg:
         for i in range(4):  # max_num_seqs=4: the next request waits
@@ -162,11 +168,22 @@ async def test_abort_releases_the_programs_pin(engine: InProcessEngine) -> None:
         request = GenerateRequest(
             "abort-a2", TokenPrompt(tokens(100)), SamplingOptions(max_tokens=4), 0, {METADATA_PROGRAM_ID: "abort-A"}
         )
-        async with aclosing(engine.stream(request)) as stream:
-            with anyio.move_on_after(0.5):
+        chunks: list[TokenDelta | Completion] = []
+
+        async def read() -> None:
+            async with aclosing(engine.stream(request)) as stream:
                 async for chunk in stream:
-                    assert not isinstance(chunk, TokenDelta), "expected to wait behind the fillers"
-        # Closing the stream aborted the waiting request.
+                    chunks.append(chunk)
+
+        async with anyio.create_task_group() as reader:
+            reader.start_soon(read)
+
+            async def waits() -> bool:
+                return engine.load().waiting == 1
+
+            await poll_until(waits)  # in vLLM's waiting queue, behind the fillers
+            reader.cancel_scope.cancel()  # closing the stream aborts the waiting request
+        assert not chunks, "expected to wait behind the fillers"
 
         async def released() -> bool:
             return (await engine.pin_stats()).pinned_programs == 0

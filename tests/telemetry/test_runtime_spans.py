@@ -122,16 +122,20 @@ async def test_agent_chat_and_tool_spans(rt: Runtime, spans: InMemorySpanExporte
     assert len(chats) == 2 and all(_parent(c, finished) is agent_span for c in chats)
     calls = result.turns[0].reply.tool_calls
     assert len(tools) == len(calls) > 0 and all(_parent(t, finished) is agent_span for t in tools)
-    tool = tools[0]
+    # Parallel tool calls end in any order: each span is matched to its call by the call id.
+    by_call_id = {(t.attributes or {}).get(n.GEN_AI_TOOL_CALL_ID): t for t in tools}
+    assert set(by_call_id) == {c.id for c in calls}
+    tool = by_call_id[calls[0].id]
     a: dict[str, Any] = dict(tool.attributes or {})
     assert tool.name == "execute_tool lookup" and a[n.GEN_AI_TOOL_NAME] == "lookup"
-    assert a[n.GEN_AI_OPERATION_NAME] == "execute_tool" and a[n.GEN_AI_TOOL_CALL_ID] == calls[0].id
+    assert a[n.GEN_AI_OPERATION_NAME] == "execute_tool"
     assert a[n.AGENTRT_TOOL_WALL_S] >= 0 and a[n.AGENTRT_TOOL_OOM_KILLED] is False
     # capture_content is on in the fixture: arguments and result are recorded.
     assert '"key"' in str(a[n.GEN_AI_TOOL_CALL_ARGUMENTS]) and "found" in str(a[n.GEN_AI_TOOL_CALL_RESULT])
     assert tool.status.status_code is StatusCode.UNSET
-    # Turn order: the tool ran after the first chat and before the second.
-    assert chats[0].end_time <= tool.start_time and tool.end_time <= chats[1].start_time  # type: ignore[operator]
+    # Turn order: every tool ran after the first chat and before the second.
+    for t in tools:
+        assert chats[0].end_time <= t.start_time and t.end_time <= chats[1].start_time  # type: ignore[operator]
 
 
 @pytest.mark.engine
