@@ -25,6 +25,22 @@ __all__ = ["add_demo_command"]
 #: The Text-to-SQL example, run by ``agentrt demo`` from a source checkout.
 TEXT2SQL_EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "text2sql.py"
 
+#: What the Text-to-SQL part can expect of each local model, for its closing line (measured, not hoped).
+_SQL_NOTES = {
+    "smollm2-135m": (
+        "smollm2-135m copies the shape of the prompt's one example (SELECT COUNT(*) FROM book) onto the table "
+        "the question names, and the reply's grammar lets it name only a linked table: it counts a table's rows. "
+        "It does not filter, look up or join reliably: asked how many customers live in Brazil it counts all 59, "
+        "asked for an album's tracks it counts albums."
+    ),
+    **{
+        name: f"{name} has random weights: its SQL is noise; the demo shows the DAG (linking, candidates, repair, "
+        "vote) only."
+        for name in ("tiny", "llama-49m")
+    },
+}
+
+
 def add_demo_command(sub: Any, default_model: str) -> None:
     """Add ``demo`` to the ``agentrt`` subcommands."""
     demo = sub.add_parser("demo", help="an agent with tools answers a question on the demo model")
@@ -59,5 +75,8 @@ async def _run_text2sql_demo(rt: Any) -> None:
     out = await handle
     print(example.describe_result(out))
     print(await example.check_against_reference(out, example.DEMO_REFERENCE_SQL))
+    note = _SQL_NOTES.get(rt.engines[0].model)
+    if note:
+        print(f"note: {note}")
     print()
     print(program_report(handle.program))
