@@ -60,7 +60,8 @@ def quiet_vllm(verbose: bool) -> None:
     os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")  # c10's "[W ...] Warning: ..." lines
     os.environ.setdefault("TQDM_DISABLE", "1")
     # vLLM configures its logger when an engine is built; lines logged at import come before that.
-    logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())
+    with contextlib.suppress(ValueError):  # a level vLLM does not know either: vLLM says so when it starts
+        logging.getLogger("vllm").setLevel(os.environ["VLLM_LOGGING_LEVEL"].upper())
     warnings.filterwarnings("ignore", module=r"(vllm|torch|triton)(\.|$)")
 
 
