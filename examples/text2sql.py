@@ -8,15 +8,19 @@ Stages (HEXGEN-TEXT2SQL's traces have the same shape):
 1. schema linking: introspect the database (tool calls), then the LLM picks
    the tables the question needs (structured output: an enum of real table
    names, so even a tiny model picks existing ones);
-2. ``n`` candidate SQL generations in parallel (``ctx.gather``), each with a
-   different temperature;
+2. ``n`` candidate SQL generations in parallel (``ctx.gather``): candidate 0
+   decodes greedily, the others sample at temperature 0.7, each with its own
+   seed (``seed + i``), so a run can be repeated;
 3. execution-guided repair: each candidate runs through the read-only
-   ``sql_query`` tool; on an error or an empty result the LLM fixes it, at
-   most ``k`` rounds;
-4. selection: a vote over execution results (candidates whose rows agree),
-   the LLM breaking a tie between equally large groups.
+   ``sql_query`` tool; on an error or an empty result the LLM fixes it
+   (greedily), at most ``k`` rounds;
+4. selection: a vote over execution results (candidates whose rows agree);
+   the largest group wins, and between equally large groups the one with
+   the lowest-numbered candidate (the greedy one first): a stated rule, not
+   the order in which candidates finished.
 
-Structured output keeps every SQL reply a ``{"sql": "SELECT ..."}`` object.
+Structured output keeps every SQL reply a ``{"sql": "SELECT ..."}`` object,
+and the generation prompt shows one worked example of that shape.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from workflows import Context, ToolCall, step, workflow
 __all__ = [
     "DEMO_QUESTION",
     "DEMO_REFERENCE_SQL",
+    "SQL_EXAMPLE",
     "Candidate",
     "Text2SQLResult",
     "check_against_reference",
@@ -41,6 +46,7 @@ __all__ = [
     "run_demo",
     "sql_schema",
     "text2sql",
+    "vote",
 ]
 
 #: The question ``agentrt demo`` asks of Chinook, and a query that answers it (to check the model's against).
@@ -48,19 +54,28 @@ DEMO_QUESTION = "How many tracks are there in the database?"
 DEMO_REFERENCE_SQL = "SELECT count(*) FROM track"
 
 
-def sql_schema(tables: list[str]) -> dict[str, Any]:
-    """The reply: one SELECT statement that reads (at least) one of ``tables``.
+#: One item of a select list: a column (``name``, ``track.name``), ``*``, or an aggregate of one.
+_SELECT_ITEM = r"(\*|(COUNT|SUM|AVG|MIN|MAX)\((\*|[A-Za-z_][A-Za-z0-9_.]*)\)|[A-Za-z_][A-Za-z0-9_.]*)"
 
-    A query of no table (``SELECT 1``, ``SELECT 'answer'``) runs and returns
-    a row, so without the ``FROM`` a small model passes execution with a
-    constant.  The length is bounded by ``max_tokens``: xgrammar rejects
-    ``pattern`` with ``maxLength`` and fails to compile a bounded repetition
-    like ``{1,240}``.
+
+def sql_schema(tables: list[str]) -> dict[str, Any]:
+    """The reply: one SELECT of columns or aggregates from one of ``tables``, then any JOIN, WHERE ... text.
+
+    The select list is items separated by ``", "``, with no other spaces, so
+    that the first ``FROM`` is the query's own and must name a table of
+    ``tables``: with a freer list (``SELECT [^;]+ FROM ...``) a small model
+    writes ``SELECT COUNT(*) FROM some_other_table WHERE ...`` and is cut off
+    by ``max_tokens`` before the constrained ``FROM`` comes.  A query of no
+    table (``SELECT 1``) would run and pass with a constant.  The length is
+    bounded by ``max_tokens``: xgrammar rejects ``pattern`` with
+    ``maxLength`` and fails to compile a bounded repetition like ``{1,240}``.
     """
     names = "|".join(re.escape(t) for t in tables)
+    clauses = "JOIN|WHERE|GROUP BY|ORDER BY|LIMIT"
+    pattern = f"^SELECT {_SELECT_ITEM}(, {_SELECT_ITEM})* FROM ({names})( ({clauses}) [^;]*)?$"
     return {
         "type": "object",
-        "properties": {"sql": {"type": "string", "pattern": f"^SELECT [^;]+ FROM ({names})( [^;]*)?$"}},
+        "properties": {"sql": {"type": "string", "pattern": pattern}},
         "required": ["sql"],
         "additionalProperties": False,
     }
@@ -86,7 +101,7 @@ class Candidate:
 
 @dataclass
 class Text2SQLResult:
-    """The chosen ``sql`` and its rows; every candidate; the linked tables; the winning vote count."""
+    """The chosen ``sql`` and its rows; every candidate; the linked tables; the winning vote count; which won."""
 
     question: str
     sql: str
@@ -96,6 +111,8 @@ class Text2SQLResult:
     tables: list[str]
     candidates: list[Candidate]
     votes: int
+    #: The index in ``candidates`` of the chosen one (see :func:`vote`).
+    chosen: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -158,34 +175,46 @@ async def link_schema(ctx: Context, tools: _Tools, question: str) -> tuple[list[
     )
     reply = await ctx.llm([{"role": "user", "content": prompt}], json_schema=pick_schema, max_tokens=64)
     try:
-        picked = [t for t in json.loads(reply.text)["tables"] if t in schema]
+        chosen = [t for t in json.loads(reply.text)["tables"] if t in schema]
     except (ValueError, KeyError, TypeError):
-        picked = []
-    # Tables named in the question are always kept: a cheap recall guard for small models.
+        chosen = []
+    # Tables named in the question come first, whatever the LLM picked: a cheap recall guard for small models.
     words = question.lower()
-    picked += [t for t in names if t in words and t not in picked]
+    picked = [t for t in names if t in words] + chosen
     if not picked:
-        picked = names
+        picked = list(names)
     # Keep the tables the picked ones reference, so joins stay possible.
     for table in list(picked):
         for column in schema[table]:
             target = (column.get("references") or "").split(".")[0]
-            if target and target not in picked:
+            if target:
                 picked.append(target)
+    picked = list(dict.fromkeys(picked))  # each table once, in the order it was first picked
     return picked, _schema_text(schema, picked)
+
+
+#: The worked example the generation prompt shows (of a table no database here has): a small model copies its shape.
+SQL_EXAMPLE = ("How many books are there?", "SELECT COUNT(*) FROM book")
 
 
 @step(retries=1, timeout_s=120)
 async def generate_sql(
-    ctx: Context, dialect: str, schema_text: str, question: str, temperature: float, tables: list[str]
+    ctx: Context, dialect: str, schema_text: str, question: str, temperature: float, seed: int, tables: list[str]
 ) -> str:
-    """One candidate SQL query, reading one of ``tables``."""
+    """One candidate SQL query, reading one of ``tables``; ``seed`` makes a sampled one repeatable."""
+    example_question, example_sql = SQL_EXAMPLE
     prompt = (
-        f"Schema ({dialect}):\n{schema_text}\n\nWrite one {dialect} SELECT query that answers: {question}\n"
+        f"Schema ({dialect}):\n{schema_text}\n\n"
+        f"Example, for a table book: {example_question}\n{json.dumps({'sql': example_sql})}\n\n"
+        f"Write one {dialect} SELECT query that answers: {question}\n"
         'Reply as JSON: {"sql": "SELECT ..."}'
     )
     reply = await ctx.llm(
-        [{"role": "user", "content": prompt}], json_schema=sql_schema(tables), max_tokens=160, temperature=temperature
+        [{"role": "user", "content": prompt}],
+        json_schema=sql_schema(tables),
+        max_tokens=160,
+        temperature=temperature,
+        seed=seed,
     )
     return _sql_of(reply.text)
 
@@ -246,52 +275,49 @@ def _rows_key(rows: list[list[Any]]) -> str:
     return json.dumps(sorted(json.dumps(row, default=str) for row in rows))
 
 
-@step(retries=1, timeout_s=120)
-async def break_tie(ctx: Context, question: str, options: list[Candidate]) -> int:
-    """The LLM picks one of equally voted candidates; returns its index in ``options``."""
-    listing = "\n".join(f"{i}: {c.sql}\n   first rows: {c.rows[:3]}" for i, c in enumerate(options))
-    schema = {
-        "type": "object",
-        "properties": {"choice": {"type": "integer", "minimum": 0, "maximum": len(options) - 1}},
-        "required": ["choice"],
-        "additionalProperties": False,
-    }
-    prompt = f"Question: {question}\nCandidate queries and results:\n{listing}\nWhich answers it best? Reply as JSON."
-    reply = await ctx.llm([{"role": "user", "content": prompt}], json_schema=schema, max_tokens=16)
-    try:
-        choice = int(json.loads(reply.text)["choice"])
-    except (ValueError, KeyError, TypeError):
-        return 0
-    return choice if 0 <= choice < len(options) else 0
-
-
 @workflow(deadline_s=600)
-async def text2sql(ctx: Context, question: str, database: str = "", n: int = 3, k: int = 2) -> dict[str, Any]:
-    """Answer ``question`` with SQL on ``database`` (default: Chinook in SQLite): ``n`` candidates, ``k`` repairs."""
+async def text2sql(
+    ctx: Context, question: str, database: str = "", n: int = 3, k: int = 2, seed: int = 0
+) -> dict[str, Any]:
+    """Answer ``question`` with SQL on ``database`` (default: Chinook in SQLite): ``n`` candidates, ``k`` repairs.
+
+    Candidate ``i`` samples with seed ``seed + i`` (candidate 0 greedily).
+    """
     tools = _Tools(open_database(database))
     tables, schema_text = await link_schema(ctx, tools, question)
     temperatures = [0.0] + [0.7] * (n - 1)
     drafts = await ctx.gather(
-        *(generate_sql(ctx, tools.db.dialect, schema_text, question, t, tables) for t in temperatures)
+        *(
+            generate_sql(ctx, tools.db.dialect, schema_text, question, t, seed + i, tables)
+            for i, t in enumerate(temperatures)
+        )
     )
     candidates = await ctx.gather(
         *(_execute_with_repair(ctx, tools, schema_text, question, sql, k, tables) for sql in drafts)
     )
-    groups: dict[str, list[Candidate]] = {}
-    for candidate in candidates:
-        if candidate.ok:
-            groups.setdefault(_result_key(candidate), []).append(candidate)
-    if not groups:
-        last = candidates[0]
-        chosen, votes = last, 0
-    else:
-        ranked = sorted(groups.values(), key=len, reverse=True)
-        top = [g for g in ranked if len(g) == len(ranked[0])]
-        votes = len(top[0])
-        chosen = top[0][0] if len(top) == 1 else top[await break_tie(ctx, question, [g[0] for g in top])][0]
+    index, votes = vote(candidates)
+    chosen = candidates[index]
     return Text2SQLResult(
-        question, chosen.sql, chosen.ok, chosen.columns, chosen.rows, tables, list(candidates), votes
+        question, chosen.sql, chosen.ok, chosen.columns, chosen.rows, tables, list(candidates), votes, index
     ).as_dict()
+
+
+def vote(candidates: list[Candidate]) -> tuple[int, int]:
+    """The chosen candidate's index and its votes: how many successful candidates returned the same rows.
+
+    The largest group of agreeing candidates wins; between equally large
+    groups, the one holding the lowest-numbered candidate.  Its
+    lowest-numbered member is chosen.  With no successful candidate:
+    candidate 0, with 0 votes.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, candidate in enumerate(candidates):  # in order: a group's place is that of its lowest-numbered member
+        if candidate.ok:
+            groups.setdefault(_result_key(candidate), []).append(i)
+    if not groups:
+        return 0, 0
+    best = max(groups.values(), key=len)  # max keeps the first of equals
+    return best[0], len(best)
 
 
 def describe_result(out: dict[str, Any]) -> str:
@@ -300,7 +326,11 @@ def describe_result(out: dict[str, Any]) -> str:
     for i, c in enumerate(out["candidates"]):
         status = f"{len(c['rows'])} row(s)" if c["ok"] else f"failed ({(c['error'] or '')[:80]})"
         lines.append(f"candidate {i}: {c['sql'][:100]!r} after {c['rounds']} repair(s): {status}")
-    verdict = f"chosen by {out['votes']} vote(s)" if out["ok"] else "no candidate ran successfully"
+    verdict = (
+        f"candidate {out['chosen']}: {out['votes']} of {len(out['candidates'])} candidates returned these rows"
+        if out["ok"]
+        else "no candidate ran successfully"
+    )
     lines.append(f"sql: {out['sql'][:200]} ({verdict})")
     if out["ok"]:
         lines.append(f"rows: {out['columns']} {out['rows'][:5]}")

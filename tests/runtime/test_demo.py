@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import pytest
 
 from runtime import NodeKind, ToolCallStarted
-from runtime._demo import DEMO_QUESTION, demo_workflow, describe_demo
+from runtime._cli._demo_agent import DEMO_QUESTION, demo_workflow, describe_demo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,9 +39,14 @@ async def test_demo_first_turn_calls_a_tool_and_the_output_names_the_call(rt: An
     assert f"   -> {tool.name} " in text and f"answer: {result.answer}" in text
 
 
+#: A line vLLM logs: ``(EngineCore pid=42) WARNING 12-07 05:46:05 [core.py:1510] ...``.
+VLLM_LINE = re.compile(r"\b(DEBUG|INFO|WARNING|ERROR) \d\d-\d\d [\d:]+ \[")
+
+
 @pytest.mark.engine
-def test_demo_command_exits_cleanly(tiny_model: Path) -> None:
-    env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING")
+def test_demo_command_exits_cleanly_and_quietly(tiny_model: Path) -> None:
+    # As a user runs it: no vLLM logging variable set (the tests' conftest sets one).
+    env = {k: v for k, v in os.environ.items() if k not in ("VLLM_LOGGING_LEVEL", "TORCH_CPP_LOG_LEVEL")}
     out = subprocess.run(
         [sys.executable, "-m", "runtime._cli", "demo", "--model", "tiny", "--no-sql"],
         capture_output=True,
@@ -54,3 +60,7 @@ def test_demo_command_exits_cleanly(tiny_model: Path) -> None:
     # The engine core is shut down, not killed, and nothing fails on the way.
     for unwanted in ("Traceback", "EngineDeadError", "force killing"):
         assert unwanted not in out.stdout + out.stderr, out.stderr[-3000:]
+    # Nothing of vLLM's, torch's or Triton's start-up (logs, warnings, progress bars) reaches the terminal:
+    # agentrt's lines only (`agentrt demo -v` shows vLLM's: tests/runtime/test_cli.py).
+    assert not VLLM_LINE.search(out.stderr), out.stderr[-3000:]
+    assert [line for line in out.stderr.splitlines() if not line.startswith("agentrt")] == [], out.stderr[-3000:]

@@ -1,4 +1,4 @@
-"""Tests for runtime._models and runtime._model_build: resolving and preparing local models.
+"""Tests for runtime._models: resolving and preparing local models, and `agentrt models`.
 
 The tiny model is built for real (twice, ~7 s each on 2 cores) to check that
 the build is deterministic, and llama-49m once (~3 s) to check its shape and
@@ -19,18 +19,21 @@ from typing import Any
 import pytest
 
 from runtime import _models
+from runtime._cli._models import main
 from runtime._errors import ModelNotFoundError, ModelPreparationError
-from runtime._model_build import _common, _prepare, _recipes, _tiny
-from runtime._model_build._cli import main
 from runtime._models import (
     KNOWN_MODELS,
     MARKER_NAME,
+    _common,
+    _prepare,
+    _recipes,
+    _tiny,
     models_dir,
     prepare_model,
     resolve_model,
 )
 
-REPO_ROOT = Path(_models.__file__).resolve().parent.parent
+REPO_ROOT = Path(_models.__file__).resolve().parents[2]
 
 
 # --------------------------------------------------------------------------
@@ -41,7 +44,7 @@ REPO_ROOT = Path(_models.__file__).resolve().parent.parent
 def test_known_models() -> None:
     assert KNOWN_MODELS == ("tiny", "smollm2-135m", "llama-49m")
     # KNOWN_MODELS is spelled out so the core need not import the builders.
-    assert tuple(_recipes._RECIPES) == KNOWN_MODELS
+    assert tuple(_recipes.RECIPES) == KNOWN_MODELS
 
 
 def test_models_dir_default_and_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -55,7 +58,7 @@ def test_import_is_cheap() -> None:
     code = (
         "import sys, runtime._models; "
         "print(sorted(m for m in ('torch', 'transformers', 'tokenizers', 'gguf') if m in sys.modules)); "
-        "print(sorted(m for m in sys.modules if m.startswith('runtime._model_build')))"
+        "print(sorted(m for m in sys.modules if m.startswith('runtime._models.') and m != 'runtime._models._locate'))"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
@@ -132,7 +135,7 @@ class _FakeBuild:
 @pytest.fixture
 def fake_recipe(monkeypatch: pytest.MonkeyPatch) -> _FakeBuild:
     build = _FakeBuild()
-    monkeypatch.setitem(_recipes._RECIPES, "fake", _recipes._Recipe("fake", 1, "a fake", build))
+    monkeypatch.setitem(_recipes.RECIPES, "fake", _recipes.Recipe("fake", 1, "a fake", build))
     return build
 
 
@@ -175,7 +178,7 @@ def test_prepare_rebuilds_outdated_recipe(
 ) -> None:
     target = tmp_path / "fake"
     prepare_model("fake", dest_dir=target)
-    monkeypatch.setitem(_recipes._RECIPES, "fake", _recipes._Recipe("fake", 2, "newer", fake_recipe))
+    monkeypatch.setitem(_recipes.RECIPES, "fake", _recipes.Recipe("fake", 2, "newer", fake_recipe))
     prepare_model("fake", dest_dir=target)
     assert fake_recipe.calls == 2
     assert json.loads((target / MARKER_NAME).read_text())["recipe_version"] == 2
@@ -222,7 +225,7 @@ def test_prepare_refuses_foreign_directory(fake_recipe: _FakeBuild, tmp_path: Pa
 def _weights_sha256(model_dir: Path) -> str:
     from safetensors.torch import load_file
 
-    return _common._state_dict_sha256(load_file(str(model_dir / "model.safetensors")))
+    return _common.state_dict_sha256(load_file(str(model_dir / "model.safetensors")))
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +256,7 @@ def test_tiny_is_idempotent(tiny_builds: tuple[Path, Path], monkeypatch: pytest.
     before = (a / MARKER_NAME).stat().st_mtime_ns
     # Only the marker is read: no build (which would fail here) and no lock.
     monkeypatch.setattr(_prepare, "_build_into", _must_not_build)
-    monkeypatch.setattr(_prepare, "_build_lock", _must_not_build)
+    monkeypatch.setattr(_prepare, "build_lock", _must_not_build)
     assert prepare_model("tiny", dest_dir=a) == a
     assert (a / MARKER_NAME).stat().st_mtime_ns == before
 

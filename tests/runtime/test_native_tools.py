@@ -42,7 +42,7 @@ class EchoSpec:
 
 @pytest.fixture(scope="module")
 def tiny_tools(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from runtime._model_build import prepare_tiny_tools
+    from runtime._models import prepare_tiny_tools
 
     return prepare_tiny_tools(tmp_path_factory.mktemp("models") / "tiny-tools")
 

@@ -56,7 +56,7 @@ HERMES_CALL = 'Sure. <tool_call>\n{"name": "add", "arguments": {"a": 1, "b": 2}}
 
 @pytest.fixture(scope="module")
 def hermes(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> NativeTools:
-    from runtime._model_build import prepare_tiny_tools
+    from runtime._models import prepare_tiny_tools
 
     native = load_native_tools(prepare_tiny_tools(tmp_path_factory.mktemp("models") / "tiny-tools"), "tiny-tools")
     assert native is not None and native.parser == "hermes"

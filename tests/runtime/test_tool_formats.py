@@ -15,7 +15,7 @@ import pytest
 
 from runtime._engines import ChatPrompt, SamplingOptions
 from runtime._journal._codec import PromptChain, sampling_json
-from runtime._model_build._common import CHATML_TEMPLATE, HERMES_TOOLS_TEMPLATE
+from runtime._models._common import CHATML_TEMPLATE, HERMES_TOOLS_TEMPLATE
 from runtime._tools import tool_specs
 from runtime._tools._native import (
     NativeTools,
@@ -56,7 +56,7 @@ ECHO = Spec("echo", "Echo text", {"type": "object", "properties": {"text": {"typ
 
 @pytest.fixture(scope="module")
 def hermes(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> NativeTools:
-    from runtime._model_build import prepare_tiny_tools
+    from runtime._models import prepare_tiny_tools
 
     native = load_native_tools(prepare_tiny_tools(tmp_path_factory.mktemp("models") / "tiny-tools"), "tiny-tools")
     assert native is not None
@@ -352,7 +352,7 @@ def test_remote_body_renders_tools_without_server_tool_parsing() -> None:
 
 async def test_remote_and_server_engines_read_local_templates(hermes: NativeTools, tiny_model: Path) -> None:
     from runtime import RemoteEngine, ServerEngine
-    from runtime._model_build import prepare_tiny_tools
+    from runtime._models import prepare_tiny_tools
 
     # Nothing is started: the template is read from the model's directory.
     remote = RemoteEngine("http://127.0.0.1:9", model=str(prepare_tiny_tools()))

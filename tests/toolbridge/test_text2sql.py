@@ -50,3 +50,23 @@ async def test_text2sql_end_to_end_on_tiny_model(rt: Any) -> None:
     # Chinook is unchanged whatever the model wrote.
     db = example.open_database()
     assert (await db.query("SELECT count(*) FROM track")).rows == [[3503]]
+
+
+def test_the_vote_is_the_largest_agreeing_group_and_ties_go_to_the_lowest_numbered_candidate() -> None:
+    example = _load_example()
+    Candidate = example.Candidate
+
+    def ok(sql: str, rows: list[list[Any]]) -> Any:
+        return Candidate(sql, True, rows, ["n"])
+
+    failed = Candidate("SELECT x FROM album", False, error="no such column: x")
+    a, b = [[3503]], [[347]]
+    # The two agreeing candidates win over the first one, whatever their order.
+    assert example.vote([ok("q0", b), ok("q1", a), ok("q2", a)]) == (1, 2)
+    # Rows agree whatever the column names or the row order.
+    assert example.vote([ok("q0", [[1], [2]]), ok("q1", [[2], [1]])]) == (0, 2)
+    # A tie between groups of one: the lowest-numbered successful candidate, not the first to finish.
+    assert example.vote([failed, ok("q1", b), ok("q2", a)]) == (1, 1)
+    assert example.vote([ok("q0", a), ok("q1", b), ok("q2", [[1]])]) == (0, 1)
+    # Nothing ran: candidate 0 with no votes.
+    assert example.vote([failed, failed]) == (0, 0)

@@ -1,10 +1,6 @@
-"""The ``agentrt models prepare|list`` command: build the known models, or list them.
+"""``agentrt models prepare|list``: build the known models, or list them.
 
-``agentrt models ...`` passes its arguments to :func:`main`; the same command
-runs without the console script as::
-
-    python -m runtime._model_build._cli prepare tiny llama-49m smollm2-135m   # idempotent
-    python -m runtime._model_build._cli list
+``agentrt models ...`` passes its arguments to :func:`main`.
 """
 
 from __future__ import annotations
@@ -13,11 +9,23 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .._errors import ModelPreparationError
-from .._models import KNOWN_MODELS, MODELS_DIR_ENV, _has_config, models_dir
-from ._prepare import _is_current, _read_marker, prepare_model
-from ._recipes import _RECIPES
+from .._models import KNOWN_MODELS, MODELS_DIR_ENV, model_status, models_dir, prepare_model
+
+__all__ = ["add_models_command", "main"]
+
+
+def add_models_command(sub: Any) -> None:
+    """Add ``models`` to the ``agentrt`` subcommands: its arguments go to :func:`main` as they are."""
+    models = sub.add_parser(
+        "models",
+        help="prepare or list the local models",
+        description="agentrt models [--models-dir DIR] {prepare NAME... [--force] | list}",
+    )
+    models.add_argument("models_args", nargs=argparse.REMAINDER)
+    models.set_defaults(handler=lambda args: main(args.models_args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
 
     Returns the process exit status: 0 on success, 1 if a model failed.
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m runtime._model_build._cli", description="Prepare local models offline."
-    )
+    parser = argparse.ArgumentParser(prog="agentrt models", description="Prepare local models offline.")
     parser.add_argument(
         "--models-dir",
         type=Path,
@@ -44,29 +50,18 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "list":
         for name in KNOWN_MODELS:
-            path = base / name
-            marker = _read_marker(path)
-            if marker is None or not _has_config(path):
-                state = "not prepared"
-            elif _is_current(path, _RECIPES[name]):
-                state = "prepared"
-            else:
-                state = f"outdated (recipe v{marker.get('recipe_version')})"
-            print(f"{name:<14} {state:<24} {path}  - {_RECIPES[name].description}")
+            status = model_status(name, base / name)
+            print(f"{name:<14} {status.state:<24} {base / name}  - {status.description}")
         return 0
 
-    status = 0
+    code = 0
     for name in args.names:
         started = time.monotonic()
         try:
             path = prepare_model(name, dest_dir=base / name, force=args.force)
         except ModelPreparationError as exc:
             print(f"{name}: FAILED: {exc}", file=sys.stderr)
-            status = 1
+            code = 1
             continue
         print(f"{name}: {path} ({time.monotonic() - started:.1f} s)")
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return code

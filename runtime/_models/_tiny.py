@@ -11,11 +11,8 @@ Python, torch, transformers and tokenizers versions.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import shutil
 import sysconfig
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,12 +22,11 @@ from .._errors import ModelPreparationError
 from ._common import (
     CHATML_TEMPLATE,
     ENDOFTEXT,
-    HERMES_TOOLS_TEMPLATE,
     IM_END,
     SPECIAL_TOKENS,
-    _special_token_ids,
-    _state_dict_sha256,
-    _transformers,
+    import_transformers,
+    special_token_ids,
+    state_dict_sha256,
 )
 
 # --- tiny recipe parameters ------------------------------------------------
@@ -148,7 +144,7 @@ def _local_tokenizer() -> tuple[Any, dict[str, Any]]:
     and the ChatML template; the details (corpus size and hash, vocabulary
     size) go into the model's marker file.
     """
-    tf = _transformers()
+    tf = import_transformers()
     docs = _stdlib_corpus()
     corpus_sha = hashlib.sha256("\0".join(docs).encode("utf-8")).hexdigest()
     raw_tokenizer = _train_tiny_tokenizer(docs)
@@ -161,7 +157,7 @@ def _local_tokenizer() -> tuple[Any, dict[str, Any]]:
         model_max_length=4096,
         clean_up_tokenization_spaces=False,
     )
-    ids = _special_token_ids(tokenizer)
+    ids = special_token_ids(tokenizer)
     if ids != {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}:
         raise ModelPreparationError(f"unexpected special token ids in the local tokenizer: {ids}")
     details = {
@@ -177,10 +173,10 @@ def _build_random_llama(out: Path, shape: RandomLlama) -> dict[str, Any]:
     """Write a random-weight Llama of ``shape`` and the local tokenizer into ``out``."""
     import torch
 
-    tf = _transformers()
+    tf = import_transformers()
 
     tokenizer, details = _local_tokenizer()
-    ids = _special_token_ids(tokenizer)
+    ids = special_token_ids(tokenizer)
     tokenizer.save_pretrained(str(out))
 
     config = tf.LlamaConfig(
@@ -211,76 +207,17 @@ def _build_random_llama(out: Path, shape: RandomLlama) -> dict[str, Any]:
         **details,
         "seed": shape.seed,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "weights_sha256": _state_dict_sha256(model.state_dict()),
+        "weights_sha256": state_dict_sha256(model.state_dict()),
     }
 
 
-def _build_tiny(out: Path, scratch: Path) -> dict[str, Any]:
+def build_tiny(out: Path, scratch: Path) -> dict[str, Any]:
     """Write the tiny random-weight Llama and its tokenizer into ``out``."""
     del scratch  # nothing to download
     return _build_random_llama(out, TINY)
 
 
-def _build_llama_49m(out: Path, scratch: Path) -> dict[str, Any]:
+def build_llama_49m(out: Path, scratch: Path) -> dict[str, Any]:
     """Write ``llama-49m`` (8 layers, hidden 512) on the tiny model's tokenizer into ``out``."""
     del scratch  # nothing to download
     return _build_random_llama(out, LLAMA_49M)
-
-
-#: The directory name of the tools variant of ``tiny`` under the models directory.
-TINY_TOOLS = "tiny-tools"
-#: Bump when the variant's output changes other than through its template.
-_TINY_TOOLS_VERSION = 1
-
-
-def prepare_tiny_tools(dest_dir: Path | None = None) -> Path:
-    """``tiny`` with a Hermes-style tools chat template (:data:`HERMES_TOOLS_TEMPLATE`); its directory.
-
-    The same weights and tokenizer as ``tiny`` (prepared first if needed), so
-    its output is the same noise; only the template differs, so that native
-    tool calling (docs/tools.md) can be tested.  ``tiny`` itself keeps plain
-    ChatML: with a tools template every tool call of the tests would take
-    the native path, where a random model calls nothing unless forced.
-    Kept under the models directory as ``tiny-tools`` (default) and rebuilt
-    when ``tiny``, the template or this recipe changes.  Hermes markers
-    (``<tool_call>``) stay ordinary text: vLLM's Hermes parser reads them
-    from the text and needs no special tokens.
-    """
-    from .._models import MARKER_NAME, models_dir
-    from ._prepare import _build_lock, _read_marker, _swap_in, prepare_model
-
-    base = prepare_model("tiny")
-    base_marker = _read_marker(base) or {}
-    stamp = {
-        "name": TINY_TOOLS,
-        "recipe_version": _TINY_TOOLS_VERSION,
-        "derived_from": {"name": "tiny", "prepared_at": base_marker.get("prepared_at")},
-        "template_sha256": hashlib.sha256(HERMES_TOOLS_TEMPLATE.encode()).hexdigest(),
-    }
-    target = (Path(dest_dir) if dest_dir is not None else models_dir() / TINY_TOOLS).expanduser().absolute()
-
-    def current() -> bool:
-        marker = _read_marker(target)
-        return marker is not None and all(marker.get(k) == v for k, v in stamp.items())
-
-    if current():
-        return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with _build_lock(target):
-            if current():  # built by another process while we waited
-                return target
-            build = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
-            try:
-                for path in base.iterdir():
-                    if path.is_file() and path.name not in (MARKER_NAME, "chat_template.jinja"):
-                        shutil.copy2(path, build / path.name)
-                (build / "chat_template.jinja").write_text(HERMES_TOOLS_TEMPLATE)
-                (build / MARKER_NAME).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
-                build.chmod(0o755)
-                _swap_in(build, target)
-            finally:
-                shutil.rmtree(build, ignore_errors=True)
-    except OSError as exc:
-        raise ModelPreparationError(f"cannot prepare {TINY_TOOLS} at {target}: {exc}") from exc
-    return target

@@ -4,7 +4,9 @@
 builds a recipe from :mod:`._recipes` in a temporary directory beside the
 target, writes the marker file last (recipe version, software versions, build
 details) and renames the result into place, under a lock file so that
-concurrent processes do not build the same model twice.
+concurrent processes do not build the same model twice.  :func:`build_lock`
+and :func:`swap_in` serve :mod:`._tiny_tools` too; :func:`model_status` is
+what ``agentrt models list`` shows.
 """
 
 from __future__ import annotations
@@ -18,12 +20,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from .._errors import ModelPreparationError
-from .._models import KNOWN_MODELS, MARKER_NAME, _has_config, models_dir
-from ._recipes import _RECIPES, _Recipe
+from ._locate import KNOWN_MODELS, MARKER_NAME, has_config, models_dir, read_marker
+from ._recipes import RECIPES, Recipe
+
+__all__ = ["ModelStatus", "build_lock", "is_current", "model_status", "prepare_model", "swap_in"]
 
 
 def prepare_model(name: str, *, dest_dir: Path | None = None, force: bool = False) -> Path:
@@ -32,21 +36,21 @@ def prepare_model(name: str, *, dest_dir: Path | None = None, force: bool = Fals
     The implementation of :func:`runtime._models.prepare_model`, which
     documents the arguments and errors.
     """
-    recipe = _RECIPES.get(name)
+    recipe = RECIPES.get(name)
     if recipe is None:
         raise ModelPreparationError(f"unknown model {name!r}; known models: {', '.join(KNOWN_MODELS)}")
     target = (Path(dest_dir) if dest_dir is not None else models_dir() / name).expanduser().absolute()
-    if not force and _is_current(target, recipe):
+    if not force and is_current(target, recipe):
         return target
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with _build_lock(target):
+        with build_lock(target):
             # Another process may have finished the same build while we waited.
-            if not force and _is_current(target, recipe):
+            if not force and is_current(target, recipe):
                 return target
             _remove_leftovers(target)
             # Never delete what someone else put there (an empty directory is fine).
-            foreign = target.exists() and _read_marker(target) is None
+            foreign = target.exists() and read_marker(target) is None
             if foreign and not force and (not target.is_dir() or any(target.iterdir())):
                 raise ModelPreparationError(
                     f"{target} exists and was not prepared by agentrt; remove it, "
@@ -58,7 +62,7 @@ def prepare_model(name: str, *, dest_dir: Path | None = None, force: bool = Fals
     return target
 
 
-def _build_into(recipe: _Recipe, target: Path) -> None:
+def _build_into(recipe: Recipe, target: Path) -> None:
     """Build ``recipe`` beside ``target`` and swap it in; caller holds the lock."""
     build_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.build-", dir=target.parent))
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.scratch-", dir=target.parent))
@@ -82,7 +86,7 @@ def _build_into(recipe: _Recipe, target: Path) -> None:
         for path in build_dir.iterdir():
             if path.is_file():
                 path.chmod(0o644)
-        _swap_in(build_dir, target)
+        swap_in(build_dir, target)
     except ModelPreparationError:
         raise
     except Exception as exc:
@@ -92,7 +96,7 @@ def _build_into(recipe: _Recipe, target: Path) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _swap_in(new: Path, target: Path) -> None:
+def swap_in(new: Path, target: Path) -> None:
     """Rename ``new`` to ``target``, replacing whatever was there.
 
     A directory cannot be replaced by one rename, so the old one is first
@@ -123,7 +127,7 @@ def _remove_leftovers(target: Path) -> None:
 
 
 @contextlib.contextmanager
-def _build_lock(target: Path) -> Iterator[None]:
+def build_lock(target: Path) -> Iterator[None]:
     """Hold an exclusive advisory lock for building ``target`` (blocks until free).
 
     The lock file is left behind: deleting it while another process waits on it
@@ -138,23 +142,41 @@ def _build_lock(target: Path) -> Iterator[None]:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
 
 
-def _read_marker(model_dir: Path) -> dict[str, Any] | None:
-    """The marker's content, or None if absent or unreadable."""
-    try:
-        data = json.loads((model_dir / MARKER_NAME).read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _is_current(model_dir: Path, recipe: _Recipe) -> bool:
-    marker = _read_marker(model_dir)
+def is_current(model_dir: Path, recipe: Recipe) -> bool:
+    marker = read_marker(model_dir)
     return (
         marker is not None
         and marker.get("name") == recipe.name
         and marker.get("recipe_version") == recipe.version
-        and _has_config(model_dir)
+        and has_config(model_dir)
     )
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """A known model at a directory: ``state`` is ``prepared``, ``not prepared`` or ``outdated (recipe vN)``."""
+
+    name: str
+    path: Path
+    state: str
+    #: What the recipe builds, one line.
+    description: str
+
+
+def model_status(name: str, model_dir: Path | None = None) -> ModelStatus:
+    """The state of the known model ``name`` at ``model_dir`` (default ``models_dir() / name``); reads files only."""
+    recipe = RECIPES.get(name)
+    if recipe is None:
+        raise ModelPreparationError(f"unknown model {name!r}; known models: {', '.join(KNOWN_MODELS)}")
+    path = (Path(model_dir) if model_dir is not None else models_dir() / name).expanduser().absolute()
+    marker = read_marker(path)
+    if marker is None or not has_config(path):
+        state = "not prepared"
+    elif is_current(path, recipe):
+        state = "prepared"
+    else:
+        state = f"outdated (recipe v{marker.get('recipe_version')})"
+    return ModelStatus(name, path, state, recipe.description)
 
 
 def _software_versions() -> dict[str, str]:

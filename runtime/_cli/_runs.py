@@ -52,7 +52,7 @@ def add_journal_option(parser: argparse.ArgumentParser, *, nested: bool = False)
 
 def add_runs_command(sub: Any) -> None:
     """Add ``runs`` (with ``show`` and ``prune``) to the ``agentrt`` subcommands."""
-    from ._journal import JournalState
+    from .._journal import JournalState
 
     states = [s.value for s in JournalState]
     runs = sub.add_parser("runs", help="list journaled programs; `runs show ID`, `runs prune --older-than 7d`")
@@ -84,7 +84,7 @@ def add_runs_command(sub: Any) -> None:
 def _run(coro_fn: Any, args: argparse.Namespace) -> int:
     import anyio
 
-    from ._errors import JournalError
+    from .._errors import JournalError
 
     try:
         code: int = anyio.run(coro_fn, args, backend="asyncio")
@@ -115,7 +115,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 async def _list_async(args: argparse.Namespace) -> int:
-    from ._journal import JournalState, journal_from
+    from .._journal import JournalState, journal_from
 
     async with journal_from(args.journal) as journal:
         states = [JournalState(s) for s in args.state] if args.state else None
@@ -148,7 +148,7 @@ def _show(args: argparse.Namespace) -> int:
 
 
 async def _show_async(args: argparse.Namespace) -> int:
-    from ._journal import journal_from
+    from .._journal import journal_from
 
     async with journal_from(args.journal) as journal:
         record = await journal.program(args.program_id)
@@ -187,7 +187,7 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 async def _prune_async(args: argparse.Namespace) -> int:
-    from ._journal import JournalState, journal_from
+    from .._journal import JournalState, journal_from
 
     states = (
         [JournalState(s) for s in args.state]

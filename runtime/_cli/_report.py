@@ -1,8 +1,8 @@
-"""Plain-text reports of finished programs (used by the CLI)."""
+"""Plain-text reports of finished programs: the table `agentrt demo`, `run` and `resume` print."""
 
 from __future__ import annotations
 
-from ._program import Program
+from .._program import Program
 
 __all__ = ["program_report"]
 

@@ -1,6 +1,6 @@
 """The known models' recipes: name, version, description and build function.
 
-:data:`runtime._models.KNOWN_MODELS` lists the same names without importing
+:data:`._locate.KNOWN_MODELS` lists the same names without importing
 this module; the check at the bottom keeps the two in step.
 """
 
@@ -11,13 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._models import KNOWN_MODELS
-from ._smollm2 import SMOLLM2_REQUIREMENT, _build_smollm2
-from ._tiny import LLAMA_49M, _build_llama_49m, _build_tiny
+__all__ = ["RECIPES", "Recipe"]
+
+from ._locate import KNOWN_MODELS
+from ._smollm2 import SMOLLM2_REQUIREMENT, build_smollm2
+from ._tiny import LLAMA_49M, build_llama_49m, build_tiny
 
 
 @dataclass(frozen=True)
-class _Recipe:
+class Recipe:
     """How to build one known model.
 
     ``build(out, scratch)`` writes the model files into ``out`` (an empty
@@ -32,34 +34,34 @@ class _Recipe:
     build: Callable[[Path, Path], dict[str, Any]]
 
 
-_RECIPES: dict[str, _Recipe] = {
+RECIPES: dict[str, Recipe] = {
     recipe.name: recipe
     for recipe in (
-        _Recipe(
+        Recipe(
             "tiny",
             version=2,
             description="random-weight Llama, 2 layers, hidden 128, local BPE tokenizer",
-            build=_build_tiny,
+            build=build_tiny,
         ),
-        _Recipe(
+        Recipe(
             "smollm2-135m",
             version=1,
             description=f"SmolLM2-135M-Instruct (bf16) from the GGUF in {SMOLLM2_REQUIREMENT}",
-            build=_build_smollm2,
+            build=build_smollm2,
         ),
-        _Recipe(
+        Recipe(
             "llama-49m",
             version=1,
             description=(
                 f"random-weight Llama, {LLAMA_49M.layers} layers, hidden {LLAMA_49M.hidden}, "
                 "tiny's tokenizer: prefill costs real time on a CPU"
             ),
-            build=_build_llama_49m,
+            build=build_llama_49m,
         ),
     )
 }
 
 # Fails at import, so that a recipe added or renamed here without updating
 # KNOWN_MODELS (or the other way round) cannot go unnoticed.
-if tuple(_RECIPES) != KNOWN_MODELS:
-    raise RuntimeError(f"recipes {tuple(_RECIPES)} do not match runtime._models.KNOWN_MODELS {KNOWN_MODELS}")
+if tuple(RECIPES) != KNOWN_MODELS:
+    raise RuntimeError(f"recipes {tuple(RECIPES)} do not match KNOWN_MODELS {KNOWN_MODELS}")

@@ -14,6 +14,9 @@ import argparse
 import sys
 from typing import Any
 
+from ._common import build_runtime, engine_options, traced
+from ._quiet import started
+
 __all__ = ["add_serve_command"]
 
 
@@ -24,16 +27,15 @@ def _api_key(text: str) -> tuple[str, str | None]:
     return key, tenant or None
 
 
-def add_serve_command(sub: Any, engine_options: Any) -> None:
-    """Add ``serve`` to the subparsers ``sub``; ``engine_options(parser, default_model)`` adds the engine flags."""
-    from ._gateway._app import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_TOKENS
-    from ._runtime import default_model
+def add_serve_command(sub: Any, default_model: str) -> None:
+    """Add ``serve`` to the ``agentrt`` subcommands."""
+    from .._gateway._app import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_TOKENS
 
     serve = sub.add_parser(
         "serve",
         help="serve the engines over the OpenAI API: unmodified agent clients get pins, urgency and routing",
     )
-    engine_options(serve, default_model())
+    engine_options(serve, default_model)
     serve.set_defaults(policy="agentrt")  # the gateway is for program-aware serving
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000; 0: any free port)")
@@ -78,13 +80,11 @@ def add_serve_command(sub: Any, engine_options: Any) -> None:
     serve.add_argument(
         "--max-model-len", type=int, default=4096, help="context length of in-process engines (default 4096)"
     )
-    from ._cli import _traced
-
-    serve.set_defaults(handler=_traced(_serve))
+    serve.set_defaults(handler=traced(_serve))
 
 
 def _api_keys(args: argparse.Namespace) -> dict[str, Any]:
-    from ._gateway._tenants import Tenant, load_api_keys
+    from .._gateway._tenants import Tenant, load_api_keys
 
     keys: dict[str, Tenant] = {}
     if args.api_keys_file:
@@ -100,18 +100,11 @@ def _api_keys(args: argparse.Namespace) -> dict[str, Any]:
 async def _serve(args: argparse.Namespace) -> int:
     import anyio
 
-    from ._gateway._app import Gateway
-    from ._runtime import Runtime
+    from .._gateway._app import Gateway
 
     keys = _api_keys(args)
-    if args.engine:
-        runtime = Runtime(list(args.engine), policy=args.policy)
-    else:
-        runtime = Runtime.local(
-            args.model, engines=args.engines, policy=args.policy, dtype=args.dtype, max_model_len=args.max_model_len
-        )
     async with (
-        runtime as rt,
+        started(build_runtime(args, max_model_len=args.max_model_len), verbose=args.verbose) as rt,
         Gateway(
             rt,
             host=args.host,

@@ -94,7 +94,7 @@ HERMES_TOOLS_TEMPLATE = (
 )
 
 
-def _transformers() -> Any:
+def import_transformers() -> Any:
     """The ``transformers`` module, typed as Any.
 
     transformers is only partly annotated, and its annotations change between
@@ -106,7 +106,7 @@ def _transformers() -> Any:
     return transformers
 
 
-def _special_token_ids(tokenizer: Any) -> dict[str, int]:
+def special_token_ids(tokenizer: Any) -> dict[str, int]:
     """Ids of the ChatML special tokens; they must be single tokens."""
     ids: dict[str, int] = {}
     for token in SPECIAL_TOKENS:
@@ -118,7 +118,7 @@ def _special_token_ids(tokenizer: Any) -> dict[str, int]:
     return ids
 
 
-def _state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """SHA-256 over tensor names, dtypes, shapes and bytes, in name order."""
     import torch
 
