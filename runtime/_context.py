@@ -6,7 +6,11 @@ started through it is a node of the program's DAG (:func:`open_node`), with
 ``after`` edges to the sibling nodes that finished before it started.  LLM
 calls go to the :class:`~runtime._dispatch.Dispatcher`, which owns them from
 there; tool calls run through ``toolbridge`` and are announced to the
-dispatcher (and so to the policy) as they start and finish.
+dispatcher (and so to the policy) as they start and finish, by a
+:class:`~runtime._tool_run.RuntimeToolRun` (also the run ``start_tool``
+hands to a tool's external executor).  Journaled work is looked up before
+it runs and recorded once it has, through the program's
+:class:`~runtime._journal.ProgramJournal` (:meth:`RuntimeContext._journaled`).
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import anyio
@@ -41,12 +45,12 @@ from ._backoff import Backoff
 from ._clock import now
 from ._dispatch import Dispatcher
 from ._engines import Completion, Prompt, SamplingOptions, TokenPrompt
-from ._events import StepFinished, StepReplayed, StepStarted, ToolCallFinished, ToolCallStarted
-from ._journal import ProgramJournal, StepEntry
-from ._journal._codec import Blob, fingerprint, sampling_json
+from ._events import StepFinished, StepReplayed, StepStarted
+from ._journal import NOT_JOURNALED, Lookup, ProgramJournal
 from ._nodes import DagCursor, NodeScope, open_node
 from ._policies import CallInfo
 from ._program import Node, NodeKind, Program
+from ._tool_run import RuntimeToolRun
 from ._tools import (
     TOOL_FORMATS,
     ToolFormat,
@@ -102,45 +106,34 @@ class RuntimeContext(Context):
 
     # -- the journal -------------------------------------------------------------
 
-    def _entry(
+    def _journaled(
         self,
         node: Node,
         *inputs: object,
-        input_ref: str | None = None,
-        blobs: Sequence[Blob] = (),
         idempotency_key: str | None = None,
-    ) -> StepEntry:
-        """``node``'s work as the journal files it: its key, kind and name, and the fingerprint of ``inputs``."""
-        kind = node.kind.value
-        return StepEntry(
-            node.key,
-            kind,
-            node.name,
-            fingerprint(kind, node.name, *inputs),
-            input_ref=input_ref,
-            blobs=blobs,
-            idempotency_key=idempotency_key,
-        )
+        llm_call: tuple[Prompt, SamplingOptions] | None = None,
+    ) -> Lookup:
+        """What the journal holds for ``node``'s work on ``inputs`` (an LLM call's: its prompt and sampling options).
 
-    def _replayed(self, entry: StepEntry, node: Node) -> tuple[bool, Any]:
-        """The journaled result of ``entry`` (``(True, value)``), announced as replayed; ``(False, None)`` if none."""
-        if self._journal is None:
-            return False, None
-        found, value = self._journal.replayed(entry)
-        if found:
+        A result found is announced as replayed (:class:`StepReplayed`); the
+        caller returns it instead of running the work, or runs the work and
+        records its result with :meth:`Lookup.record`.
+        """
+        journal = self._journal
+        if journal is None:
+            return NOT_JOURNALED
+        kind = node.kind.value
+        if llm_call is not None:
+            lookup = journal.look_up_llm(node.key, kind, node.name, *llm_call)
+        else:
+            lookup = journal.look_up(node.key, kind, node.name, *inputs, idempotency_key=idempotency_key)
+        if lookup.found:
             node.attributes["replayed"] = True
             program = self.program
             program.emit(
-                StepReplayed(
-                    program_id=program.id, t=program.elapsed(), node_id=node.id, kind=entry.kind, name=node.name
-                )
+                StepReplayed(program_id=program.id, t=program.elapsed(), node_id=node.id, kind=kind, name=node.name)
             )
-        return found, value
-
-    async def _record(self, entry: StepEntry | None, value: Any) -> None:
-        if entry is not None and self._journal is not None:
-            with anyio.CancelScope(shield=True):  # the work is done: its result must not be lost to a cancel
-                await self._journal.record(entry, value)
+        return lookup
 
     # -- LLM calls -------------------------------------------------------------
 
@@ -164,6 +157,7 @@ class RuntimeContext(Context):
         retries: int | None = None,
         tool_format: ToolFormat = "auto",
         tool_parser: str | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> LLMReply:
         if tools and json_schema is not None:
             raise ValueError("ctx.llm: pass either tools or json_schema, not both")
@@ -198,7 +192,13 @@ class RuntimeContext(Context):
             structural_tag=prepared.structural_tag,
         )
         completion, node = await self._generate(
-            prepared.prompt, sampling, stage=stage, priority=priority, timeout_s=timeout_s, retries=retries
+            prepared.prompt,
+            sampling,
+            stage=stage,
+            priority=priority,
+            timeout_s=timeout_s,
+            retries=retries,
+            on_token=on_token,
         )
         # Ids from the step key: the same on every run, so a resumed program's prompts
         # (which quote them in tool messages) match the journaled ones.
@@ -226,20 +226,32 @@ class RuntimeContext(Context):
         max_tokens: int,
         ignore_eos: bool = False,
         temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
         priority: int | None = None,
         stage: str | None = None,
         timeout_s: float | None = None,
         retries: int | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> TokenReply:
         if not prompt_token_ids:
             raise ValueError("ctx.llm_tokens: the prompt must not be empty")
-        sampling = SamplingOptions(max_tokens=max_tokens, temperature=temperature, ignore_eos=ignore_eos)
+        sampling = SamplingOptions(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=tuple(stop),
+            ignore_eos=ignore_eos,
+        )
         prompt = TokenPrompt(tuple(prompt_token_ids))
         completion, node = await self._generate(
-            prompt, sampling, stage=stage, priority=priority, timeout_s=timeout_s, retries=retries
+            prompt, sampling, stage=stage, priority=priority, timeout_s=timeout_s, retries=retries, on_token=on_token
         )
         return TokenReply(
             token_ids=completion.token_ids,
+            text=completion.text,
             usage=node.usage,
             finish_reason=completion.finish_reason,
             model=completion.model,
@@ -258,6 +270,7 @@ class RuntimeContext(Context):
         priority: int | None,
         timeout_s: float | None,
         retries: int | None,
+        on_token: Callable[[str], None] | None = None,
     ) -> tuple[Completion, Node]:
         """One LLM call as a node of the DAG, handed to the dispatcher; its usage is on the node."""
         program = self.program
@@ -270,18 +283,14 @@ class RuntimeContext(Context):
             failure="llm call failed",
         ) as scope:
             node = scope.node
-            entry: StepEntry | None = None
-            if self._journal is not None:
-                link, blobs = self._journal.prompts.link(prompt)
-                entry = self._entry(node, link, sampling_json(sampling).decode(), input_ref=link, blobs=blobs)
-                found, journaled = self._replayed(entry, node)
-                if found:
-                    completion: Completion = journaled
-                    node.engine = completion.engine
-                    node.usage = Usage(completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens)
-                    program.usage = program.usage + node.usage
-                    scope.span.set_attribute(names.AGENTRT_REPLAYED, True)
-                    return completion, node
+            journaled = self._journaled(node, llm_call=(prompt, sampling))
+            if journaled.found:
+                completion: Completion = journaled.value
+                node.engine = completion.engine
+                node.usage = Usage(completion.prompt_tokens, completion.completion_tokens, completion.cached_tokens)
+                program.usage = program.usage + node.usage
+                scope.span.set_attribute(names.AGENTRT_REPLAYED, True)
+                return completion, node
             if stage is None and self.node is not None:
                 stage = self.node.name  # the enclosing step or agent
             call = CallInfo(
@@ -295,9 +304,9 @@ class RuntimeContext(Context):
                 timeout_s=timeout_s,
                 retries=retries,
             )
-            completion = await dispatcher.generate(call, scope.span)
+            completion = await dispatcher.generate(call, scope.span, on_token=on_token)
             # The prompt's ids are the engine's rendering of the journaled prompt: not kept twice.
-            await self._record(entry, dataclasses.replace(completion, prompt_token_ids=None))
+            await journaled.record(dataclasses.replace(completion, prompt_token_ids=None))
             return completion, node
 
     # -- concurrency -------------------------------------------------------------
@@ -334,74 +343,46 @@ class RuntimeContext(Context):
         if earlier is not None:
             return repeated_message(call, earlier)
         toolset = ToolSet(tools)
-        program = self.program
-        program.tool_calls += 1
-        message: ToolMessage | None = None  # once the tool has answered
-        wall_s = 0.0
+        run = RuntimeToolRun(self._dispatcher, self._cursor, call)
+        try:
+            message = await self._run_tool(run, toolset)
+        finally:
+            if not run.ended:  # it raised, or was cancelled, before the tool answered
+                await run.cancel(ErrorKind.CANCELLED)
+        if message.ok:
+            self._succeeded.setdefault(key, message)
+        return message
 
-        def started(node: Node) -> ToolCallStarted:
-            return ToolCallStarted(
-                program_id=program.id,
-                t=program.elapsed(),
-                node_id=node.id,
-                name=call.name,
-                call_id=call.id,
-                arguments=call.arguments,
-            )
-
-        def finished(scope: NodeScope) -> ToolCallFinished:
-            return ToolCallFinished(
-                program_id=program.id,
-                t=program.elapsed(),
-                node_id=scope.node.id,
-                name=call.name,
-                call_id=call.id,
-                ok=scope.ok,
-                duration_s=scope.node.duration_s or 0.0,
-                error_kind=message.error_kind if message is not None else ErrorKind.CANCELLED,
-            )
-
-        with open_node(
-            self._cursor, NodeKind.TOOL, call.name, started=started, finished=finished, failure=ErrorKind.CANCELLED
-        ) as scope:
-            node = scope.node
-            # The key the tool's side effects can be made idempotent by: the same when a resumed program runs it again.
-            idempotency_key = f"{program.id}/{node.key}"
-            entry: StepEntry | None = None
-            if self._journal is not None:
-                entry = self._entry(node, call.arguments, idempotency_key=idempotency_key)
-                found, journaled = self._replayed(entry, node)
-                if found:
-                    message = journaled
-                    # The model's call id may differ on replay only if its reply did, which the LLM step checks.
-                    message = dataclasses.replace(message, call_id=call.id)
-                    if message.ok:
-                        self._succeeded.setdefault(key, message)
-                    else:
-                        scope.fail(message.content)
-                    return message
-            await self._dispatcher.tool_started(program, node, call)
-            try:
-                # toolbridge opens the execute_tool span (an unknown name included).
-                result = await toolset.run(call.name, call.arguments, call_id=call.id, idempotency_key=idempotency_key)
-                wall_s = result.usage.wall_s
-                node.attributes["usage"] = result.usage
-                message = tool_message(call, result)
-                await self._record(entry, message)
-            finally:
-                await self._dispatcher.tool_finished(
-                    program,
-                    node,
-                    call,
-                    ok=message is not None and message.ok,
-                    wall_s=wall_s,
-                    error_kind=message.error_kind if message is not None else ErrorKind.CANCELLED,
-                )
-            if message.ok:
-                self._succeeded.setdefault(key, message)
-            else:
-                scope.fail(message.content)
+    async def _run_tool(self, run: RuntimeToolRun, toolset: ToolSet) -> ToolMessage:
+        """The journaled message of ``run``'s call, else the tool's, run by toolbridge; ``run`` ended with it."""
+        call, node = run.call, run.node
+        # The key the tool's side effects can be made idempotent by: the same when a resumed program runs it again.
+        idempotency_key = f"{self.program.id}/{node.key}"
+        journaled = self._journaled(node, call.arguments, idempotency_key=idempotency_key)
+        if journaled.found:
+            # The model's call id may differ on replay only if its reply did, which the LLM step checks.
+            message: ToolMessage = dataclasses.replace(journaled.value, call_id=call.id)
+            await run.finish(message)  # never announced: the policy hears of neither end
             return message
+        await run.announce()
+        # toolbridge opens the execute_tool span (an unknown name included).
+        result = await toolset.run(call.name, call.arguments, call_id=call.id, idempotency_key=idempotency_key)
+        node.attributes["usage"] = result.usage
+        message = tool_message(call, result)
+        await journaled.record(message)
+        await run.finish(message, wall_s=result.usage.wall_s)
+        return message
+
+    async def start_tool(self, call: ToolCall) -> RuntimeToolRun:
+        run = RuntimeToolRun(self._dispatcher, self._cursor, call)
+        announced = False
+        try:
+            await run.announce()
+            announced = True
+        finally:
+            if not announced:
+                await run.cancel(ErrorKind.CANCELLED)
+        return run
 
     # -- steps and agents ------------------------------------------------------------
 
@@ -427,14 +408,11 @@ class RuntimeContext(Context):
             self._cursor, NodeKind.STEP, step.name, span=step_span(step), finished=finished, failure="cancelled"
         ) as scope:
             node, span = scope.node, scope.span
-            entry: StepEntry | None = None
-            if self._journal is not None:
-                entry = self._entry(node, list(call.args), call.kwargs)
-                found, journaled = self._replayed(entry, node)
-                if found:
-                    span.set_attribute(names.AGENTRT_REPLAYED, True)
-                    replayed: T = journaled
-                    return replayed
+            journaled = self._journaled(node, list(call.args), call.kwargs)
+            if journaled.found:
+                span.set_attribute(names.AGENTRT_REPLAYED, True)
+                replayed: T = journaled.value
+                return replayed
             try:
                 for attempt in range(1, step.retries + 2):
                     node.attempts = attempt
@@ -461,7 +439,7 @@ class RuntimeContext(Context):
                         await anyio.sleep(_RETRY_BACKOFF.delay_s(attempt))
                         continue
                     scope.error = None  # an earlier attempt's failure is not the step's
-                    await self._record(entry, value)
+                    await journaled.record(value)
                     return value
                 raise AssertionError("unreachable")  # the loop returns or raises
             finally:
@@ -472,13 +450,9 @@ class RuntimeContext(Context):
             self._cursor, NodeKind.AGENT, agent.name, span=agent_span(agent), failure="agent failed"
         ) as scope:
             node = scope.node
-            entry: StepEntry | None = None
-            found = False
-            if self._journal is not None:
-                entry = self._entry(node, agent.instructions, agent.tool_names, task)
-                found, journaled = self._replayed(entry, node)
-            if found:
-                result: AgentResult = journaled
+            journaled = self._journaled(node, agent.instructions, agent.tool_names, task)
+            if journaled.found:
+                result: AgentResult = journaled.value
                 scope.span.set_attribute(names.AGENTRT_REPLAYED, True)
             else:
                 try:
@@ -486,7 +460,7 @@ class RuntimeContext(Context):
                 except AgentOutputError as exc:
                     scope.fail(f"AgentOutputError: {exc}")  # the node says why, not just "agent failed"
                     raise
-                await self._record(entry, result)
+                await journaled.record(result)
             node.usage = result.usage
             node.attributes["turns"] = len(result.turns)
             node.attributes["stopped"] = result.stopped

@@ -1,11 +1,13 @@
 """Opening a DAG node: the node, its span, its start and finish events, as one act.
 
 Every piece of work a context starts (a step, an LLM call, a tool call, an
-agent loop) is a node of the program's DAG.  :func:`open_node` opens it
-with ``after`` edges to the siblings that finished since the last node
-opened (a :class:`DagCursor` per context tracks them), enters its span,
-emits its start event, and on the way out closes the node as succeeded or
-failed and emits its finish event, however the block ends.
+agent loop) is a node of the program's DAG.  :func:`open_node` enters its
+span, opens it with ``after`` edges to the siblings that finished since the
+last node opened (a :class:`DagCursor` per context tracks them), emits its
+start event, and on the way out closes the node as succeeded or failed and
+emits its finish event, however the block ends.  :func:`start_node` is the
+same without a block, for work its caller ends later (a tool that runs
+elsewhere).
 
 The cursor also gives each node its *step key*, the identity the journal
 files it under: the parent's key, then for each enclosing ``ctx.gather`` of
@@ -22,7 +24,6 @@ import contextlib
 import contextvars
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import telemetry
@@ -33,7 +34,7 @@ from ._program import Node, NodeKind, Program
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-__all__ = ["DagCursor", "NodeScope", "open_node"]
+__all__ = ["DagCursor", "NodeScope", "open_node", "start_node"]
 
 
 #: A path of gather branches: ``((gather, branch), ...)``, outermost first.
@@ -94,13 +95,21 @@ class DagCursor:
         self._finished_since_open.append(node.id)
 
 
-@dataclass(slots=True, eq=False)
 class NodeScope:
-    """An open node and its span; the block marks it failed with :meth:`fail` (or by raising)."""
+    """An open node and its span: :meth:`fail` marks it failed, :meth:`close` ends it (:func:`open_node` on exit)."""
 
-    node: Node
-    span: Span
-    error: str | None = None
+    __slots__ = ("_cursor", "_finished", "closed", "error", "node", "span")
+
+    def __init__(
+        self, cursor: DagCursor, node: Node, span: Span, finished: Callable[[NodeScope], Event] | None
+    ) -> None:
+        self._cursor = cursor
+        self._finished = finished
+        self.node = node
+        self.span = span
+        self.error: str | None = None
+        #: Whether :meth:`close` has run.
+        self.closed = False
 
     def fail(self, error: str) -> None:
         """Close the node as failed with ``error`` even if the block completes."""
@@ -109,6 +118,36 @@ class NodeScope:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    def close(self) -> None:
+        """Close the node (succeeded unless :meth:`fail` was called), emit its finish event; later calls do nothing."""
+        if self.closed:
+            return
+        self.closed = True
+        self._cursor.close(self.node, ok=self.error is None, error=self.error)
+        if self._finished is not None:
+            self._cursor.program.emit(self._finished(self))
+
+
+def start_node(
+    cursor: DagCursor,
+    kind: NodeKind,
+    name: str,
+    *,
+    span: Span = telemetry.INVALID_SPAN,
+    started: Callable[[Node], Event] | None = None,
+    finished: Callable[[NodeScope], Event] | None = None,
+) -> NodeScope:
+    """Open a ``kind`` node called ``name`` and emit ``started(node)``; the caller ends it with :meth:`NodeScope.close`.
+
+    For work that outlives a block (a tool that runs elsewhere, finished
+    when its executor answers); :func:`open_node` is the block form.
+    ``span`` is the span the node's work runs in (none by default).
+    """
+    scope = NodeScope(cursor, cursor.open(kind, name), span, finished)
+    if started is not None:
+        cursor.program.emit(started(scope.node))
+    return scope
 
 
 @contextlib.contextmanager
@@ -124,18 +163,14 @@ def open_node(
 ) -> Iterator[NodeScope]:
     """Open a ``kind`` node called ``name`` for the ``with`` block, with its span and events.
 
-    ``span`` is entered after the node opens (none: no span of its own);
+    ``span`` is entered, then the node opens (none: no span of its own);
     ``started(node)`` is emitted once it is open; ``finished(scope)`` after the
     node is closed, whatever happened.  A block left by an exception or by
     cancellation, without a :meth:`NodeScope.fail` of its own, closes the node
     with ``failure`` as its error.
     """
-    program = cursor.program
-    node = cursor.open(kind, name)
     with span if span is not None else contextlib.nullcontext(telemetry.INVALID_SPAN) as current:
-        scope = NodeScope(node, current)
-        if started is not None:
-            program.emit(started(node))
+        scope = start_node(cursor, kind, name, span=current, started=started, finished=finished)
         completed = False
         try:
             yield scope
@@ -143,6 +178,4 @@ def open_node(
         finally:
             if not completed and scope.error is None:
                 scope.error = failure
-            cursor.close(node, ok=scope.error is None, error=scope.error)
-            if finished is not None:
-                program.emit(finished(scope))
+            scope.close()

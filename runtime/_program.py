@@ -213,8 +213,7 @@ class Program:
         """Call ``listener(event)`` for each event from now on, synchronously, in the task that emits it.
 
         Unlike :meth:`events`, nothing is buffered or dropped, and the
-        listener sees the emitting task's context variables (the gateway
-        tells a streaming request's tokens apart that way).  A listener must
+        listener sees the emitting task's context variables.  A listener must
         be quick and must not raise.  Returns the function that removes it.
         """
         self._listeners.append(listener)

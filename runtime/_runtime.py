@@ -14,8 +14,6 @@ import collections
 import enum
 import logging
 import os
-import socket
-import time
 from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
@@ -29,12 +27,21 @@ from ._clock import now
 from ._context import RuntimeContext
 from ._dispatch import DEFAULT_LLM_RETRIES, Dispatcher
 from ._engines import Engine, EngineStats
-from ._errors import JournalError, ProgramIdInUseError, ProgramNotFoundError, RuntimeStateError
+from ._errors import JournalError, ProgramIdInUseError, RuntimeStateError
 from ._events import ProgramFinished, ProgramStarted
 from ._handle import ProgramHandle
 from ._health import HealthMonitor
-from ._journal import Journal, JournalState, ProgramJournal, ProgramRecord, journal_from
-from ._journal._codec import dump_value, load_value
+from ._journal import (
+    Journal,
+    JournalState,
+    ProgramJournal,
+    check_owner_gone,
+    find_program,
+    journal_from,
+    new_program,
+    record_program_end,
+    resume_program,
+)
 from ._policies import Policy, get_policy
 from ._program import DEFAULT_EVENT_BUFFER, Program, ProgramState
 from ._signals import SignalGuard, guard_signals
@@ -362,13 +369,11 @@ class Runtime:
         if self._tg is None:
             raise RuntimeStateError("the runtime is not running: use `async with Runtime(...) as rt:`")
         journal = self.journal
-        record = await journal.program(program_id)
-        if record is None:
-            raise ProgramNotFoundError(f"no program {program_id!r} in the journal {journal.location}")
+        record = await find_program(journal, program_id)
         running = self.programs.get(program_id)
         if running is not None and not running.state.finished:
             raise ProgramIdInUseError(f"program {program_id} is running in this runtime")
-        _check_owner_gone(record)
+        check_owner_gone(record)
         if workflow is None:
             if record.workflow_ref is None:
                 raise JournalError(
@@ -385,15 +390,7 @@ class Runtime:
         self._check_can_start(workflow)
         if workflow.name != record.workflow:
             raise JournalError(f"program {program_id} ran workflow {record.workflow!r}, not {workflow.name!r}")
-        inputs = load_value(record.inputs, f"the inputs of program {program_id}")
-        run = await journal.start_run(program_id, _owner(), time.time())
-        program_journal = ProgramJournal(
-            journal,
-            program_id,
-            run=run,
-            recorded=await journal.steps(program_id),
-            stored=await journal.stored_blobs(program_id),
-        )
+        inputs, program_journal = await resume_program(journal, record)
         return self._start(
             workflow,
             inputs,
@@ -460,7 +457,15 @@ class Runtime:
                 try:
                     # Journaled before it waits for a slot: a pending program is not lost in a shutdown.
                     if journal is None and self.journal is not None:
-                        journal = await self._journal_new_program(workflow, program)
+                        journal = await new_program(
+                            self.journal,
+                            program.id,
+                            workflow=workflow.name,
+                            workflow_ref=workflow_ref(workflow),
+                            inputs=program.inputs,
+                            deadline_s=program.deadline_s,
+                            priority=program.priority,
+                        )
                 except Exception as exc:
                     program.error = exc
                     program.state = ProgramState.FAILED
@@ -494,14 +499,14 @@ class Runtime:
             program.finished_at = now()
             if journal is not None:
                 with anyio.CancelScope(shield=True):
-                    await self._journal_end(journal, handle)
-            error = program.error
+                    state, error = self._journal_end(handle)
+                    await record_program_end(journal, state, error=error, result=program.result)
             program.emit(
                 ProgramFinished(
                     program_id=program.id,
                     t=program.elapsed(),
                     state=program.state.value,
-                    error=f"{type(error).__name__}: {error}" if error is not None else None,
+                    error=_error_text(program.error),
                 )
             )
             # The result is ready before the policy's cleanup (releasing a pin is a round trip to the
@@ -515,47 +520,17 @@ class Runtime:
 
     # -- the journal -------------------------------------------------------------
 
-    async def _journal_new_program(self, workflow: Workflow[..., Any], program: Program) -> ProgramJournal:
-        assert self.journal is not None
-        at = time.time()
-        record = ProgramRecord(
-            id=program.id,
-            workflow=workflow.name,
-            workflow_ref=workflow_ref(workflow),
-            inputs=dump_value(program.inputs, f"the inputs of program {program.id}"),
-            deadline_s=program.deadline_s,
-            priority=program.priority,
-            state=JournalState.RUNNING,
-            created_at=at,
-            updated_at=at,
-            owner=_owner(),
-        )
-        await self.journal.create_program(record)
-        return ProgramJournal(self.journal, program.id, run=1, stored=set())
-
-    async def _journal_end(self, journal: ProgramJournal, handle: ProgramHandle[Any]) -> None:
-        """Record how the program ended; a journal that fails here is logged (the program's outcome stands)."""
+    def _journal_end(self, handle: ProgramHandle[Any]) -> tuple[JournalState, str | None]:
+        """How the journal files the end of ``handle``'s program, and its error: a shutdown interrupts it."""
         program = handle.program
-        result: bytes | None = None
-        error = f"{type(program.error).__name__}: {program.error}" if program.error is not None else None
+        error = _error_text(program.error)
         if program.state is ProgramState.SUCCEEDED:
-            state = JournalState.SUCCEEDED
-            try:
-                result = dump_value(program.result, f"the result of program {program.id}")
-            except JournalError as exc:
-                # Resuming it replays every step from the journal and returns the result again.
-                logger.warning("program %s: result not journaled: %s", program.id, exc)
-        elif program.state is ProgramState.FAILED:
-            state = JournalState.FAILED
-        elif self._closing and not handle._cancel_requested:
-            state = JournalState.INTERRUPTED
-            error = "the runtime shut down while the program ran"
-        else:
-            state = JournalState.CANCELLED
-        try:
-            await journal.journal.finish_program(program.id, state, time.time(), error=error, result=result)
-        except JournalError as exc:
-            logger.warning("program %s: its end (%s) was not journaled: %s", program.id, state.value, exc)
+            return JournalState.SUCCEEDED, error
+        if program.state is ProgramState.FAILED:
+            return JournalState.FAILED, error
+        if self._closing and not handle._cancel_requested:
+            return JournalState.INTERRUPTED, "the runtime shut down while the program ran"
+        return JournalState.CANCELLED, error
 
     # -- engines ---------------------------------------------------------------
 
@@ -567,24 +542,5 @@ class Runtime:
         return f"<Runtime engines={[e.name for e in self.engines]} policy={self.policy.name}>"
 
 
-def _owner() -> str:
-    """Who runs a program, as the journal records it: ``host:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
-def _check_owner_gone(record: ProgramRecord) -> None:
-    """Refuse to resume a program the journal says runs in a process that is still alive."""
-    if record.state is not JournalState.RUNNING or not record.owner:
-        return
-    host, _, pid_text = record.owner.rpartition(":")
-    if host != socket.gethostname():
-        raise ProgramIdInUseError(
-            f"program {record.id} is marked running by {record.owner}, another host; "
-            "resume it there, or once that runtime is gone"
-        )
-    import psutil
-
-    if pid_text.isdigit() and int(pid_text) != os.getpid() and psutil.pid_exists(int(pid_text)):
-        raise ProgramIdInUseError(
-            f"program {record.id} is running in process {pid_text} on this host; stop that process first"
-        )
+def _error_text(error: BaseException | None) -> str | None:
+    return f"{type(error).__name__}: {error}" if error is not None else None

@@ -16,7 +16,7 @@ Exceptions (see :mod:`workflows._errors`)::
 """
 
 from ._agent import Agent, AgentResult, AgentTurn, tool_name
-from ._context import Context
+from ._context import Context, ToolRun
 from ._decorators import Step, StepCall, Workflow, step, workflow
 from ._errors import (
     AgentOutputError,
@@ -45,6 +45,7 @@ __all__ = [
     "ToolFormat",
     "ToolLike",
     "ToolMessage",
+    "ToolRun",
     "ToolSpec",
     "Usage",
     "Workflow",

@@ -8,7 +8,7 @@ implement it too.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._types import LLMReply, TokenReply, ToolCall, ToolChoice, ToolFormat, ToolLike, ToolMessage
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from ._agent import Agent, AgentResult
     from ._decorators import StepCall
 
-__all__ = ["Context"]
+__all__ = ["Context", "ToolRun"]
 
 T = TypeVar("T")
 
@@ -55,6 +55,7 @@ class Context(ABC):
         retries: int | None = None,
         tool_format: ToolFormat = "auto",
         tool_parser: str | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> LLMReply:
         """Run one LLM call on the program's behalf.
 
@@ -78,7 +79,10 @@ class Context(ABC):
         bounds the call in seconds, queueing included (``TimeoutError``);
         ``retries`` is how many times a call that failed on a transient
         engine error (an engine that died or restarts) is tried again; both
-        default to the runtime's settings.
+        default to the runtime's settings.  ``on_token`` is called with each
+        piece of text as the engine streams it (a reply replayed from a
+        journal streams none); it runs in the calling task, must be quick,
+        and an exception it raises fails the call.
         """
 
     @abstractmethod
@@ -89,18 +93,24 @@ class Context(ABC):
         max_tokens: int,
         ignore_eos: bool = False,
         temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
         priority: int | None = None,
         stage: str | None = None,
         timeout_s: float | None = None,
         retries: int | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> TokenReply:
-        """Run one LLM call on a prompt given as token ids; the reply carries the generated ids.
+        """Run one LLM call on a prompt given as token ids; the reply carries the generated ids and their text.
 
         The token-level twin of :meth:`llm`, for callers that tokenize
         themselves (trace replay, a completions endpoint): no chat template,
         no tools.  It takes the same path as :meth:`llm` through the
-        runtime's policy, dispatch, failover and bookkeeping.  With
-        ``ignore_eos`` exactly ``max_tokens`` tokens are generated.
+        runtime's policy, dispatch, failover and bookkeeping, and its other
+        options mean what they mean there.  With ``ignore_eos`` exactly
+        ``max_tokens`` tokens are generated; generation also ends at any of
+        the ``stop`` strings (not included in the text).
         """
 
     @abstractmethod
@@ -121,9 +131,57 @@ class Context(ABC):
         """
 
     @abstractmethod
+    async def start_tool(self, call: ToolCall) -> ToolRun:
+        """Tell the runtime that the tool ``call`` asks for now runs elsewhere; end it with the run returned.
+
+        For a tool that something other than the runtime executes (the
+        client of an OpenAI-compatible endpoint, a worker, a person): the
+        call becomes a tool node of the program, its events are emitted,
+        and the scheduling policy treats the program as waiting on that
+        tool, as for :meth:`call_tool` (which runs the tool itself the same
+        way).  Call :meth:`ToolRun.finish` when the tool has answered, or
+        :meth:`ToolRun.cancel` when it will not.  Its outcome is the
+        executor's and is not journaled.
+        """
+
+    @abstractmethod
     async def run_step(self, call: StepCall[T]) -> T:
         """Run a step call with its retries and timeout (what ``await step(ctx, ...)`` does)."""
 
     @abstractmethod
     async def run_agent(self, agent: Agent, task: str | Sequence[Mapping[str, Any]]) -> AgentResult:
         """Run an agent's loop as a node of this program (what ``agent.run(ctx, task)`` does)."""
+
+
+class ToolRun(ABC):
+    """A tool call started with :meth:`Context.start_tool`, running elsewhere until its executor ends it.
+
+    End it once: :meth:`finish` when the tool has answered, :meth:`cancel`
+    when it will not; calls after the first do nothing.
+    """
+
+    @property
+    @abstractmethod
+    def call(self) -> ToolCall:
+        """The tool call that runs."""
+
+    @property
+    @abstractmethod
+    def ended(self) -> bool:
+        """Whether :meth:`finish` or :meth:`cancel` has ended it."""
+
+    @abstractmethod
+    async def finish(self, message: ToolMessage | None = None, *, wall_s: float | None = None) -> None:
+        """The tool has answered.
+
+        ``message`` is its outcome as the model will see it (a failed one,
+        ``ok`` false, fails the call with its ``content`` and
+        ``error_kind``); ``None``: it succeeded, and its result stays with the
+        executor.  ``wall_s`` is how long it ran, in seconds (default: the
+        seconds since :meth:`Context.start_tool`).  It cannot be cancelled
+        once called: the runtime's bookkeeping completes.
+        """
+
+    @abstractmethod
+    async def cancel(self, reason: str = "cancelled") -> None:
+        """The tool will not answer: the call fails with ``reason`` and error kind ``"cancelled"``."""

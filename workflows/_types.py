@@ -123,9 +123,10 @@ class LLMReply:
 
 @dataclass(frozen=True, slots=True)
 class TokenReply:
-    """What ``ctx.llm_tokens(...)`` returns: the generated token ids and how the call went.
+    """What ``ctx.llm_tokens(...)`` returns: the generated token ids, their text, and how the call went.
 
-    Times in seconds from the moment the request reached the engine:
+    ``text`` is the generated tokens decoded by the engine (a stop string
+    that ended the call is not in it).  Times in seconds from the moment the request reached the engine:
     ``ttft_s`` to the first token, ``latency_s`` to the last; ``queued_s``
     is how long the engine kept it waiting, when it can tell.
     ``usage.cached_tokens`` is the part of the prompt served from the
@@ -140,6 +141,7 @@ class TokenReply:
     ttft_s: float | None
     latency_s: float
     queued_s: float | None = None
+    text: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -240,10 +240,9 @@ class Gateway:
         await runner.setup()
         site = web.TCPSite(runner, self.host, self.port)
         await site.start()
-        server = site._server
-        sockets = getattr(server, "sockets", None) or ()
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
+        addresses = runner.addresses  # (host, port, ...) of each bound socket: the port chosen for port 0
+        if addresses:
+            self.port = int(addresses[0][1])
         self._runner = runner
         logger.info("gateway listening on %s (model %s)", self.url, self.model_name)
 

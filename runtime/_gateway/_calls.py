@@ -17,7 +17,6 @@ from typing import Any
 from workflows import ToolCall, Usage
 
 from .._context import RuntimeContext
-from .._engines import SamplingOptions, TokenPrompt
 from .._tools import ToolFormat
 from ._protocol import ChatRequest, CompletionRequest, OpenAIError
 
@@ -60,7 +59,7 @@ class CompletionOutcome:
 
 def chat_work(
     request: ChatRequest, *, default_max_tokens: int, tool_format: ToolFormat
-) -> Callable[[RuntimeContext], Awaitable[ChatOutcome]]:
+) -> Callable[[RuntimeContext, Callable[[str], None] | None], Awaitable[ChatOutcome]]:
     """The turn's work for a chat request already checked (:meth:`ChatRequest.check_messages` and the rest)."""
     tools = [ClientTool(t["name"], t["description"], t["parameters"]) for t in request.function_tools()]
     tool_choice = request.tool_choice_name([t.name for t in tools]) if tools else "auto"
@@ -77,7 +76,7 @@ def chat_work(
     # same as the turns before it, and so does its prefix in the engine's cache.
     show_tools = bool(tools) and not (json_schema is not None and tool_choice == "none")
 
-    async def work(ctx: RuntimeContext) -> ChatOutcome:
+    async def work(ctx: RuntimeContext, on_token: Callable[[str], None] | None) -> ChatOutcome:
         # Without tools shown, tool_choice and the rest are not used; json_schema only goes without tools.
         reply = await ctx.llm(
             messages,
@@ -92,6 +91,7 @@ def chat_work(
             seed=request.seed,
             stop=stop,
             ignore_eos=request.ignore_eos,
+            on_token=on_token,
         )
         if reply.tool_calls:
             return ChatOutcome(None, reply.tool_calls, "tool_calls", reply.usage, reply.engine, None)
@@ -109,7 +109,7 @@ def _openai_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, An
 
 def completion_work(
     request: CompletionRequest, *, encode: Callable[[str], list[int]] | None
-) -> Callable[[RuntimeContext], Awaitable[CompletionOutcome]]:
+) -> Callable[[RuntimeContext, Callable[[str], None] | None], Awaitable[CompletionOutcome]]:
     prompt = request.single_prompt()
     if isinstance(prompt, str):
         if encode is None:
@@ -124,25 +124,27 @@ def completion_work(
         ids = prompt
     if not ids:
         raise OpenAIError(400, "the prompt is empty", param="prompt")
-    sampling = SamplingOptions(
-        max_tokens=request.max_tokens,
-        temperature=DEFAULT_TEMPERATURE if request.temperature is None else request.temperature,
-        top_p=1.0 if request.top_p is None else request.top_p,
-        seed=request.seed,
-        stop=request.stop_sequences(),
-        ignore_eos=request.ignore_eos,
-    )
+    temperature = DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
+    top_p = 1.0 if request.top_p is None else request.top_p
+    stop = request.stop_sequences()
 
-    async def work(ctx: RuntimeContext) -> CompletionOutcome:
-        completion, node = await ctx._generate(
-            TokenPrompt(tuple(ids)), sampling, stage=None, priority=None, timeout_s=None, retries=None
+    async def work(ctx: RuntimeContext, on_token: Callable[[str], None] | None) -> CompletionOutcome:
+        reply = await ctx.llm_tokens(
+            ids,
+            max_tokens=request.max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=request.seed,
+            stop=stop,
+            ignore_eos=request.ignore_eos,
+            on_token=on_token,
         )
         return CompletionOutcome(
-            completion.text,
-            completion.finish_reason,
-            node.usage,
-            completion.engine,
-            completion.token_ids,
+            reply.text,
+            reply.finish_reason,
+            reply.usage,
+            reply.engine,
+            reply.token_ids,
             tuple(ids),
             request.return_token_ids,
         )

@@ -8,13 +8,15 @@ program's.  The program's task receives each turn and runs it in a task of
 its own (turns of one session may overlap: a client may fan out), under the
 request's span when the request carried a ``traceparent``.
 
-Between turns the client runs its tools.  The session tells the policy as a
-library program's ``ctx.call_tool`` would: the tool calls of a reply start
-client-side tool nodes (:class:`~runtime.ToolStarted`, so the pin is kept
-for that tool's predicted time), and the next request's ``tool`` messages
-answering them finish them (:class:`~runtime.ToolFinished`, with the wall
-time the client took).  ``expected_tool`` does the same for a reply the
-gateway cannot parse (raw completions).
+Between turns the client runs its tools.  The session tells the runtime
+through ``ctx.start_tool``, the routine of a library program's
+``ctx.call_tool``: the tool calls of a reply start client-side tool nodes
+(:class:`~runtime.ToolStarted`, so the pin is kept for that tool's
+predicted time), and the next request's ``tool`` messages answering them
+finish them (:class:`~runtime.ToolFinished`, with the wall time the client
+took).  ``expected_tool`` does the same for a reply the gateway cannot
+parse (raw completions).  A streaming turn's text reaches its request
+through the ``on_token`` of its own LLM call.
 
 A session ends after a turn marked last, after ``idle_timeout_s`` seconds
 with no turn in flight, or when a client disconnects mid-request (the
@@ -25,11 +27,10 @@ new program.
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import logging
 import math
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,15 +38,13 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 import telemetry
-from toolbridge import ErrorKind
-from workflows import Context, ToolCall, workflow
+from workflows import Context, ToolCall, Workflow, workflow
 
 from .._clock import now
 from .._context import RuntimeContext
 from .._errors import ProgramIdInUseError, RuntimeStateError
-from .._events import Event, TokenGenerated, ToolCallFinished, ToolCallStarted
 from .._handle import ProgramHandle
-from .._program import Node, NodeKind
+from .._tool_run import RuntimeToolRun
 from ._session_keys import SessionRef
 from ._tenants import ANONYMOUS, Tenant
 
@@ -54,17 +53,12 @@ if TYPE_CHECKING:
 
     from .._runtime import Runtime
 
-__all__ = ["GatewaySession", "SessionTable", "Turn", "TurnCancelled", "gateway_session"]
+__all__ = ["GatewaySession", "SessionTable", "Turn", "TurnCancelled", "TurnWork"]
 
 logger = logging.getLogger("runtime.gateway")
 
-# The live sessions by program id: the workflow body finds its session here.
-_LIVE: dict[str, GatewaySession] = {}
-
-# The token sink of the turn running in this task (a streaming request's).
-_TOKEN_SINK: contextvars.ContextVar[Callable[[str], None] | None] = contextvars.ContextVar(
-    "agentrt_gateway_token_sink", default=None
-)
+#: A turn's work: given the program's context and the turn's token sink (None: not streamed), its outcome.
+TurnWork = Callable[[RuntimeContext, Callable[[str], None] | None], Awaitable[Any]]
 
 
 class TurnCancelled(Exception):
@@ -75,12 +69,12 @@ class TurnCancelled(Exception):
 class Turn:
     """One request's LLM call, run by its session's program.
 
-    ``work`` gets the program's context and returns the turn's outcome;
-    ``answers`` are the tool-call ids the request's ``tool`` messages
-    answer; ``on_token`` receives the call's text as it streams.
+    ``work`` gets the program's context and :attr:`on_token` and returns the
+    turn's outcome; ``answers`` are the tool-call ids the request's ``tool``
+    messages answer; ``on_token`` receives the call's text as it streams.
     """
 
-    work: Callable[[RuntimeContext], Awaitable[Any]]
+    work: TurnWork
     answers: frozenset[str] = frozenset()
     expected_tool: str | None = None
     last: bool = False
@@ -110,13 +104,6 @@ class Turn:
         return self.result
 
 
-@dataclass(eq=False, slots=True)
-class _ClientTool:
-    node: Node
-    call: ToolCall
-    started_at: float
-
-
 class GatewaySession:
     """The turns of one session, served by its program (see the module docstring)."""
 
@@ -133,7 +120,7 @@ class GatewaySession:
         self._in_flight = 0
         self._closing = False
         self._wait_scope: anyio.CancelScope | None = None
-        self._tools: dict[str, _ClientTool] = {}
+        self._tools: dict[str, RuntimeToolRun] = {}
         self._hints = 0
         self._on_end: list[Callable[[GatewaySession], None]] = []
 
@@ -169,8 +156,6 @@ class GatewaySession:
 
     async def serve(self, ctx: RuntimeContext) -> dict[str, Any]:
         """Run turns until the session ends (the body of its program)."""
-        program = ctx.program
-        stop_listening = program.listen(_forward_tokens)
         turns = 0
         try:
             async with anyio.create_task_group() as tg:
@@ -193,9 +178,8 @@ class GatewaySession:
                     if idle and now() >= deadline and self._in_flight == 0:
                         self._close("idle")
         finally:
-            stop_listening()
             with anyio.CancelScope(shield=True):
-                await self._end_tools(ctx)
+                await self._end_tools()
             self._closing = True
             self._fail_queued()
             for callback in self._on_end:
@@ -204,14 +188,13 @@ class GatewaySession:
 
     async def _run_turn(self, ctx: RuntimeContext, turn: Turn) -> None:
         try:
-            await self._finish_answered(ctx, turn.answers)
+            await self._finish_answered(turn.answers)
             with anyio.CancelScope() as scope:
                 turn._scope = scope
                 if turn._cancelled:
                     scope.cancel()
-                _TOKEN_SINK.set(turn.on_token)
                 with telemetry.use_span(turn.span) if turn.span is not None else contextlib.nullcontext():
-                    turn.result = await turn.work(ctx)
+                    turn.result = await turn.work(ctx, turn.on_token)
             if scope.cancelled_caught:
                 turn.error = TurnCancelled("the request was cancelled")
             else:
@@ -250,76 +233,47 @@ class GatewaySession:
         if not calls and turn.expected_tool is not None:
             self._hints += 1
             calls = [ToolCall(f"hint-{self._hints}", turn.expected_tool, {})]
-        program, cursor = ctx.program, ctx._cursor
         for call in calls:
-            node = cursor.open(NodeKind.TOOL, call.name)
-            node.attributes["client_side"] = True
-            program.tool_calls += 1
-            self._tools[call.id] = _ClientTool(node, call, now())
-            program.emit(
-                ToolCallStarted(
-                    program_id=program.id,
-                    t=program.elapsed(),
-                    node_id=node.id,
-                    name=call.name,
-                    call_id=call.id,
-                    arguments=call.arguments,
-                )
-            )
-            await ctx._dispatcher.tool_started(program, node, call)
+            run = await ctx.start_tool(call)
+            run.node.attributes["client_side"] = True
+            self._tools[call.id] = run
 
-    async def _finish_answered(self, ctx: RuntimeContext, answers: Iterable[str]) -> None:
+    async def _finish_answered(self, answers: Iterable[str]) -> None:
         # A hinted tool has no id the client could quote: the session's next request answers it.
         ids = [i for i in answers if i in self._tools] + [i for i in self._tools if i.startswith("hint-")]
         for call_id in ids:
-            await self._finish_tool(ctx, self._tools.pop(call_id), ok=True)
+            await self._tools.pop(call_id).finish()  # its wall time: from the reply to this request
 
-    async def _end_tools(self, ctx: RuntimeContext) -> None:
+    async def _end_tools(self) -> None:
         tools, self._tools = self._tools, {}
-        for tool in tools.values():
-            await self._finish_tool(ctx, tool, ok=False)
+        for run in tools.values():
+            await run.cancel("the session ended before the client answered")
 
-    async def _finish_tool(self, ctx: RuntimeContext, tool: _ClientTool, *, ok: bool) -> None:
-        program, node, call = ctx.program, tool.node, tool.call
-        wall_s = now() - tool.started_at
-        error_kind = None if ok else ErrorKind.CANCELLED
-        ctx._cursor.close(node, ok=ok, error=None if ok else "the session ended before the client answered")
-        program.emit(
-            ToolCallFinished(
-                program_id=program.id,
-                t=program.elapsed(),
-                node_id=node.id,
-                name=call.name,
-                call_id=call.id,
-                ok=ok,
-                duration_s=node.duration_s or wall_s,
-                error_kind=error_kind,
+
+def _gateway_workflow(live: Mapping[str, GatewaySession]) -> Workflow[[str], dict[str, Any]]:
+    """The ``gateway`` workflow of one table, whose ``live`` sessions it serves (see :class:`SessionTable`)."""
+
+    @workflow(name="gateway")
+    async def gateway_session(ctx: Context, session: str) -> dict[str, Any]:
+        """A program whose LLM calls arrive as requests to ``agentrt serve`` (see runtime/_gateway/_sessions.py)."""
+        found = live.get(session)
+        if found is None or not isinstance(ctx, RuntimeContext):
+            raise RuntimeStateError(
+                f"{session!r} is not a live gateway session: gateway programs are driven by their clients "
+                "and cannot be resumed"
             )
-        )
-        await ctx._dispatcher.tool_finished(program, node, call, ok=ok, wall_s=wall_s, error_kind=error_kind)
+        return await found.serve(ctx)
 
-
-def _forward_tokens(event: Event) -> None:
-    if isinstance(event, TokenGenerated):
-        sink = _TOKEN_SINK.get()
-        if sink is not None:
-            sink(event.text)
-
-
-@workflow(name="gateway")
-async def gateway_session(ctx: Context, session: str) -> dict[str, Any]:
-    """A program whose LLM calls arrive as requests to ``agentrt serve`` (see runtime/_gateway/_sessions.py)."""
-    live = _LIVE.get(session)
-    if live is None or not isinstance(ctx, RuntimeContext):
-        raise RuntimeStateError(
-            f"{session!r} is not a live gateway session: gateway programs are driven by their clients "
-            "and cannot be resumed"
-        )
-    return await live.serve(ctx)
+    return gateway_session
 
 
 class SessionTable:
-    """The live sessions of one gateway: join the one a request names, or start a program for it."""
+    """The live sessions of one gateway: join the one a request names, or start a program for it.
+
+    Each session's program runs :attr:`workflow`, this table's own workflow
+    called ``gateway``, whose body serves the live session of the table that
+    its ``session`` input (the program id) names.
+    """
 
     def __init__(
         self, runtime: Runtime, *, idle_timeout_s: float, on_ended: Callable[[str], None] | None = None
@@ -330,8 +284,11 @@ class SessionTable:
         self._on_ended = on_ended
         self.idle_timeout_s = idle_timeout_s
         self._by_key: dict[tuple[str, str], GatewaySession] = {}
+        # The live sessions by program id: the workflow's body finds its session here.
+        self._live: dict[str, GatewaySession] = {}
         self.started = 0
         self.ended: dict[str, int] = {}
+        self.workflow = _gateway_workflow(self._live)
 
     def __len__(self) -> int:
         return len(self._by_key)
@@ -351,7 +308,7 @@ class SessionTable:
         base = key if tenant is ANONYMOUS else f"{tenant.name}:{key}"
         candidate, n = base, 1
         programs = self._runtime.programs
-        while candidate in _LIVE or (candidate in programs and not programs[candidate].state.finished):
+        while candidate in self._live or (candidate in programs and not programs[candidate].state.finished):
             n += 1  # the session's previous program is still ending
             candidate = f"{base}#{n}"
         return candidate
@@ -359,18 +316,18 @@ class SessionTable:
     def _start(self, tenant: Tenant, ref: SessionRef) -> GatewaySession:
         program_id = self._program_id(tenant, ref.key)
         session = GatewaySession(program_id, tenant, ref.key, idle_timeout_s=self.idle_timeout_s)
-        _LIVE[program_id] = session
+        self._live[program_id] = session
         session._on_end.append(self._ended)
         try:
             session.handle = self._runtime.start_program(
-                gateway_session,
+                self.workflow,
                 {"session": program_id},
                 program_id=program_id,
                 deadline_s=ref.deadline_s,
                 priority=ref.priority,
             )
         except (ProgramIdInUseError, RuntimeStateError):
-            del _LIVE[program_id]
+            del self._live[program_id]
             raise
         if ref.key is not None:
             self._by_key[(tenant.name, ref.key)] = session
@@ -378,7 +335,7 @@ class SessionTable:
         return session
 
     def _ended(self, session: GatewaySession) -> None:
-        _LIVE.pop(session.program_id, None)
+        self._live.pop(session.program_id, None)
         if session.key is not None and self._by_key.get((session.tenant.name, session.key)) is session:
             del self._by_key[(session.tenant.name, session.key)]
         reason = session.end_reason or "cancelled"

@@ -2,7 +2,11 @@
 
 :func:`journal_from` turns what ``Runtime(journal=...)`` accepts into a
 backend: a path for SQLite (the default backend), a ``postgresql://`` DSN
-for PostgreSQL, or a :class:`Journal` instance.
+for PostgreSQL, or a :class:`Journal` instance.  The runtime keeps a
+program's record with :mod:`._programs` (create, resume, end) and its
+context looks up and records each piece of work through the program's
+:class:`ProgramJournal` (:mod:`._recorder`); how values, prompts and
+fingerprints become bytes (:mod:`._codec`) stays inside this package.
 """
 
 from __future__ import annotations
@@ -11,12 +15,15 @@ import os
 
 from ._base import Journal, JournalState, ProgramRecord, PruneReport, StepRecord
 from ._postgres import PostgresJournal
-from ._recorder import ProgramJournal, StepEntry
+from ._programs import check_owner_gone, find_program, new_program, record_program_end, resume_program
+from ._recorder import NOT_JOURNALED, Lookup, ProgramJournal, StepEntry
 from ._sqlite import SQLiteJournal
 
 __all__ = [
+    "NOT_JOURNALED",
     "Journal",
     "JournalState",
+    "Lookup",
     "PostgresJournal",
     "ProgramJournal",
     "ProgramRecord",
@@ -24,7 +31,12 @@ __all__ = [
     "SQLiteJournal",
     "StepEntry",
     "StepRecord",
+    "check_owner_gone",
+    "find_program",
     "journal_from",
+    "new_program",
+    "record_program_end",
+    "resume_program",
 ]
 
 

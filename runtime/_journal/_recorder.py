@@ -1,24 +1,30 @@
 """One program's journal while it runs: replay what is journaled, record what is new.
 
-The runtime's context asks :meth:`ProgramJournal.replayed` before it runs a
-piece of work (a step, an agent run, an LLM call, a tool call) under its
-step key; a journaled result comes back instead of running it again, after
-checking that the work at that position is still the same (kind, name,
-inputs' fingerprint).  Otherwise the work runs and :meth:`record` stores
-its result before the workflow sees it.
+The runtime's context asks :meth:`ProgramJournal.look_up` (an LLM call:
+:meth:`~ProgramJournal.look_up_llm`) before it runs a piece of work (a
+step, an agent run, an LLM call, a tool call) under its step key.  The
+:class:`Lookup` it gets holds the journaled result, returned instead of
+running the work again, after checking that the work at that position is
+still the same (kind, name, inputs' fingerprint); otherwise the work runs
+and :meth:`Lookup.record` stores its result before the workflow sees it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import anyio
 
 from .._errors import JournalDivergenceError
 from ._base import Journal, StepRecord
-from ._codec import Blob, PromptChain, dump_value, load_value
+from ._codec import Blob, PromptChain, dump_value, fingerprint, load_value, sampling_json
 
-__all__ = ["ProgramJournal", "StepEntry"]
+if TYPE_CHECKING:
+    from .._engines import Prompt, SamplingOptions
+
+__all__ = ["NOT_JOURNALED", "Lookup", "ProgramJournal", "StepEntry"]
 
 
 class StepEntry:
@@ -68,6 +74,33 @@ class ProgramJournal:
     def resumed(self) -> bool:
         return self.run > 1
 
+    def look_up(self, key: str, kind: str, name: str, *inputs: object, idempotency_key: str | None = None) -> Lookup:
+        """The journaled result of the ``kind`` work ``name`` at step ``key`` on ``inputs``, or where to record it.
+
+        Each input is fingerprinted as canonical JSON (a string as it is).
+        Raises :class:`~runtime.JournalDivergenceError` when the journal holds
+        different work at that position.
+        """
+        entry = StepEntry(key, kind, name, fingerprint(kind, name, *inputs), idempotency_key=idempotency_key)
+        return self._look_up(entry)
+
+    def look_up_llm(self, key: str, kind: str, name: str, prompt: Prompt, sampling: SamplingOptions) -> Lookup:
+        """:meth:`look_up` for an LLM call: its inputs are its prompt (a chain of stored blobs) and sampling options."""
+        link, blobs = self.prompts.link(prompt)
+        entry = StepEntry(
+            key,
+            kind,
+            name,
+            fingerprint(kind, name, link, sampling_json(sampling).decode()),
+            input_ref=link,
+            blobs=blobs,
+        )
+        return self._look_up(entry)
+
+    def _look_up(self, entry: StepEntry) -> Lookup:
+        found, value = self.replayed(entry)
+        return Lookup(found, value, self, None if found else entry)
+
     def replayed(self, entry: StepEntry) -> tuple[bool, Any]:
         """``(True, value)`` if ``entry``'s work is journaled, else ``(False, None)``.
 
@@ -114,5 +147,31 @@ class ProgramJournal:
         self.recorded_count += 1
 
 
-def _short(fingerprint: str) -> str:
-    return fingerprint[:12]
+class Lookup:
+    """What the journal holds for one piece of work: its result (``found``, ``value``), or where to record it."""
+
+    __slots__ = ("_entry", "_journal", "found", "value")
+
+    def __init__(self, found: bool, value: Any, journal: ProgramJournal | None, entry: StepEntry | None) -> None:
+        self.found = found
+        self.value = value
+        self._journal = journal
+        self._entry = entry
+
+    async def record(self, value: Any) -> None:
+        """Journal ``value`` as the work's result, before the workflow sees it (nothing to do without a journal).
+
+        Shielded from cancellation: the work is done, and its result must
+        not be lost to a cancel.
+        """
+        if self._journal is not None and self._entry is not None:
+            with anyio.CancelScope(shield=True):
+                await self._journal.record(self._entry, value)
+
+
+#: The lookup of work in a program that is not journaled: nothing found, nothing recorded.
+NOT_JOURNALED = Lookup(False, None, None, None)
+
+
+def _short(digest: str) -> str:
+    return digest[:12]

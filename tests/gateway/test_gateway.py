@@ -217,6 +217,46 @@ async def test_completions_take_text_or_token_ids(client: AsyncOpenAI, gateway: 
     assert [c async for c in streamed]
 
 
+async def test_turns_of_one_session_at_once_each_stream_their_own_text(
+    client: AsyncOpenAI, gateway: Gateway, gw_runtime: Runtime
+) -> None:
+    prompt, seeds = "Once upon a time", (11, 12)
+    texts: dict[int, str] = {}
+
+    async def streamed(seed: int) -> None:
+        stream = await client.completions.create(
+            model=gateway.model_name,
+            prompt=prompt,
+            max_tokens=16,
+            temperature=1.0,
+            seed=seed,
+            stream=True,
+            extra_headers={"X-Session-ID": "fan-out-1"},
+        )
+        texts[seed] = "".join([c.choices[0].text async for c in stream if c.choices])
+
+    async with anyio.create_task_group() as tg:
+        for seed in seeds:
+            tg.start_soon(streamed, seed)
+    program = gw_runtime.programs["fan-out-1"]
+    assert program.llm_calls == 2  # two turns of one program, at once
+    # Each stream carried its own call's text: the text the same seed gives alone (the session's last turns).
+    for seed in seeds:
+        whole = await client.completions.create(
+            model=gateway.model_name,
+            prompt=prompt,
+            max_tokens=16,
+            temperature=1.0,
+            seed=seed,
+            extra_headers={"X-Session-ID": "fan-out-1"},
+            extra_body={"last_turn": seed == seeds[-1]},
+        )
+        assert texts[seed] == whole.choices[0].text
+    assert texts[11] != texts[12]
+    await poll_until(_ended(program), timeout_s=10)  # it holds no pin into the next tests
+    assert program.llm_calls == 4
+
+
 async def test_models_health_and_metrics(client: AsyncOpenAI, gateway: Gateway) -> None:
     models = await client.models.list()
     assert [m.id for m in models.data] == [gateway.model_name]

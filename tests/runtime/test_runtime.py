@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any
 
+import anyio
 import pytest
 from pydantic import Field
 
 from runtime import (
+    Event,
     LLMCallFinished,
     NodeKind,
     ProgramCancelledError,
@@ -20,9 +22,22 @@ from runtime import (
     StepStarted,
     TokenGenerated,
     ToolCallFinished,
+    ToolCallStarted,
+    ToolFinished,
+    ToolStarted,
 )
 from tests.runtime._helpers import wait_until_idle
-from workflows import Agent, Context, StepFailed, WorkflowInputError, step, workflow
+from workflows import (
+    Agent,
+    Context,
+    StepFailed,
+    TokenReply,
+    ToolCall,
+    ToolMessage,
+    WorkflowInputError,
+    step,
+    workflow,
+)
 
 pytestmark = pytest.mark.engine
 
@@ -246,6 +261,117 @@ async def test_failing_tool_reports_to_the_model(rt: Runtime) -> None:
     assert not failure.ok and failure.error_kind == "exception"
     assert failure.content.startswith("error (exception): RuntimeError: exploded")
     assert result.messages[3]["content"] == failure.content
+
+
+# -- a tool that runs elsewhere, the token-level call, a call's own tokens ------
+
+
+async def test_a_tool_run_elsewhere_is_a_tool_node_that_the_policy_hears_of(
+    rt: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    heard: list[ToolStarted | ToolFinished] = []
+
+    async def hear(event: ToolStarted | ToolFinished) -> None:
+        heard.append(event)
+
+    monkeypatch.setattr(rt.policy, "on_tool_started", hear)
+    monkeypatch.setattr(rt.policy, "on_tool_finished", hear)
+
+    @workflow
+    async def delegate(ctx: Context) -> list[bool]:
+        await ctx.llm([{"role": "user", "content": "Which tools?"}], max_tokens=4)
+        answered = await ctx.start_tool(ToolCall("c-1", "search", {"q": "albums"}))
+        failed = await ctx.start_tool(ToolCall("c-2", "fetch", {"url": "x"}))
+        dropped = await ctx.start_tool(ToolCall("c-3", "wait", {}))
+        assert not answered.ended and answered.call.name == "search"
+        await anyio.sleep(0.05)  # the tools run elsewhere
+        await answered.finish(wall_s=1.5)
+        await failed.finish(ToolMessage("c-2", "fetch", "error (timeout): too slow", ok=False, error_kind="timeout"))
+        await dropped.cancel("the worker went away")
+        await dropped.finish()  # ended already: nothing more happens
+        return [answered.ended, failed.ended, dropped.ended]
+
+    handle = rt.submit(delegate)
+    assert await handle == [True, True, True]
+    program = handle.program
+    assert program.tool_calls == 3
+    tools = [n for n in program.nodes.values() if n.kind is NodeKind.TOOL]
+    assert [(n.name, n.ok, n.error) for n in tools] == [
+        ("search", True, None),
+        ("fetch", False, "error (timeout): too slow"),
+        ("wait", False, "the worker went away"),
+    ]
+    (llm,) = [n for n in program.nodes.values() if n.kind is NodeKind.LLM]
+    assert all(n.after == (llm.id,) for n in tools)  # opened together, after the LLM call
+    events: list[Event] = [e async for e in handle.events()]
+    started = [e for e in events if isinstance(e, ToolCallStarted)]
+    finished = [e for e in events if isinstance(e, ToolCallFinished)]
+    assert [(e.call_id, e.arguments) for e in started] == [("c-1", {"q": "albums"}), ("c-2", {"url": "x"}), ("c-3", {})]
+    assert [(e.call_id, e.ok, e.error_kind) for e in finished] == [
+        ("c-1", True, None),
+        ("c-2", False, "timeout"),
+        ("c-3", False, "cancelled"),
+    ]
+    # The policy heard each start, then each end once, with the wall time given or measured (seconds).
+    assert [(type(e), e.call_id) for e in heard] == [
+        (ToolStarted, "c-1"),
+        (ToolStarted, "c-2"),
+        (ToolStarted, "c-3"),
+        (ToolFinished, "c-1"),
+        (ToolFinished, "c-2"),
+        (ToolFinished, "c-3"),
+    ]
+    ends = [e for e in heard if isinstance(e, ToolFinished)]
+    assert [(e.ok, e.error_kind) for e in ends] == [(True, None), (False, "timeout"), (False, "cancelled")]
+    assert ends[0].wall_s == 1.5 and ends[1].wall_s >= 0.05 and ends[2].wall_s >= 0.05
+    assert all(e.node is n for e, n in zip(ends, tools, strict=True))
+
+
+async def test_llm_tokens_samples_by_seed_stops_at_a_string_and_returns_the_text(rt: Runtime) -> None:
+    prompt = list(range(100, 140))
+    streamed: list[str] = []
+
+    @workflow
+    async def sample(ctx: Context, seed: int, stop: list[str]) -> TokenReply:
+        return await ctx.llm_tokens(
+            prompt,
+            max_tokens=24,
+            ignore_eos=True,
+            temperature=1.0,
+            top_p=0.95,
+            seed=seed,
+            stop=stop,
+            on_token=streamed.append,
+        )
+
+    first = await rt.run(sample, seed=7, stop=[])
+    assert first.finish_reason == "length" and len(first.token_ids) == 24
+    assert first.text and "".join(streamed) == first.text  # the text is the tokens' as the engine streamed them
+    again = await rt.run(sample, seed=7, stop=[])
+    assert (again.token_ids, again.text) == (first.token_ids, first.text)  # seeded sampling repeats itself
+    other = await rt.run(sample, seed=8, stop=[])
+    assert other.token_ids != first.token_ids
+    # A stop string ends the call before it: the text is the seeded text up to its first occurrence.
+    stop = first.text[len(first.text) // 2 :][:3]
+    stopped = await rt.run(sample, seed=7, stop=[stop])
+    assert stopped.finish_reason == "stop" and len(stopped.token_ids) < 24
+    assert stopped.text == first.text[: first.text.index(stop)]
+
+
+async def test_each_llm_call_streams_its_own_tokens_to_its_on_token(rt: Runtime) -> None:
+    @workflow
+    async def two_at_once(ctx: Context) -> list[tuple[str, str]]:
+        async def ask(question: str) -> tuple[str, str]:
+            pieces: list[str] = []
+            reply = await ctx.llm(
+                [{"role": "user", "content": question}], max_tokens=12, ignore_eos=True, on_token=pieces.append
+            )
+            return reply.text, "".join(pieces)
+
+        return await ctx.gather(ask("Count to ten."), ask("Name a colour."))
+
+    results = await rt.run(two_at_once)
+    assert all(text and streamed == text for text, streamed in results)
 
 
 # -- API misuse ---------------------------------------------------------------

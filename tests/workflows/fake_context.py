@@ -6,7 +6,7 @@ double only lets the agent loop's branching be tested exhaustively and fast.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from workflows import (
@@ -20,6 +20,7 @@ from workflows import (
     ToolChoice,
     ToolLike,
     ToolMessage,
+    ToolRun,
 )
 
 T = TypeVar("T")
@@ -55,6 +56,7 @@ class FakeContext(Context):
         stage: str | None = None,
         timeout_s: float | None = None,
         retries: int | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> LLMReply:
         self.llm_calls.append({"messages": [dict(m) for m in messages], "tool_choice": tool_choice})
         return self.replies.pop(0)
@@ -66,10 +68,14 @@ class FakeContext(Context):
         max_tokens: int,
         ignore_eos: bool = False,
         temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        stop: Sequence[str] = (),
         priority: int | None = None,
         stage: str | None = None,
         timeout_s: float | None = None,
         retries: int | None = None,
+        on_token: Callable[[str], None] | None = None,
     ) -> TokenReply:
         raise NotImplementedError("the fake context runs no token-level calls")
 
@@ -82,6 +88,9 @@ class FakeContext(Context):
         fn = {getattr(t, "__name__", ""): t for t in tools}[call.name]
         assert callable(fn)
         return ToolMessage(call.id, call.name, str(fn(**call.arguments)))
+
+    async def start_tool(self, call: ToolCall) -> ToolRun:
+        raise NotImplementedError("the fake context starts no tools that run elsewhere")
 
     async def run_step(self, call: StepCall[T]) -> T:
         return await call.step.fn(self, *call.args, **call.kwargs)
