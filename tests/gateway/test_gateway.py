@@ -367,6 +367,10 @@ async def test_a_client_that_disconnects_aborts_its_engine_request(gateway: Gate
     assert (await engine.pin_stats()).pinned_programs == 0
 
 
+#: Output tokens of each flood request: eight of them queue behind two in flight, for hundreds of engine steps.
+FLOOD_TOKENS = 400
+
+
 async def test_two_tenants_one_flooding_both_progress(gw_runtime: Runtime) -> None:
     keys = {"sk-flood": Tenant("flood"), "sk-calm": Tenant("calm")}
     async with Gateway(gw_runtime, port=0, api_keys=keys, max_in_flight=2) as gw:
@@ -377,7 +381,9 @@ async def test_two_tenants_one_flooding_both_progress(gw_runtime: Runtime) -> No
                 await c.chat.completions.create(
                     model=gw.model_name,
                     messages=_messages("Tell me a story."),  # type: ignore[arg-type]
-                    max_tokens=24,
+                    # The flood's requests are long: its queue stays full until the calm tenant's arrive,
+                    # however fast the engine (short ones could drain it between two looks).
+                    max_tokens=FLOOD_TOKENS if key == "sk-flood" else 24,
                     temperature=0,
                     extra_body={"ignore_eos": True},
                 )
