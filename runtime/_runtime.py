@@ -29,7 +29,7 @@ from ._dispatch import DEFAULT_LLM_RETRIES, Dispatcher
 from ._engines import Engine, EngineStats
 from ._errors import JournalError, ProgramIdInUseError, RuntimeStateError
 from ._events import ProgramFinished, ProgramStarted
-from ._handle import ProgramHandle
+from ._handle import ProgramControl, ProgramHandle
 from ._health import HealthMonitor
 from ._journal import (
     Journal,
@@ -345,8 +345,9 @@ class Runtime:
         if program.id in self.programs:
             self._finished.remove(program.id)
         self.programs[program.id] = program
-        handle: ProgramHandle[R] = ProgramHandle(program)
-        self._tg.start_soon(self._run_program, workflow, handle, journal, name=f"program {program.id}")
+        control = ProgramControl()
+        handle: ProgramHandle[R] = ProgramHandle(program, control)
+        self._tg.start_soon(self._run_program, workflow, program, control, journal, name=f"program {program.id}")
         return handle
 
     async def resume(self, program_id: str, *, workflow: Workflow[..., R] | None = None) -> ProgramHandle[R]:
@@ -435,25 +436,21 @@ class Runtime:
         return anyio.run(main, backend="asyncio")
 
     async def _run_program(
-        self, workflow: Workflow[..., Any], handle: ProgramHandle[Any], journal: ProgramJournal | None
+        self, workflow: Workflow[..., Any], program: Program, control: ProgramControl, journal: ProgramJournal | None
     ) -> None:
-        program = handle.program
         with program_span(program) as span:
             try:
-                await self._run_program_body(workflow, handle, journal)
+                await self._run_program_body(workflow, program, control, journal)
             finally:
                 end_program(span, program)
 
     async def _run_program_body(
-        self, workflow: Workflow[..., Any], handle: ProgramHandle[Any], journal: ProgramJournal | None
+        self, workflow: Workflow[..., Any], program: Program, control: ProgramControl, journal: ProgramJournal | None
     ) -> None:
-        program = handle.program
         slot = False  # whether it holds one of the max_programs slots
         try:
             with anyio.CancelScope() as scope:
-                handle._scope = scope
-                if handle._cancel_requested:
-                    scope.cancel()
+                control.bind(scope)
                 try:
                     # Journaled before it waits for a slot: a pending program is not lost in a shutdown.
                     if journal is None and self.journal is not None:
@@ -499,7 +496,7 @@ class Runtime:
             program.finished_at = now()
             if journal is not None:
                 with anyio.CancelScope(shield=True):
-                    state, error = self._journal_end(handle)
+                    state, error = self._journal_end(program, control)
                     await record_program_end(journal, state, error=error, result=program.result)
             program.emit(
                 ProgramFinished(
@@ -512,7 +509,7 @@ class Runtime:
             # The result is ready before the policy's cleanup (releasing a pin is a round trip to the
             # engine): waiters resume once this task next yields, and the policy has dropped the
             # program's state by then (its hook does that before its first await).
-            handle._done.set()
+            control.finish()
             await self._dispatcher.program_finished(program)
             self._finished.append(program.id)
             while len(self._finished) > self._keep_finished:
@@ -520,15 +517,14 @@ class Runtime:
 
     # -- the journal -------------------------------------------------------------
 
-    def _journal_end(self, handle: ProgramHandle[Any]) -> tuple[JournalState, str | None]:
-        """How the journal files the end of ``handle``'s program, and its error: a shutdown interrupts it."""
-        program = handle.program
+    def _journal_end(self, program: Program, control: ProgramControl) -> tuple[JournalState, str | None]:
+        """How the journal files the end of ``program``, and its error: a shutdown interrupts it."""
         error = _error_text(program.error)
         if program.state is ProgramState.SUCCEEDED:
             return JournalState.SUCCEEDED, error
         if program.state is ProgramState.FAILED:
             return JournalState.FAILED, error
-        if self._closing and not handle._cancel_requested:
+        if self._closing and not control.cancel_requested:
             return JournalState.INTERRUPTED, "the runtime shut down while the program ran"
         return JournalState.CANCELLED, error
 
