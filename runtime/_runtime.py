@@ -113,6 +113,14 @@ class Runtime:
     ``handle_signals``, SIGTERM and SIGINT cancel the task that entered the
     runtime, which then closes as on any cancellation, and the process exits
     with ``SystemExit(143)`` / ``SystemExit(130)`` once it has closed.
+
+    Engines: the runtime starts the engines it is given (an engine already
+    started is used as it is) and, leaving, closes them.  With
+    ``close_engines=False`` it leaves the :class:`Engine` objects it was
+    given running, for their owner to close (``async with engine:``), so
+    that several runtimes may use one engine in turn (as aiohttp's
+    ``connector_owner=False``); engines it made from URLs are its own and
+    always closed.
     """
 
     def __init__(
@@ -129,12 +137,19 @@ class Runtime:
         stall_after_s: float | None = DEFAULT_STALL_AFTER_S,
         journal: Journal | str | os.PathLike[str] | None = None,
         handle_signals: bool = True,
+        close_engines: bool = True,
     ) -> None:
         if isinstance(engines, Engine | str) or not engines:
             raise ValueError("Runtime needs a non-empty list of engines (Engine objects or server URLs)")
         from ._engines import RemoteEngine
 
         self.engines: list[Engine] = [RemoteEngine(e) if isinstance(e, str) else e for e in engines]
+        # The engines this runtime closes when it closes (see the class docstring).
+        self._owned_engines = [
+            engine
+            for engine, given in zip(self.engines, engines, strict=True)
+            if close_engines or isinstance(given, str)
+        ]
         self.policy = get_policy(policy)
         self._dispatcher = Dispatcher(self.engines, self.policy, retries=llm_retries, timeout_s=llm_timeout_s)
         self._health = None if health_interval_s is None else HealthMonitor(self.engines, health_interval_s)
@@ -206,7 +221,7 @@ class Runtime:
                     starting.start_soon(engine.start)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                for engine in self.engines:
+                for engine in self._owned_engines:
                     await engine.aclose()
                 if self.journal is not None:
                     await self.journal.aclose()
@@ -246,7 +261,7 @@ class Runtime:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel running programs, then close every engine; idempotent."""
+        """Cancel running programs, then close the engines (those it owns: ``close_engines``); idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -264,7 +279,7 @@ class Runtime:
         finally:
             self._dispatcher.close()
             with anyio.CancelScope(shield=True):
-                for engine in self.engines:
+                for engine in self._owned_engines:
                     await engine.aclose()
                 if self.journal is not None:
                     await self.journal.aclose()
