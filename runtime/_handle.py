@@ -1,4 +1,4 @@
-"""``ProgramHandle``: what ``Runtime.submit`` returns."""
+"""``ProgramHandle``: what ``Runtime.submit`` returns; ``ProgramControl``: the runtime's side of it."""
 
 from __future__ import annotations
 
@@ -11,9 +11,39 @@ from ._errors import ProgramCancelledError
 from ._events import Event
 from ._program import Program, ProgramState
 
-__all__ = ["ProgramHandle"]
+__all__ = ["ProgramControl", "ProgramHandle"]
 
 R = TypeVar("R")
+
+
+class ProgramControl:
+    """The runtime's side of one program's handle: its cancel scope, whether a cancel was asked, its end.
+
+    The handle asks (:meth:`cancel`, :attr:`done`); the runtime answers: it
+    binds the program body's cancel scope (:meth:`bind`), reads
+    :attr:`cancel_requested` to tell a cancel from a shutdown, and sets
+    :meth:`finish` once the result is ready.
+    """
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.cancel_requested = False
+        self._scope: anyio.CancelScope | None = None
+
+    def bind(self, scope: anyio.CancelScope) -> None:
+        """The program body runs in ``scope`` from now on; a cancel asked before it started cancels it now."""
+        self._scope = scope
+        if self.cancel_requested:
+            scope.cancel()
+
+    def cancel(self) -> None:
+        self.cancel_requested = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def finish(self) -> None:
+        """The program has ended and its result (or error, or cancellation) is set: waiters resume."""
+        self.done.set()
 
 
 class ProgramHandle(Generic[R]):
@@ -26,11 +56,9 @@ class ProgramHandle(Generic[R]):
     be cancelled while it waits.
     """
 
-    def __init__(self, program: Program) -> None:
+    def __init__(self, program: Program, control: ProgramControl) -> None:
         self.program = program
-        self._done = anyio.Event()
-        self._scope: anyio.CancelScope | None = None
-        self._cancel_requested = False
+        self._control = control
 
     @property
     def id(self) -> str:
@@ -42,14 +70,14 @@ class ProgramHandle(Generic[R]):
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._control.done.is_set()
 
     async def wait(self) -> None:
         """Wait until the program has finished, however it finished."""
-        await self._done.wait()
+        await self._control.done.wait()
 
     async def result(self) -> R:
-        await self._done.wait()
+        await self._control.done.wait()
         program = self.program
         if program.state is ProgramState.CANCELLED:
             raise ProgramCancelledError(f"program {program.id} ({program.workflow}) was cancelled")
@@ -73,9 +101,7 @@ class ProgramHandle(Generic[R]):
 
     def cancel(self) -> None:
         """Cancel the program: running LLM calls are aborted in their engines."""
-        self._cancel_requested = True
-        if self._scope is not None:
-            self._scope.cancel()
+        self._control.cancel()
 
     def __repr__(self) -> str:
         return f"<ProgramHandle {self.program.id} {self.program.workflow} {self.program.state.value}>"

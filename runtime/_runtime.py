@@ -29,7 +29,7 @@ from ._dispatch import DEFAULT_LLM_RETRIES, Dispatcher
 from ._engines import Engine, EngineStats
 from ._errors import JournalError, ProgramIdInUseError, RuntimeStateError
 from ._events import ProgramFinished, ProgramStarted
-from ._handle import ProgramHandle
+from ._handle import ProgramControl, ProgramHandle
 from ._health import HealthMonitor
 from ._journal import (
     Journal,
@@ -113,6 +113,14 @@ class Runtime:
     ``handle_signals``, SIGTERM and SIGINT cancel the task that entered the
     runtime, which then closes as on any cancellation, and the process exits
     with ``SystemExit(143)`` / ``SystemExit(130)`` once it has closed.
+
+    Engines: the runtime starts the engines it is given (an engine already
+    started is used as it is) and, leaving, closes them.  With
+    ``close_engines=False`` it leaves the :class:`Engine` objects it was
+    given running, for their owner to close (``async with engine:``), so
+    that several runtimes may use one engine in turn (as aiohttp's
+    ``connector_owner=False``); engines it made from URLs are its own and
+    always closed.
     """
 
     def __init__(
@@ -129,12 +137,19 @@ class Runtime:
         stall_after_s: float | None = DEFAULT_STALL_AFTER_S,
         journal: Journal | str | os.PathLike[str] | None = None,
         handle_signals: bool = True,
+        close_engines: bool = True,
     ) -> None:
         if isinstance(engines, Engine | str) or not engines:
             raise ValueError("Runtime needs a non-empty list of engines (Engine objects or server URLs)")
         from ._engines import RemoteEngine
 
         self.engines: list[Engine] = [RemoteEngine(e) if isinstance(e, str) else e for e in engines]
+        # The engines this runtime closes when it closes (see the class docstring).
+        self._owned_engines = [
+            engine
+            for engine, given in zip(self.engines, engines, strict=True)
+            if close_engines or isinstance(given, str)
+        ]
         self.policy = get_policy(policy)
         self._dispatcher = Dispatcher(self.engines, self.policy, retries=llm_retries, timeout_s=llm_timeout_s)
         self._health = None if health_interval_s is None else HealthMonitor(self.engines, health_interval_s)
@@ -206,7 +221,7 @@ class Runtime:
                     starting.start_soon(engine.start)
         except BaseException as exc:
             with anyio.CancelScope(shield=True):
-                for engine in self.engines:
+                for engine in self._owned_engines:
                     await engine.aclose()
                 if self.journal is not None:
                     await self.journal.aclose()
@@ -246,7 +261,7 @@ class Runtime:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Cancel running programs, then close every engine; idempotent."""
+        """Cancel running programs, then close the engines (those it owns: ``close_engines``); idempotent."""
         if self._closed:
             return
         self._closed = True
@@ -264,7 +279,7 @@ class Runtime:
         finally:
             self._dispatcher.close()
             with anyio.CancelScope(shield=True):
-                for engine in self.engines:
+                for engine in self._owned_engines:
                     await engine.aclose()
                 if self.journal is not None:
                     await self.journal.aclose()
@@ -345,8 +360,9 @@ class Runtime:
         if program.id in self.programs:
             self._finished.remove(program.id)
         self.programs[program.id] = program
-        handle: ProgramHandle[R] = ProgramHandle(program)
-        self._tg.start_soon(self._run_program, workflow, handle, journal, name=f"program {program.id}")
+        control = ProgramControl()
+        handle: ProgramHandle[R] = ProgramHandle(program, control)
+        self._tg.start_soon(self._run_program, workflow, program, control, journal, name=f"program {program.id}")
         return handle
 
     async def resume(self, program_id: str, *, workflow: Workflow[..., R] | None = None) -> ProgramHandle[R]:
@@ -435,25 +451,21 @@ class Runtime:
         return anyio.run(main, backend="asyncio")
 
     async def _run_program(
-        self, workflow: Workflow[..., Any], handle: ProgramHandle[Any], journal: ProgramJournal | None
+        self, workflow: Workflow[..., Any], program: Program, control: ProgramControl, journal: ProgramJournal | None
     ) -> None:
-        program = handle.program
         with program_span(program) as span:
             try:
-                await self._run_program_body(workflow, handle, journal)
+                await self._run_program_body(workflow, program, control, journal)
             finally:
                 end_program(span, program)
 
     async def _run_program_body(
-        self, workflow: Workflow[..., Any], handle: ProgramHandle[Any], journal: ProgramJournal | None
+        self, workflow: Workflow[..., Any], program: Program, control: ProgramControl, journal: ProgramJournal | None
     ) -> None:
-        program = handle.program
         slot = False  # whether it holds one of the max_programs slots
         try:
             with anyio.CancelScope() as scope:
-                handle._scope = scope
-                if handle._cancel_requested:
-                    scope.cancel()
+                control.bind(scope)
                 try:
                     # Journaled before it waits for a slot: a pending program is not lost in a shutdown.
                     if journal is None and self.journal is not None:
@@ -499,7 +511,7 @@ class Runtime:
             program.finished_at = now()
             if journal is not None:
                 with anyio.CancelScope(shield=True):
-                    state, error = self._journal_end(handle)
+                    state, error = self._journal_end(program, control)
                     await record_program_end(journal, state, error=error, result=program.result)
             program.emit(
                 ProgramFinished(
@@ -512,7 +524,7 @@ class Runtime:
             # The result is ready before the policy's cleanup (releasing a pin is a round trip to the
             # engine): waiters resume once this task next yields, and the policy has dropped the
             # program's state by then (its hook does that before its first await).
-            handle._done.set()
+            control.finish()
             await self._dispatcher.program_finished(program)
             self._finished.append(program.id)
             while len(self._finished) > self._keep_finished:
@@ -520,15 +532,14 @@ class Runtime:
 
     # -- the journal -------------------------------------------------------------
 
-    def _journal_end(self, handle: ProgramHandle[Any]) -> tuple[JournalState, str | None]:
-        """How the journal files the end of ``handle``'s program, and its error: a shutdown interrupts it."""
-        program = handle.program
+    def _journal_end(self, program: Program, control: ProgramControl) -> tuple[JournalState, str | None]:
+        """How the journal files the end of ``program``, and its error: a shutdown interrupts it."""
         error = _error_text(program.error)
         if program.state is ProgramState.SUCCEEDED:
             return JournalState.SUCCEEDED, error
         if program.state is ProgramState.FAILED:
             return JournalState.FAILED, error
-        if self._closing and not handle._cancel_requested:
+        if self._closing and not control.cancel_requested:
             return JournalState.INTERRUPTED, "the runtime shut down while the program ran"
         return JournalState.CANCELLED, error
 

@@ -5,6 +5,12 @@
 - The replay lab (``runtime.replay``) sits above the core: the core never
   imports it, and it (like the benchmarks) uses only public names.
 - Importing the four packages loads no module of the lab (and no vLLM).
+- No module reaches into another package's or subpackage's private parts:
+  a subpackage is used through its face (``from .._engines import Engine``,
+  not ``from .._engines._base import Engine``), private names (``_x``) are
+  not imported across packages, and a private attribute is read or set
+  only by the module that defines it (``obj._x`` where no class of this
+  module has ``_x``: the gateway once read ``ctx._cursor``).
 """
 
 from __future__ import annotations
@@ -37,9 +43,10 @@ def _imports(path: Path, package: str) -> Iterator[tuple[int, str, list[str]]]:
             yield node.lineno, module, [a.name for a in node.names]
 
 
-def _modules(top: str) -> Iterator[tuple[Path, str]]:
-    for path in sorted((ROOT / top).rglob("*.py")):
-        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+def _modules(top: str, root: Path = ROOT) -> Iterator[tuple[Path, str]]:
+    """(path, dotted package) of every module under ``root / top``; a package's ``__init__`` is in the package."""
+    for path in sorted((root / top).rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
         package = ".".join(parts if parts[-1] == "__init__" else parts[:-1]).removesuffix(".__init__")
         yield path, package
 
@@ -98,3 +105,100 @@ def test_importing_the_packages_loads_no_lab_module_and_no_vllm() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]"
+
+
+# -- private reach-ins ------------------------------------------------------------------
+
+
+def _private_name(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _reach_in_imports(path: Path, package: str, root: Path, tops: tuple[str, ...]) -> Iterator[str]:
+    """Imports in ``path`` of a private module below another package, or of private names across packages."""
+    for line, module, names in _imports(path, package):
+        if module.split(".")[0] not in tops:
+            continue
+        is_package = (root / Path(*module.split("."))).is_dir()
+        target = module if is_package else module.rpartition(".")[0]  # the package the imported module is in
+        own_or_above = package == target or package.startswith(target + ".")
+        if not is_package and _private_name(module.rpartition(".")[2]) and not own_or_above:
+            yield f"{line}: imports the private module {module} (import it through {target}'s face)"
+        private_names = [n for n in names if _private_name(n)]
+        if private_names and package != target:
+            yield f"{line}: imports private names {private_names} from {module}"
+
+
+def _defined_private_attributes(tree: ast.Module) -> set[str]:
+    """Private names a module defines: its functions and classes, names it assigns, ``self._x``/``cls._x`` it sets."""
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            found.add(node.name)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            found.add(node.id)  # module globals, class attributes, dataclass fields
+        elif isinstance(node, ast.alias):
+            found.add((node.asname or node.name).split(".")[0])
+        elif (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.ctx, ast.Store)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in ("self", "cls")
+        ):
+            found.add(node.attr)
+    return {name for name in found if _private_name(name)}
+
+
+def _reach_in_attributes(path: Path) -> Iterator[str]:
+    """``obj._x`` (read or set) where ``obj`` is not ``self``, ``cls`` or ``super()`` and this module has no ``_x``."""
+    tree = ast.parse(path.read_text(), str(path))
+    own = _defined_private_attributes(tree)
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute) or not _private_name(node.attr) or node.attr in own:
+            continue
+        receiver = node.value
+        if isinstance(receiver, ast.Name) and receiver.id in ("self", "cls"):
+            continue
+        if isinstance(receiver, ast.Call) and isinstance(receiver.func, ast.Name) and receiver.func.id == "super":
+            continue  # an override calling the method it overrides (the vLLM scheduler plug-in)
+        yield f"{node.lineno}: uses {ast.unparse(node)}, private to another module"
+
+
+def _reach_ins(root: Path, tops: tuple[str, ...]) -> list[str]:
+    return [
+        f"{path.relative_to(root)}:{problem}"
+        for top in tops
+        for path, package in _modules(top, root)
+        for problem in [*_reach_in_imports(path, package, root, tops), *_reach_in_attributes(path)]
+    ]
+
+
+def test_no_module_reaches_into_another_packages_private_parts() -> None:
+    bad = _reach_ins(ROOT, OURS)
+    assert not bad, "\n".join(bad)
+
+
+def test_the_reach_in_check_finds_planted_ones(tmp_path: Path) -> None:
+    """The check above can fail: a small package with one reach-in of each kind, and fine uses beside them."""
+    files = {
+        "pkg/__init__.py": "from ._core import Context\n",
+        "pkg/_core.py": "class Context:\n    def __init__(self):\n        self._cursor = 0\n",
+        "pkg/_sub/__init__.py": "from ._impl import thing\n",
+        "pkg/_sub/_impl.py": "thing = 1\n_secret = 2\n",
+        "pkg/_sub/_friend.py": "from ._impl import _secret, thing\nfrom .._core import Context\n",
+        "pkg/_user.py": (
+            "from ._sub import thing\n"  # the face: fine
+            "from ._sub._impl import thing as again\n"  # planted: a private module of a subpackage
+            "from ._sub._friend import _secret\n"  # planted: a private module, and a private name
+            "\n\ndef peek(ctx):\n"
+            "    ctx._cursor += 1\n"  # planted: another module's private attribute
+            "    return super()._private_hook()\n"  # an override's call: fine
+        ),
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    found = _reach_ins(tmp_path, ("pkg",))
+    assert [f.split(": ")[0] for f in found] == ["pkg/_user.py:2", "pkg/_user.py:3", "pkg/_user.py:3", "pkg/_user.py:7"]
+    assert "private module pkg._sub._impl" in found[0] and "private module pkg._sub._friend" in found[1]
+    assert "private names ['_secret']" in found[2] and "ctx._cursor" in found[3]

@@ -29,7 +29,7 @@ def _api_key(text: str) -> tuple[str, str | None]:
 
 def add_serve_command(sub: Any, default_model: str) -> None:
     """Add ``serve`` to the ``agentrt`` subcommands."""
-    from .._gateway._app import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_TOKENS
+    from .._gateway import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_TOKENS
 
     serve = sub.add_parser(
         "serve",
@@ -84,7 +84,7 @@ def add_serve_command(sub: Any, default_model: str) -> None:
 
 
 def _api_keys(args: argparse.Namespace) -> dict[str, Any]:
-    from .._gateway._tenants import Tenant, load_api_keys
+    from .._gateway import Tenant, load_api_keys
 
     keys: dict[str, Tenant] = {}
     if args.api_keys_file:
@@ -100,7 +100,7 @@ def _api_keys(args: argparse.Namespace) -> dict[str, Any]:
 async def _serve(args: argparse.Namespace) -> int:
     import anyio
 
-    from .._gateway._app import Gateway
+    from .._gateway import Gateway
 
     keys = _api_keys(args)
     async with (

@@ -15,10 +15,19 @@ from typing import TYPE_CHECKING
 from .._lazy import load_on_first_use
 
 if TYPE_CHECKING:
-    from ._app import Gateway
+    from ._app import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_TOKENS, Gateway
     from ._tenants import Tenant, load_api_keys
 
-__all__ = ["Gateway", "Tenant", "load_api_keys"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT_S", "DEFAULT_MAX_TOKENS", "Gateway", "Tenant", "load_api_keys"]
 
 # The gateway loads on first use: importing `runtime` must not import the web server (aiohttp).
-__getattr__ = load_on_first_use(__name__, {"Gateway": "._app", "Tenant": "._tenants", "load_api_keys": "._tenants"})
+__getattr__ = load_on_first_use(
+    __name__,
+    {
+        "DEFAULT_IDLE_TIMEOUT_S": "._app",
+        "DEFAULT_MAX_TOKENS": "._app",
+        "Gateway": "._app",
+        "Tenant": "._tenants",
+        "load_api_keys": "._tenants",
+    },
+)

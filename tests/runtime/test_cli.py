@@ -75,18 +75,6 @@ def test_an_engine_that_fails_to_start_says_why(tiny_model: Path, tmp_path: Path
 
 
 @pytest.mark.engine
-def test_demo_runs_the_agent(tiny_model: Path) -> None:
-    out = agentrt("demo", "--model", "tiny")
-    assert out.returncode == 0, out.stderr[-3000:]
-    # The engine shut down quietly (vLLM 0.32 logs its own output handler's
-    # end as a crash unless it is stopped first: InProcessEngine._aclose).
-    assert "output_handler failed" not in out.stderr, out.stderr[-3000:]
-    assert "answer:" in out.stdout and "turn 1:" in out.stdout
-    assert "cached" in out.stdout and "demo-agent" in out.stdout
-    assert "Text-to-SQL on Chinook" in out.stdout and "linked tables:" in out.stdout and "text2sql" in out.stdout
-
-
-@pytest.mark.engine
 def test_example_script_with_run_sync(tiny_model: Path) -> None:
     """examples/summarize.py uses Runtime.run_sync on Runtime.local(); AGENTRT_MODEL picks the model."""
     env = dict(os.environ, VLLM_LOGGING_LEVEL="WARNING", AGENTRT_MODEL="tiny")

@@ -48,10 +48,10 @@ from workflows import Context, StepFailed, ToolCall, step, workflow
 #: took over 45 s on a fast CPU), so one that was not aborted is still running then.
 MAX_MODEL_LEN = 16384
 LONG_TOKENS = 16000
-#: Output tokens of the programs in flight when a server is killed: seconds of
-#: decoding (1,000 took under 2 s here; a busy event loop may notice the first token a second late),
-#: so the first is still mid-stream when the
-#: kill follows its first token, and they finish soon after the retry.
+#: Output tokens of the programs in flight when a server is killed: far more than the kill needs (it
+#: follows the first token the runtime sees), because the runtime may read a stream long after the
+#: server wrote it: megabytes of SSE fit in the sockets' buffers, and a reply that is all there when
+#: the server dies is not cut off.  :func:`cut_off` checks that at least one was.
 KILL_TOKENS = 12000
 #: Retry rounds of those programs: enough backoff (0.5 s doubling, at most 10 s each)
 #: to wait out a restart of `vllm serve` on a loaded 2-core machine.

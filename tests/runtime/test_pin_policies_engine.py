@@ -1,14 +1,13 @@
 """The pinning policies on a real in-process vLLM engine: the runtime, the policy and the plug-in together.
 
 Programs are token-prompt agents (``ctx.llm_tokens`` then a tool call) on
-the tiny model, over an engine with a 40-block cache.
+the tiny model, over the session's engine with a 40-block cache (tests/conftest.py).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import anyio
 import pytest
@@ -16,6 +15,7 @@ import pytest_asyncio
 
 import toolbridge
 from runtime import InProcessEngine, ProgramCancelledError, Runtime
+from tests.conftest import fresh_cache
 from workflows import Context, ToolCall, workflow
 
 from ._helpers import poll_until
@@ -47,10 +47,10 @@ async def two_turns(ctx: Context, prompt: list[int], tool_s: float) -> int:
 
 
 @pytest_asyncio.fixture(scope="module", params=["continuum", "agentrt"])
-async def rt(request: pytest.FixtureRequest, tiny_model: Path) -> AsyncIterator[Runtime]:
-    """A runtime with the pinning policy over one engine (the runtime closes it)."""
-    engine = InProcessEngine(tiny_model, name="policy-pins-0", num_kv_blocks=40, max_model_len=4096, max_num_seqs=4)
-    async with Runtime([engine], policy=request.param) as runtime:
+async def rt(request: pytest.FixtureRequest, small_cache_engine: InProcessEngine) -> AsyncIterator[Runtime]:
+    """A runtime with the pinning policy over the session's 40-block engine, its cache emptied first."""
+    await fresh_cache(small_cache_engine)
+    async with Runtime([small_cache_engine], policy=request.param, close_engines=False) as runtime:
         yield runtime
 
 

@@ -8,9 +8,7 @@ the tests apart; each test leaves no pin behind.
 from __future__ import annotations
 
 import random
-from collections.abc import AsyncIterator
 from contextlib import aclosing
-from pathlib import Path
 
 import anyio
 import pytest
@@ -26,6 +24,7 @@ from runtime._engines import (
     TokenDelta,
     TokenPrompt,
 )
+from tests.conftest import SMALL_CACHE_BLOCKS, fresh_cache
 
 from ._helpers import poll_until
 
@@ -36,10 +35,11 @@ BLOCK = 128
 
 
 @pytest_asyncio.fixture(scope="module")
-async def engine(tiny_model: Path) -> AsyncIterator[InProcessEngine]:
-    eng = InProcessEngine(tiny_model, name="pins-0", num_kv_blocks=BLOCKS, max_model_len=4096, max_num_seqs=4)
-    async with eng:
-        yield eng
+async def engine(small_cache_engine: InProcessEngine) -> InProcessEngine:
+    """The session's small-cache engine (40 blocks, ``max_num_seqs=4``), its cache emptied for this module."""
+    assert SMALL_CACHE_BLOCKS == BLOCKS
+    await fresh_cache(small_cache_engine)
+    return small_cache_engine
 
 
 _rng = random.Random(7)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 
 import anyio
 import pytest
@@ -18,7 +17,6 @@ import pytest
 from runtime import (
     CallInfo,
     Engine,
-    InProcessEngine,
     NodeKind,
     Program,
     ProgramStalled,
@@ -114,11 +112,11 @@ class GatedPolicy(VLLMPolicy):
 
 
 @pytest.fixture(scope="module")
-async def gated(tiny_model: Path) -> AsyncIterator[tuple[Runtime, GatedPolicy]]:
+async def gated(rt: Runtime) -> AsyncIterator[tuple[Runtime, GatedPolicy]]:
+    """A runtime with the gated policy over the session's engine (its own programs, policy and stall watcher)."""
     policy = GatedPolicy()
-    engine = InProcessEngine(tiny_model, name="tiny-stalls", max_num_seqs=2, engine_args={"enforce_eager": True})
-    async with Runtime([engine], policy=policy, stall_after_s=STALL_AFTER_S) as rt:
-        yield rt, policy
+    async with Runtime(rt.engines, policy=policy, stall_after_s=STALL_AFTER_S, close_engines=False) as gated_rt:
+        yield gated_rt, policy
 
 
 @workflow

@@ -12,7 +12,7 @@ import pytest
 
 import telemetry
 from runtime import Runtime
-from tests.telemetry.conftest import Receiver
+from tests._otlp import Receiver
 from workflows import Context, step, workflow
 
 

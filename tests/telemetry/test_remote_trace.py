@@ -15,7 +15,7 @@ import pytest
 
 import telemetry
 from runtime import Runtime, ServerEngine
-from tests.telemetry.conftest import Receiver
+from tests._otlp import Receiver
 from workflows import Context, workflow
 
 
