@@ -60,7 +60,7 @@ from ._tracing import end_chat
 if TYPE_CHECKING:
     from opentelemetry.trace import Span
 
-    from ._tools import NativeTools
+    from ._engines import NativeTools
 
 __all__ = ["DEFAULT_LLM_RETRIES", "RETRY_BACKOFF", "Dispatcher"]
 

@@ -10,7 +10,9 @@
 The rest of the runtime imports engines only through this module:
 :class:`Engine` (``_base.py``), what passes between the runtime and an
 engine (``_requests.py``: requests, completions, stats, the metadata keys),
-``dtype="auto"`` (``_dtype.py``) and the backends.  Backends are imported on
+``dtype="auto"`` (``_dtype.py``), how a model's chat template does tools
+(``_tool_template.py``: what :meth:`Engine.tool_template` answers) and the
+backends.  Backends are imported on
 first use, so that importing this module never imports vLLM or aiohttp, and
 using one backend never imports another's dependencies (a remote-only client
 never imports vLLM).  Modules inside the subpackage import each other directly.
@@ -40,6 +42,7 @@ from ._requests import (
     TokenDelta,
     TokenPrompt,
 )
+from ._tool_template import NativeTools, detect_parser, load_native_tools, native_tools_of, template_supports_tools
 
 if TYPE_CHECKING:
     from ._inprocess import InProcessEngine
@@ -62,6 +65,7 @@ __all__ = [
     "GenerateRequest",
     "InProcessEngine",
     "MetadataValue",
+    "NativeTools",
     "PinStats",
     "PinningScheduler",
     "Prompt",
@@ -70,7 +74,11 @@ __all__ = [
     "ServerEngine",
     "TokenDelta",
     "TokenPrompt",
+    "detect_parser",
+    "load_native_tools",
+    "native_tools_of",
     "resolve_dtype",
+    "template_supports_tools",
 ]
 
 # The backends (vLLM, aiohttp) and the scheduler plug-in (vLLM) load on first use.

@@ -23,7 +23,7 @@ from .._errors import EngineCapabilityError, EngineClosedError, EngineError
 from ._requests import Completion, EngineLoad, EngineStats, GenerateRequest, PinStats, TokenDelta
 
 if TYPE_CHECKING:
-    from .._tools import NativeTools
+    from ._tool_template import NativeTools
 
 __all__ = ["Engine"]
 

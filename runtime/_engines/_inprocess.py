@@ -33,7 +33,6 @@ import anyio.to_thread
 from .._clock import now
 from .._errors import EngineRequestError, EngineStartError, EngineUnavailableError
 from .._models import resolve_model
-from .._tools import NativeTools, native_tools_of
 from ._base import Engine
 from ._dtype import engine_build, resolve_dtype
 from ._pin_control import CONFIG_KEY, PinControlClient
@@ -41,6 +40,7 @@ from ._pinned import PinControlled
 from ._reaper import NewChildren
 from ._requests import ChatPrompt, Completion, GenerateRequest, TokenDelta
 from ._supervisor import Supervisor
+from ._tool_template import NativeTools, native_tools_of
 from ._vllm_stats import SchedulerSnapshot, make_stat_logger_factory
 
 if TYPE_CHECKING:

@@ -35,11 +35,11 @@ from .._errors import (
     EngineStartError,
     EngineUnavailableError,
 )
-from .._tools import NativeTools, load_native_tools
 from ._base import Engine
 from ._pin_control import ENV_TOKEN, PinControlClient
 from ._pinned import PinControlled
 from ._requests import ChatPrompt, Completion, GenerateRequest, TokenDelta
+from ._tool_template import NativeTools, load_native_tools
 
 __all__ = [
     "RemoteEngine",
