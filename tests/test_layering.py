@@ -5,6 +5,8 @@
 - The replay lab (``runtime.replay``) sits above the core: the core never
   imports it, and it (like the benchmarks) uses only public names.
 - Importing the four packages loads no module of the lab (and no vLLM).
+- The core's modules import one another without a circle (in functions and
+  under ``TYPE_CHECKING`` too): a circle means two modules do one job.
 - No module reaches into another package's or subpackage's private parts:
   a subpackage is used through its face (``from .._engines import Engine``,
   not ``from .._engines._base import Engine``), private names (``_x``) are
@@ -202,3 +204,44 @@ def test_the_reach_in_check_finds_planted_ones(tmp_path: Path) -> None:
     assert [f.split(": ")[0] for f in found] == ["pkg/_user.py:2", "pkg/_user.py:3", "pkg/_user.py:3", "pkg/_user.py:7"]
     assert "private module pkg._sub._impl" in found[0] and "private module pkg._sub._friend" in found[1]
     assert "private names ['_secret']" in found[2] and "ctx._cursor" in found[3]
+
+
+def _import_graph(top: str, root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the modules of ``top`` it imports (anywhere in it); the lab is left out."""
+    modules = {}
+    for path, package in _modules(top, root):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        if not name.startswith(f"{top}.replay"):
+            modules[name] = (path, package)
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, (path, package) in modules.items():
+        for _, module, names in _imports(path, package):
+            for target in (module, *(f"{module}.{n}" for n in names)):
+                if target in modules and target != name:
+                    graph[name].add(target)
+    return graph
+
+
+def _circles(graph: dict[str, set[str]]) -> list[str]:
+    circles = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = 1
+        for target in sorted(graph[name]):
+            if state.get(target) == 1:
+                circles.append(" -> ".join([*path[path.index(target) :], target]))
+            elif target not in state:
+                visit(target, [*path, target])
+        state[name] = 2
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    return circles
+
+
+def test_the_core_has_no_import_circle() -> None:
+    circles = _circles(_import_graph("runtime"))
+    assert not circles, "\n".join(circles)
