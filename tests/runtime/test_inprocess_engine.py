@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -20,9 +21,13 @@ from runtime import (
     TokenPrompt,
 )
 from runtime._clock import now as monotonic
-from tests.runtime._helpers import wait_until_idle
+from tests.runtime._helpers import poll_until, wait_until_idle
 
 pytestmark = pytest.mark.engine
+
+#: Output tokens of a filler that must still be running when the priority test acts: minutes of
+#: decoding, however fast the machine (the test aborts the fillers when it is done).
+FILLER_TOKENS = 30000
 
 HELLO = ChatPrompt.of([{"role": "user", "content": "Say hello."}])
 
@@ -101,10 +106,14 @@ async def test_prefix_cache_hits_on_a_repeated_prompt(rt: Any) -> None:
 
 
 async def test_priority_reaches_the_engine_scheduler(rt: Any) -> None:
-    """With the engine full (max_num_seqs=4), the waiting queue is served by priority, not arrival."""
+    """With the engine full (max_num_seqs=4), the waiting queue is served by priority, not arrival.
+
+    Four long fillers hold every slot; "low" queues, then "high".  Aborting one
+    filler frees exactly one slot, which must go to "high".  Each step waits
+    for the engine's own report, never for time to pass.
+    """
     engine = engine_of(rt)
     first_token: dict[str, float] = {}
-    running = anyio.Event()
 
     async def submit(request_id: str, priority: int, max_tokens: int) -> None:
         request = GenerateRequest(
@@ -114,17 +123,32 @@ async def test_priority_reaches_the_engine_scheduler(rt: Any) -> None:
             async for chunk in chunks:
                 if isinstance(chunk, TokenDelta) and request_id not in first_token:
                     first_token[request_id] = monotonic()
-                    if sum(k.startswith("filler") for k in first_token) == 4:
-                        running.set()
+
+    def load_is(running: int, waiting: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            load = engine.load()
+            return load.running == running and load.waiting == waiting
+
+        return check
 
     async with anyio.create_task_group() as tg:
         for i in range(4):
-            tg.start_soon(submit, f"filler-{i}", 0, 160)
-        await running.wait()
+            tg.start_soon(submit, f"filler-{i}", 0, FILLER_TOKENS)
+        await poll_until(load_is(4, 0))
         tg.start_soon(submit, "low", 5, 4)
-        await anyio.sleep(0.05)  # "low" arrives strictly first
+        await poll_until(load_is(4, 1))  # "low" arrives strictly first
         tg.start_soon(submit, "high", -5, 4)
-    assert first_token["high"] < first_token["low"]
+        await poll_until(load_is(4, 2))
+        assert "low" not in first_token and "high" not in first_token
+        await engine.abort("filler-0")
+
+        async def high_ran() -> bool:
+            return "high" in first_token
+
+        await poll_until(high_ran)
+        tg.cancel_scope.cancel()  # closing the other streams aborts their requests
+    assert "low" not in first_token or first_token["high"] < first_token["low"]
+    await wait_until_idle(engine)
 
 
 async def test_closing_a_stream_aborts_the_request(rt: Any) -> None:

@@ -526,8 +526,12 @@ async def test_priority_reaches_the_scheduler(server: ServerEngine) -> None:
 
     Two long fillers hold both slots; L (priority 10) queues, then H (priority
     -10).  Aborting one filler frees exactly one slot: it must go to H although
-    L arrived first.  Letting fillers run out instead depends on timing, and on
-    2 cores the API server can lag the engine by seconds.
+    L arrived first.  Letting fillers run out instead depends on timing.  The
+    fillers are plain non-streamed completions (closing the connection aborts
+    them): two streams of thousands of tokens a second keep the API server and
+    this process so busy on 2 cores that they lag the engine by a minute (seen
+    in CI), and the fillers ran out before L was even sent.  Every step waits
+    for what the server itself reports (``/metrics``).
     """
     first_token: dict[str, float] = {}
     timeline: list[str] = []  # for the failure message
@@ -536,6 +540,18 @@ async def test_priority_reaches_the_scheduler(server: ServerEngine) -> None:
     def note(event: str) -> None:
         if not timeline or not timeline[-1].endswith(event):  # drop repeated polls
             timeline.append(f"{time.monotonic() - t0:6.2f} s {event}")
+
+    async def fill(http: aiohttp.ClientSession, rid: str) -> None:
+        body = {
+            "model": server.model,
+            "prompt": [5, 6, 7],
+            "max_tokens": LONG_TOKENS,
+            "ignore_eos": True,
+            "priority": 10,
+            "request_id": rid,
+        }
+        async with http.post(f"{server.base_url}/v1/completions", json=body) as response:
+            note(f"{rid} finished: HTTP {response.status}")
 
     async def run(request: GenerateRequest) -> None:
         async with aclosing(server.stream(request)) as chunks:
@@ -546,27 +562,23 @@ async def test_priority_reaches_the_scheduler(server: ServerEngine) -> None:
                 elif isinstance(chunk, Completion):
                     note(f"{request.request_id} finished: {chunk.finish_reason}, {chunk.completion_tokens} tokens")
 
-    async def waiting_is(n: int) -> bool:
+    async def load_is(running: int, waiting: int) -> bool:
         stats = await server.stats()
         note(f"running {stats.running}, waiting {stats.waiting}")
-        return stats.waiting == n
+        return stats.running == running and stats.waiting == waiting
 
     short = SamplingOptions(max_tokens=4)
-    async with asyncio.TaskGroup() as tg:
-        for rid in ("filler-1", "filler-2"):
-            # Minutes of decoding: far longer than the checks below take, even
-            # when the API server or this process stalls for seconds.
-            sampling = SamplingOptions(max_tokens=LONG_TOKENS, ignore_eos=True)
-            tg.create_task(run(GenerateRequest(rid, TokenPrompt((5, 6, 7)), sampling, priority=10)))
-        await eventually(lambda: asyncio.sleep(0, len(first_token) == 2), 180, "both fillers to run", timeline)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http, asyncio.TaskGroup() as tg:
+        fillers = [tg.create_task(fill(http, rid)) for rid in ("filler-1", "filler-2")]
+        await eventually(lambda: load_is(2, 0), 180, "both fillers to run", timeline)
         tg.create_task(run(GenerateRequest("low", TokenPrompt((9, 10, 11)), short, priority=10)))
-        await eventually(lambda: waiting_is(1), 180, "L to wait", timeline)
+        await eventually(lambda: load_is(2, 1), 180, "L to wait", timeline)
         tg.create_task(run(GenerateRequest("high", TokenPrompt((12, 13, 14)), short, priority=-10)))
-        await eventually(lambda: waiting_is(2), 180, "H to wait", timeline)
+        await eventually(lambda: load_is(2, 2), 180, "H to wait", timeline)
         assert "low" not in first_token and "high" not in first_token
-        await server.abort("filler-1")
+        fillers[0].cancel()  # closing its connection aborts filler-1 in the server
         await eventually(lambda: asyncio.sleep(0, "high" in first_token), 180, "H to run", timeline)
-        await server.abort("filler-2")
+        fillers[1].cancel()
     assert first_token["high"] < first_token["low"], "\n".join(timeline)
 
 
