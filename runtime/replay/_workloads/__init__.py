@@ -1,13 +1,16 @@
 """Synthetic workload generators: traces shaped like published agent workloads.
 
 ``generate_workload(kind, ...)`` returns programs in the trace format
-(:mod:`runtime.replay._trace`) for three kinds of application, one module each:
+(:mod:`runtime.replay._trace`) for four kinds of application, one module each:
 
 ``agent``     a coding agent: one long sequential conversation per program, a
               tool between turns (AgentCgroup, SWE-agent statistics; ``_agent``);
 ``text2sql``  a CHESS-style Text-to-SQL pipeline: a DAG of stages with
               parallel candidates (HEXGEN-TEXT2SQL statistics; ``_text2sql``);
-``bfcl``      multi-turn function calling (BFCL, Autellix statistics; ``_bfcl``).
+``bfcl``      multi-turn function calling (BFCL, Autellix statistics; ``_bfcl``);
+``coding``    long-context coding agents (Claude Code / Codex sessions): ~142K-token
+              contexts, sub-agent branches, context compaction, human think
+              time (vLLM RFC #57103, TraceLab, router RFC #285; ``_coding``).
 
 ``_draw`` holds the seeded draws they share; ``_generate`` picks a generator
 by name, draws the arrivals and prices the SLO estimate.  Every number in the
@@ -23,7 +26,7 @@ programs (and, through :func:`~runtime.replay.dump_trace`, the same bytes).
 
 ``scale`` multiplies every token count (rounded; at least 1 for fresh prompt
 and output tokens) so that a trace at published sizes (33K-token agent
-contexts) can be shrunk to what a CPU engine serves.  Tool durations are not
+contexts, 142K-token coding contexts) can be shrunk to what a CPU engine serves.  Tool durations are not
 token counts and are not scaled by it; ``tool_scale`` multiplies them
 separately (a replay on a slow engine may want shorter or longer tools
 relative to inference).
@@ -32,6 +35,7 @@ relative to inference).
 from __future__ import annotations
 
 from ._agent import AGENT_SYSTEM_TOKENS
+from ._coding import CODING_COMPACT_AT, CODING_SYSTEM_TOKENS
 from ._generate import (
     DECODE_S_PER_TOKEN,
     PREFILL_S_PER_TOKEN,
@@ -43,6 +47,8 @@ from ._generate import (
 
 __all__ = [
     "AGENT_SYSTEM_TOKENS",
+    "CODING_COMPACT_AT",
+    "CODING_SYSTEM_TOKENS",
     "DECODE_S_PER_TOKEN",
     "PREFILL_S_PER_TOKEN",
     "WorkloadKind",

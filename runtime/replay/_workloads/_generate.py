@@ -10,6 +10,7 @@ from typing import Literal, get_args
 from .._trace import TraceProgram, topological_order
 from ._agent import agent_program
 from ._bfcl import bfcl_program
+from ._coding import coding_program
 from ._draw import Draw
 from ._text2sql import T2S_CANDIDATES, text2sql_program
 
@@ -22,7 +23,7 @@ __all__ = [
     "workload_kinds",
 ]
 
-WorkloadKind = Literal["agent", "text2sql", "bfcl"]
+WorkloadKind = Literal["agent", "text2sql", "bfcl", "coding"]
 
 # --- SLO estimate ---------------------------------------------------------------------------------
 
@@ -104,8 +105,10 @@ def generate_workload(
         build = agent_program
     elif kind == "text2sql":
         build = lambda pid, t, d: text2sql_program(pid, t, d, candidates)  # noqa: E731
-    else:
+    elif kind == "bfcl":
         build = bfcl_program
+    else:
+        build = coding_program
     width = max(4, len(str(programs - 1)))
     out = []
     clock = 0.0
