@@ -12,7 +12,7 @@ workflows take; the simulator is one more engine backend behind
 
 - traces: :class:`TraceProgram`, :class:`TraceCall`, :func:`load_trace`,
   :func:`dump_trace` (``TRACE_FORMAT.md`` is the contract);
-- workloads: :func:`generate_workload` (agent, text2sql, bfcl);
+- workloads: :func:`generate_workload` (agent, text2sql, bfcl, coding);
 - replay: :func:`replay_trace` -> :class:`ReplayRun`;
 - results: :class:`ReplayResult` and its parts, :func:`summarize`,
   :func:`load_result`, :func:`compare` (a table and a PNG);

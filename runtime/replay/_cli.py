@@ -3,7 +3,7 @@
 agentrt replay TRACE.jsonl --engine vllm|sim --engines N --policy NAME --out RESULT.json
                [--model M] [--kv-blocks B] [--seed S] [--profile P] [--dtype D] [--max-model-len L]
 agentrt calibrate [--model M] [--out PROFILE.json] [--dtype D]
-agentrt workload agent|text2sql|bfcl --programs N --rate R --seed S --out TRACE.jsonl
+agentrt workload agent|text2sql|bfcl|coding --programs N --rate R --seed S --out TRACE.jsonl
 agentrt bench compare A.json B.json ... [--png compare.png]
 
 The core command line (:mod:`runtime._cli`) does not know these: it loads
@@ -53,6 +53,8 @@ def register(sub: Any) -> None:
     """
     from runtime import policy_names
 
+    from ._workloads import workload_kinds
+
     replay = sub.add_parser(
         "replay",
         help="replay a workload trace on real engines or the simulator and write a result document",
@@ -101,7 +103,7 @@ def register(sub: Any) -> None:
     calibrate.set_defaults(handler=_interruptible(run_calibrate))
 
     workload = sub.add_parser("workload", help="write a synthetic workload trace (JSON Lines)")
-    workload.add_argument("kind", choices=["agent", "text2sql", "bfcl"])
+    workload.add_argument("kind", choices=workload_kinds())
     workload.add_argument("--programs", type=int, required=True, help="number of programs")
     workload.add_argument("--rate", type=float, required=True, help="Poisson arrival rate, programs/s")
     workload.add_argument("--seed", type=int, required=True)

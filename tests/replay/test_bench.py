@@ -130,11 +130,12 @@ def test_compare_without_slos_has_one_panel_and_warns_on_different_traces(tmp_pa
     assert matplotlib.image.imread(png).shape[1] < 1000
 
 
-def test_cli_workload_writes_a_valid_trace(tmp_path: Path) -> None:
-    out = tmp_path / "agent.jsonl"
+@pytest.mark.parametrize("kind", ["agent", "coding"])
+def test_cli_workload_writes_a_valid_trace(tmp_path: Path, kind: str) -> None:
+    out = tmp_path / f"{kind}.jsonl"
     args = [
         "workload",
-        "agent",
+        kind,
         "--programs",
         "12",
         "--rate",
@@ -154,7 +155,7 @@ def test_cli_workload_writes_a_valid_trace(tmp_path: Path) -> None:
     calls = sum(len(p.calls) for p in programs)
     outputs = sum(c.output_tokens for p in programs for c in p.calls)
     line = done.stdout.strip()
-    assert f"12 agent programs, {calls} calls" in line
+    assert f"12 {kind} programs, {calls} calls" in line
     assert f"{outputs} output tokens" in line
     assert f"arrivals {programs[0].arrival_s:.3f}-{programs[-1].arrival_s:.3f} s" in line
     assert all(p.slo_s for p in programs)

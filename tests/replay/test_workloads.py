@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from runtime import Runtime
+from runtime.replay import CostProfile, SimEngine, Vocabulary, replay_trace, run_virtual, summarize, workload_kinds
 from runtime.replay._results import percentile
-from runtime.replay._trace import TraceProgram, dump_trace, load_trace
+from runtime.replay._trace import TraceCall, TraceProgram, dump_trace, load_trace
 from runtime.replay._workloads import (
     AGENT_SYSTEM_TOKENS,
+    CODING_COMPACT_AT,
+    CODING_SYSTEM_TOKENS,
     DECODE_S_PER_TOKEN,
     PREFILL_S_PER_TOKEN,
     WorkloadKind,
@@ -19,7 +25,7 @@ from runtime.replay._workloads import (
     generate_workload,
 )
 
-KINDS: list[WorkloadKind] = ["agent", "text2sql", "bfcl"]
+KINDS: list[WorkloadKind] = ["agent", "text2sql", "bfcl", "coding"]
 
 
 def prompts(program: TraceProgram) -> dict[str, int]:
@@ -195,3 +201,201 @@ def test_bad_parameters(kwargs: dict[str, float], message: str) -> None:
     args: dict[str, float] = {"programs": 3, "rate": 1.0, "seed": 0, **kwargs}
     with pytest.raises(ValueError, match=message):
         generate_workload("agent", **args)  # type: ignore[arg-type]
+
+
+def test_kinds_are_the_literal_and_the_cli_choices() -> None:
+    assert workload_kinds() == tuple(KINDS)
+
+
+# -- the existing kinds are pinned: a change to a generator changes these on purpose --------------
+
+#: sha256 of ``dump_trace(generate_workload(kind, programs=50, rate=0.5, seed=7, scale=0.05,
+#: tool_scale=0.5, slo_scale=2.0))``, computed before the ``coding`` kind was added.
+PINNED = {
+    "agent": "2cbd82a0d3b0b52cc400c34f10ba5aa960bf4a444fb9a1fd8069aa452b08241a",
+    "text2sql": "838e8a9ab46450a5267a15ba143aa4e0b611abe1631839fd40dbd8a6f56c2388",
+    "bfcl": "d7c270d4006f9318bb85b53f7d3ff6869ed273ec4b752ded5588b2a5ac933209",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(PINNED))
+def test_existing_kinds_give_the_same_bytes_as_before(tmp_path: Path, kind: WorkloadKind) -> None:
+    programs = generate_workload(kind, programs=50, rate=0.5, seed=7, scale=0.05, tool_scale=0.5, slo_scale=2.0)
+    assert hashlib.sha256(dump_trace(programs, tmp_path / "t.jsonl").read_bytes()).hexdigest() == PINNED[kind]
+
+
+# -- coding: long-context coding agents ------------------------------------------------------------
+
+
+def uncached(program: TraceProgram, call: TraceCall) -> int:
+    """Prompt tokens of ``call`` nothing could have cached: its fresh tokens and the tool output it inherits."""
+    return call.new_tokens + (program.call(call.context).tool_output_tokens if call.context else 0)
+
+
+def gaps(program: TraceProgram) -> list[float]:
+    """The pause between each call that something waits for and the next call: its tool's duration."""
+    waited = {a for c in program.calls for a in c.parents}
+    return [c.tool_s for c in program.calls if c.id in waited]
+
+
+@pytest.fixture(scope="module")
+def coding() -> list[TraceProgram]:
+    return generate_workload("coding", programs=300, rate=0.1, seed=21)
+
+
+def test_coding_statistics_match_the_published_figures(coding: list[TraceProgram]) -> None:
+    """300 sessions: RFC #57103's medians, prefix reuse and sub-agent share; RFC #285's follow-up gaps."""
+    calls = [len(p.calls) for p in coding]
+    assert percentile(calls, 50) == pytest.approx(43, rel=0.15)
+    prompts_ = [n for p in coding for n in prompts(p).values()]
+    assert percentile(prompts_, 50) == pytest.approx(142_000, rel=0.1)
+    assert statistics.mean(prompts_) == pytest.approx(142_000, rel=0.15)  # TraceLab: ~154K per round
+    fresh = sum(uncached(p, c) for p in coding for c in p.calls)
+    assert 1 - fresh / sum(prompts_) > 0.96  # "over 96% prefix-cache hits"
+    with_subagents = sum(any(c.stage == "subagent" for c in p.calls) for p in coding)
+    assert with_subagents / len(coding) == pytest.approx(0.44, abs=0.07)
+    every_gap = [g for p in coding for g in gaps(p)]
+    within_1s = sum(g < 1 for g in every_gap) / len(every_gap)
+    within_10s = sum(g < 10 for g in every_gap) / len(every_gap)
+    assert 0.83 < within_1s < 0.89  # 86.46%
+    assert 0.93 < within_10s < 0.97  # 95.12%
+    tools: dict[str, list[float]] = defaultdict(list)
+    for p in coding:
+        for c in p.calls:
+            if c.tool:
+                tools[c.tool].append(c.tool_s)
+    assert set(tools) == {"read", "edit", "grep", "bash", "test", "human"}
+    assert percentile(tools["bash"], 50) == pytest.approx(1.08, rel=0.15)  # AgentCgroup's fit, reused
+    assert max(tools["bash"]) <= 120 and max(tools["test"]) <= 600 and max(tools["human"]) <= 1800
+    assert percentile(tools["human"], 50) == pytest.approx(30, rel=0.3)
+
+
+def test_coding_compaction_resets_the_context(coding: list[TraceProgram]) -> None:
+    compacted = 0
+    for p in coding:
+        lengths = prompts(p)
+        for i, c in enumerate(p.calls):
+            if c.stage != "compact":
+                continue
+            compacted += 1
+            # The summary request carries the whole context, past the limit; the next call starts afresh.
+            assert c.context is not None and c.tool is None and lengths[c.id] > CODING_COMPACT_AT
+            nxt = p.calls[i + 1]
+            assert nxt.parents == [c.id] and nxt.context is None
+            assert lengths[nxt.id] == p.system_tokens + nxt.new_tokens < CODING_COMPACT_AT / 4
+            assert nxt.new_tokens >= c.output_tokens  # the summary, re-read
+    assert compacted > 0.15 * len(coding)
+    # Only compaction breaks a context: every other call continues one.
+    for p in coding:
+        for c in p.calls[1:]:
+            if c.context is None:
+                assert p.call(c.parents[0]).stage == "compact"
+
+
+def test_coding_sub_agents_branch_from_the_parent_and_join_it(coding: list[TraceProgram]) -> None:
+    seen_parallel = False
+    for p in coding:
+        by_id = {c.id: c for c in p.calls}
+        firsts = [c for c in p.calls if c.stage == "subagent" and c.id.endswith(".t1")]
+        spawns = {c.id.split(".a")[0] for c in firsts}
+        for spawn in spawns:
+            s = by_id[spawn]
+            assert s.stage == "turn" and s.tool is None  # the parent's Task call; the sub-agents run meanwhile
+            mine = [c for c in firsts if c.id.startswith(spawn + ".a")]
+            seen_parallel |= len(mine) > 1
+            for first in mine:
+                # A sub-agent starts from the parent's context (its prefix is the parent's)...
+                assert first.parents == [spawn] or by_id[first.parents[0]].stage == "compact"
+            # ...and the parent's next call waits for every sub-agent's last call, continuing its own context.
+            joins = [c for c in p.calls if spawn in c.parents and c.stage in ("turn", "compact") and c.id != spawn]
+            (join,) = joins
+            assert join.context == spawn and len(join.parents) == 1 + len(mine)
+            for end in join.parents[1:]:
+                assert by_id[end].stage == "subagent" and by_id[end].tool is None
+    assert seen_parallel
+
+
+def test_coding_estimate_is_the_critical_path_over_sub_agent_branches(coding: list[TraceProgram]) -> None:
+    """The unloaded estimate: the parent's chain plus, at each spawn, its slowest sub-agent (they run in parallel)."""
+
+    def cost(p: TraceProgram, c: TraceCall) -> float:
+        return uncached(p, c) * PREFILL_S_PER_TOKEN + c.output_tokens * DECODE_S_PER_TOKEN + c.tool_s
+
+    checked = 0
+    for p in coding:
+        branches: dict[str, float] = defaultdict(float)
+        for c in p.calls:
+            if ".a" in c.id:
+                branches[c.id.rsplit(".t", 1)[0]] += cost(p, c)  # t5.a1.t3 and t5.a1.t3.compact: t5.a1
+        spawns: dict[str, float] = defaultdict(float)
+        for branch, seconds in branches.items():
+            spawn = branch.split(".a")[0]
+            spawns[spawn] = max(spawns[spawn], seconds)
+        parent = sum(cost(p, c) for c in p.calls if ".a" not in c.id)
+        assert estimate_unloaded_s(p) == pytest.approx(parent + sum(spawns.values()), rel=1e-9)
+        checked += len(branches) > 1
+    assert checked > 0
+    with_slo = generate_workload("coding", programs=5, rate=0.1, seed=21, slo_scale=2.0)
+    for p, q in zip(coding[:5], with_slo, strict=True):
+        assert q.slo_s == pytest.approx(2.0 * estimate_unloaded_s(p), abs=0.002)
+
+
+def test_coding_scale_shrinks_tokens_not_the_shape() -> None:
+    full = generate_workload("coding", programs=20, rate=0.1, seed=5)
+    small = generate_workload("coding", programs=20, rate=0.1, seed=5, scale=0.02, tool_scale=0.5)
+    assert small[0].system_tokens == round(CODING_SYSTEM_TOKENS * 0.02)
+    for a, b in zip(full, small, strict=True):
+        assert [(c.id, c.parents, c.context, c.tool, c.stage) for c in a.calls] == [
+            (c.id, c.parents, c.context, c.tool, c.stage) for c in b.calls
+        ]
+        for ca, cb in zip(a.calls, b.calls, strict=True):
+            # Scaled from the unrounded draw: within one token of scaling the rounded one.
+            assert abs(cb.new_tokens - max(1, round(ca.new_tokens * 0.02))) <= 1
+            assert abs(cb.output_tokens - max(1, round(ca.output_tokens * 0.02))) <= 1
+            assert abs(cb.tool_output_tokens - round(ca.tool_output_tokens * 0.02)) <= 1
+            assert cb.tool_s == pytest.approx(round(ca.tool_s * 0.5, 3), abs=0.0015)
+    assert max(max(prompts(p).values()) for p in small) < 0.02 * 1.2 * CODING_COMPACT_AT
+
+
+#: A small CPU-like simulator profile (round numbers, as in test_replay_sim.py).
+SIM_PROFILE: dict[str, Any] = {
+    "name": "test-cpu",
+    "model": "test-model",
+    "device": "cpu",
+    "dtype": "float32",
+    "source": "round numbers for tests",
+    "block_size": 128,
+    "kv_blocks": 512,
+    "max_num_seqs": 16,
+    "max_num_batched_tokens": 2048,
+    "step_overhead_s": 0.01,
+    "request_latency_s": 0.02,
+    "prefill_tokens_per_s": [[0, 10000.0]],
+    "decode_step_s": [[1, 0.001], [16, 0.016]],
+    "decode_s_per_context_token": 0.0,
+}
+
+
+def test_a_scaled_down_coding_trace_replays_in_the_simulator() -> None:
+    programs = generate_workload("coding", programs=6, rate=0.05, seed=4, scale=0.02, tool_scale=0.1)
+    assert any(c.stage == "compact" for p in programs for c in p.calls)
+    assert any(c.stage == "subagent" for p in programs for c in p.calls)
+    profile = CostProfile.model_validate(SIM_PROFILE)
+
+    async def main() -> Any:
+        pool = [SimEngine(profile, name=f"sim-{i}", seed=0, vocab_size=4096) for i in range(2)]
+        async with Runtime(pool) as rt:
+            return await replay_trace(programs, rt, vocabulary=Vocabulary(4096, frozenset({0, 1, 2})), seed=0)
+
+    run = run_virtual(main)
+    summary = summarize(run.programs, **run.totals)
+    assert summary.completed == 6 and summary.failed == 0
+    for spec, result in zip(programs, run.programs, strict=True):
+        assert [c.id for c in result.calls] == [c.id for c in spec.calls]
+        lengths = prompts(spec)
+        for call in result.calls:
+            assert call.prompt_tokens == lengths[call.id]
+            if spec.call(call.id).context is None and call.id != spec.calls[0].id:
+                # After a compaction the simulator sees the prefix reset: at most the app prefix is cached.
+                assert call.cached_tokens <= spec.system_tokens
+    assert summary.cached_token_ratio is not None and summary.cached_token_ratio > 0.8
