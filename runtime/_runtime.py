@@ -232,7 +232,11 @@ class Runtime:
                 if failures:
                     raise failures[0] from None
             raise
-        self._dispatcher.start()
+        try:
+            self._dispatcher.start()  # the policy may refuse these engines
+        except Exception:
+            await self.aclose()
+            raise
         # Programs run in a task group owned by a host task rather than by the
         # caller's task: `async with` may be entered and exited from different
         # tasks (pytest-asyncio fixtures, web-framework lifespans), which a

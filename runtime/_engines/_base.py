@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from contextlib import aclosing
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from .._errors import EngineCapabilityError, EngineClosedError, EngineError
-from ._requests import Completion, EngineLoad, EngineStats, GenerateRequest, PinStats, TokenDelta
+from ._requests import CachedPrefix, Completion, EngineLoad, EngineStats, GenerateRequest, PinStats, TokenDelta
 
 if TYPE_CHECKING:
     from ._tool_template import NativeTools
@@ -43,11 +43,22 @@ class Engine(ABC):
     :meth:`_release_pin` and :meth:`_pin_stats`.  On any other engine
     :meth:`set_pin`, :meth:`release_pin` and :meth:`pin_stats` raise
     :class:`~runtime.EngineCapabilityError`: a pin is never silently ignored.
+
+    **Cache contents**: engines whose :attr:`reports_cached_prefix` is true
+    say, cheaply and without I/O, how much of a token prompt their prefix
+    cache holds now (:meth:`cached_prefix`, the figure llm-d's precise
+    prefix-cache scorer keeps from vLLM's KV events); on any other engine
+    :meth:`cached_prefix` raises :class:`~runtime.EngineCapabilityError`.
     """
 
     @property
     def supports_pins(self) -> bool:
         """Whether this engine can pin KV blocks (see the class docstring); backends that can override it."""
+        return False
+
+    @property
+    def reports_cached_prefix(self) -> bool:
+        """Whether :meth:`cached_prefix` can say what the engine's prefix cache holds; backends that can override it."""
         return False
 
     @property
@@ -209,6 +220,20 @@ class Engine(ABC):
         """
         return None
 
+    def cached_prefix(self, token_ids: Sequence[int]) -> CachedPrefix:
+        """How many leading full blocks of the token prompt ``token_ids`` this engine's prefix cache holds now.
+
+        For policies that route by the engines' actual cache contents (the
+        ``llm-d`` policy); cheap, no I/O, like :meth:`load`.  Raises
+        :class:`~runtime.EngineCapabilityError` unless
+        :attr:`reports_cached_prefix`.
+        """
+        if not self.reports_cached_prefix:
+            raise EngineCapabilityError(
+                f"engine {self.name} ({type(self).__name__}) cannot report what its prefix cache holds"
+            )
+        return self._cached_prefix(token_ids)
+
     # -- the chat template's tools -------------------------------------------
 
     async def tool_template(self) -> NativeTools | None:
@@ -295,6 +320,10 @@ class Engine(ABC):
     def _load_figures(self) -> dict[str, Any]:
         """Backend-specific fields of :class:`EngineLoad` (waiting, running, kv_usage, pinned/kv blocks); no I/O."""
         return {}
+
+    def _cached_prefix(self, token_ids: Sequence[int]) -> CachedPrefix:
+        """Engines with ``reports_cached_prefix``: the cached prefix of ``token_ids`` (no I/O)."""
+        raise NotImplementedError
 
     async def _set_pin(self, program_id: str, ttl_s: float, value: float | None) -> bool:
         """Engines with ``supports_pins``: pin or re-pin (``ttl_s`` > 0 seconds, ``value`` as in :meth:`set_pin`)."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 __all__ = [
+    "CachedPrefix",
     "ChatPrompt",
     "Completion",
     "METADATA_NODE_ID",
@@ -216,6 +217,34 @@ class EngineLoad:
     kv_usage: float | None = None
     pinned_blocks: int | None = None
     kv_blocks: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CachedPrefix:
+    """How much of a token prompt an engine's prefix cache holds now (:meth:`Engine.cached_prefix`).
+
+    ``blocks``: the prompt's leading full KV blocks the cache holds, counted
+    from the first block up to the first one it lacks (a block that is
+    cached after a missing one does not count: it cannot be reused);
+    ``prompt_blocks``: the prompt's full blocks (a partial last block is
+    never cached); ``block_size``: tokens per block.  Blocks held by running
+    requests and freed blocks still cached (vLLM's LRU of cached free
+    blocks) both count, as in vLLM's prefix-cache map.
+    """
+
+    blocks: int
+    prompt_blocks: int
+    block_size: int
+
+    @property
+    def tokens(self) -> int:
+        """The cached prefix in tokens."""
+        return self.blocks * self.block_size
+
+    @property
+    def ratio(self) -> float:
+        """``blocks / prompt_blocks`` (0 for a prompt shorter than one block)."""
+        return self.blocks / self.prompt_blocks if self.prompt_blocks else 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,10 @@ through the machinery of :mod:`._pinning`, the latter by the TTL rule of
 and ``agentrt`` order calls by program urgency, from what
 :class:`._progress.ProgramBook` keeps of live programs and learns of
 workflows (:mod:`._profiles`), with the arithmetic of :mod:`._urgency` and
-the engine choices of :mod:`._placement`.
+the engine choices of :mod:`._placement`.  ``llm-d`` (:mod:`._llmd`)
+reproduces llm-d's precise prefix-cache-aware routing (scorers over the
+engines' cache contents, queues and KV usage), the baseline a vLLM user
+would deploy instead.
 """
 
 from ._agentrt import AgentrtPolicy
@@ -17,6 +20,7 @@ from ._autellix import AutellixPolicy
 from ._base import PREFIX_KEY_TOKENS, CallFinished, CallInfo, Policy, PolicyHost, Route, ToolFinished, ToolStarted
 from ._continuum import ContinuumPolicy
 from ._hexgen import HexgenPolicy
+from ._llmd import LlmdPolicy
 from ._pinning import PinningPolicy
 from ._registry import get_policy, policy_names, register_policy
 from ._vllm import VLLMPolicy
@@ -29,6 +33,7 @@ __all__ = [
     "CallInfo",
     "ContinuumPolicy",
     "HexgenPolicy",
+    "LlmdPolicy",
     "PinningPolicy",
     "Policy",
     "PolicyHost",

@@ -7,6 +7,7 @@ from ._autellix import AutellixPolicy
 from ._base import Policy
 from ._continuum import ContinuumPolicy
 from ._hexgen import HexgenPolicy
+from ._llmd import LlmdPolicy
 from ._vllm import VLLMPolicy
 
 __all__ = ["get_policy", "policy_names", "register_policy"]
@@ -43,3 +44,4 @@ register_policy(ContinuumPolicy)
 register_policy(HexgenPolicy)
 register_policy(AutellixPolicy)
 register_policy(AgentrtPolicy)
+register_policy(LlmdPolicy)

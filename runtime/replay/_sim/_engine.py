@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from runtime import (
+    CachedPrefix,
     Completion,
     Engine,
     EngineRequestError,
@@ -80,10 +81,18 @@ class SimEngine(Engine):
     among equal values the latest program's (the one whose first request
     reached this engine last).  :meth:`prefill_cost_s` prices a prefill
     with the profile.
+
+    Cache contents: :meth:`~runtime.Engine.cached_prefix` reads the block
+    manager's prefix-cache map (``reports_cached_prefix``), what a router
+    following vLLM's KV events knows of a real engine.
     """
 
     @property
     def supports_pins(self) -> bool:
+        return True
+
+    @property
+    def reports_cached_prefix(self) -> bool:
         return True
 
     def __init__(
@@ -353,6 +362,11 @@ class SimEngine(Engine):
             "pinned_blocks": kv.pinned_blocks,
             "kv_blocks": kv.num_blocks,
         }
+
+    def _cached_prefix(self, token_ids: Sequence[int]) -> CachedPrefix:
+        self._catch_up()
+        blocks, prompt_blocks = self.scheduler.cached_prefix_blocks(token_ids)
+        return CachedPrefix(blocks, prompt_blocks, self.scheduler.kv.block_size)
 
     def prefill_cost_s(self, tokens: int) -> float | None:
         """Seconds the profile gives a prefill of ``tokens`` tokens from an empty context.

@@ -282,6 +282,24 @@ class BlockManager:
             i += len(found)
         return hit
 
+    def cached_blocks(self, hashes: Sequence[int]) -> int:
+        """How many of a sequence's full-block ``hashes``, from the first to the first missing, the cache holds now.
+
+        A pure read (no reference taken, the LRU untouched): what a router
+        that tracks this engine's KV events (BlockStored / BlockRemoved) knows
+        of it.  Unlike :meth:`cached_prefix` the last token is not held back:
+        every full block counts.
+        """
+        get = self.cached.get
+        i = 0
+        n = len(hashes)
+        while i < n:
+            found = list(map(get, hashes[i : min(i + _WALK_CHUNK, n)]))
+            if None in found:
+                return i + found.index(None)
+            i += len(found)
+        return n
+
     def evictable_among(self, blocks: Sequence[int]) -> int:
         """How many of ``blocks`` are free (counted in :attr:`num_free`) and would stop being so if reused."""
         if not blocks:

@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import random
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -45,6 +46,17 @@ QueueOrder = Literal["fcfs", "priority"]
 # Shared by every scheduler of the process: a program's next call may go to
 # another engine, and the hashes of a token sequence do not depend on one.
 _CHAIN_HASHES = ChainHashCache()
+
+
+class _LastPrompt:
+    """The last prompt whose hashes a router asked for, and them: a router asks each engine about one prompt in turn."""
+
+    tokens: Sequence[int] | None = None
+    block_size = 0
+    hashes: list[int] = []  # noqa: RUF012 - replaced, never mutated
+
+
+_LAST_PROMPT = _LastPrompt()
 
 
 def output_ids(seed: int, request_id: str, count: int, first_id: int, vocab_size: int) -> list[int]:
@@ -260,6 +272,21 @@ class Scheduler:
             self._rank(req.program_id)
         self._requests[req.request_id] = req
         self._push_waiting(req, front=False)
+
+    def cached_prefix_blocks(self, token_ids: Sequence[int]) -> tuple[int, int]:
+        """The leading full blocks of ``token_ids`` that the prefix cache holds now, and the prompt's full blocks.
+
+        A pure read of the cache (see :meth:`BlockManager.cached_blocks`).
+        """
+        bs = self.kv.block_size
+        last = _LAST_PROMPT
+        if last.tokens is not token_ids or last.block_size != bs:
+            # A list copy: the shared cache keeps the sequence, and the
+            # request that follows (prompt + output, a list) then finds it as its prefix.
+            last.hashes = _CHAIN_HASHES.hashes(list(token_ids), bs)
+            last.tokens = token_ids
+            last.block_size = bs
+        return self.kv.cached_blocks(last.hashes), len(last.hashes)
 
     def abort(self, request_id: str) -> bool:
         """Drop a request wherever it is and release its blocks; False if unknown or finished."""
