@@ -11,6 +11,7 @@ paper's utility: 2 s when the tool's running-average duration is at most
 
 from __future__ import annotations
 
+from .._engines import PIN_MODE_CONTINUUM
 from .._program import Program
 from ._pinning import DEFAULT_PROVISIONAL_TTL_S, PinChoice, PinningPolicy, ProgramPins
 
@@ -40,6 +41,8 @@ class ContinuumPolicy(PinningPolicy):
     """
 
     name = "continuum"
+    #: Engines that know it (the simulator) schedule this policy's calls by Continuum's public rules.
+    pin_mode = PIN_MODE_CONTINUUM
 
     def __init__(self, *, provisional_ttl_s: float = DEFAULT_PROVISIONAL_TTL_S, window: int = 256) -> None:
         super().__init__(provisional_ttl_s=provisional_ttl_s, window=window)
