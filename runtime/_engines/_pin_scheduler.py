@@ -19,7 +19,8 @@ integration tests cover each piece on that version:
   it cannot find blocks, pins are given up, least valuable first, and the
   allocation is tried again, before vLLM would preempt a running request or
   leave a waiting one waiting.  So pins are soft: they never stall the
-  engine, preempt a running request or cause one to be dropped.
+  engine, preempt a running request or cause one to be dropped (except a
+  ``continuum`` request's, below).
 - a request whose metadata has ``pin_mode`` = ``"continuum"`` (the
   ``continuum`` policy's) follows Continuum's public scheduler instead
   (docs/kv_pinning.md): its pins are *hard* (they do not expire while the

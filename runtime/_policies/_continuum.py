@@ -6,7 +6,10 @@ served by their first arrival with pinned programs ahead, and preempts the
 latest program.  The TTL rule of its code (``set_up_pin`` in
 ``vllm/v1/core/estimate_with_func.py``) is a fixed threshold, not the
 paper's utility: 2 s when the tool's running-average duration is at most
-2 s, else no pin.
+2 s, else no pin.  Its pins are hard against newcomers: given up only when
+at most one request runs (``Scheduler.pop_running_request_based_on_last_step``
+in ``vllm/v1/core/sched/scheduler.py``; the rules are in
+``runtime/replay/_sim/_continuum.py`` and docs/kv_pinning.md).
 """
 
 from __future__ import annotations
@@ -28,9 +31,12 @@ class ContinuumPolicy(PinningPolicy):
     (2 s) when the tool's mean wall time over its recent calls is at most
     2 s, and released otherwise.  A tool never seen before is pinned 2 s,
     as Continuum's code does (it reads an unknown tool's average as 0).
-    Pins carry no value, so memory pressure releases the latest program's
-    first (Continuum's rule).  Routing, priorities and the provisional pin
-    are :class:`PinningPolicy`'s.
+    Its calls carry ``pin_mode`` = ``"continuum"``: the simulator then
+    schedules as Continuum's public scheduler does (hard pins, job-level
+    FCFS with pinned jobs first, the latest job preempted;
+    ``runtime/replay/_sim/_continuum.py``), and the vLLM plug-in keeps the
+    pins hard (docs/kv_pinning.md).  Routing, priorities and the
+    provisional pin are :class:`PinningPolicy`'s.
 
     Two differences from the original, both from where it runs: Continuum
     measures a tool from the request's finish to its program's next
