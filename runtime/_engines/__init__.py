@@ -27,9 +27,11 @@ from ._base import Engine
 from ._dtype import DTYPE_BYTES, resolve_dtype
 from ._requests import (
     METADATA_NODE_ID,
+    METADATA_PIN_MODE,
     METADATA_PIN_TTL_S,
     METADATA_PROGRAM_ID,
     METADATA_WORKFLOW,
+    PIN_MODE_CONTINUUM,
     CachedPrefix,
     ChatPrompt,
     Completion,
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DTYPE_BYTES",
     "METADATA_NODE_ID",
+    "METADATA_PIN_MODE",
     "METADATA_PIN_TTL_S",
     "METADATA_PROGRAM_ID",
     "METADATA_WORKFLOW",
@@ -68,6 +71,7 @@ __all__ = [
     "InProcessEngine",
     "MetadataValue",
     "NativeTools",
+    "PIN_MODE_CONTINUUM",
     "PinStats",
     "PinningScheduler",
     "Prompt",

@@ -19,7 +19,18 @@ integration tests cover each piece on that version:
   it cannot find blocks, pins are given up, least valuable first, and the
   allocation is tried again, before vLLM would preempt a running request or
   leave a waiting one waiting.  So pins are soft: they never stall the
-  engine, preempt a running request or cause one to be dropped.
+  engine, preempt a running request or cause one to be dropped (except a
+  ``continuum`` request's, below).
+- a request whose metadata has ``pin_mode`` = ``"continuum"`` (the
+  ``continuum`` policy's) follows Continuum's public scheduler instead
+  (docs/kv_pinning.md): its pins are *hard* (they do not expire while the
+  program has a request waiting), and when it cannot find blocks, a running
+  one gives up the pin that ends last only while at most one request runs
+  (else vLLM preempts), a waiting one only while none runs (and waits
+  anyway, as Continuum's code stops admitting for the step).  The waiting
+  order and the preemption victim stay vLLM's priority scheduling with the
+  policy's priorities (program-level FCFS, pinned programs first, the
+  latest program preempted).
 - ``add_request`` notes when the engine first saw each program (the pressure
   order among equal values), ``reset_prefix_cache`` and ``shutdown`` drop
   every pin first.
@@ -40,7 +51,7 @@ from vllm.v1.request import Request, RequestStatus
 
 from ._pin_control import PinControlServer, control_settings
 from ._pin_table import PinTable
-from ._requests import METADATA_PIN_TTL_S, METADATA_PROGRAM_ID
+from ._requests import METADATA_PIN_MODE, METADATA_PIN_TTL_S, METADATA_PROGRAM_ID, PIN_MODE_CONTINUUM
 
 if TYPE_CHECKING:
     from vllm.v1.core.kv_cache_manager import KVCacheBlocks
@@ -70,6 +81,12 @@ def _pin_request(request: Request) -> tuple[str | None, float | None]:
     return (None if program is None else str(program)), ttl_s
 
 
+def _continuum(request: Request) -> bool:
+    """Whether the request follows Continuum's public scheduler (metadata ``pin_mode``)."""
+    extra = request.sampling_params.extra_args if request.sampling_params is not None else None
+    return extra is not None and extra.get(METADATA_PIN_MODE) == PIN_MODE_CONTINUUM
+
+
 class _PinningMixin(Scheduler):
     """What both plug-in classes add to vLLM's scheduler (see the module docstring)."""
 
@@ -94,7 +111,8 @@ class _PinningMixin(Scheduler):
         super().add_request(request)
 
     def schedule(self, *args: Any, **kwargs: Any) -> SchedulerOutput:
-        self._free_parked(self.pins.take_released())
+        waiting = [p for r in self.waiting if _continuum(r) and (p := _pin_request(r)[0]) is not None]
+        self._free_parked(self.pins.take_released(waiting))
         output = super().schedule(*args, **kwargs)
         for new in output.scheduled_new_reqs:
             request = self.requests.get(new.req_id)
@@ -124,7 +142,9 @@ class _PinningMixin(Scheduler):
             return
         blocks = sum(len(group) for group in self.kv_cache_manager.get_block_ids(request.request_id))
         del self.requests[request.request_id]
-        replaced = self.pins.park(program, request, blocks=blocks, tokens=request.num_tokens, ttl_s=ttl_s)
+        replaced = self.pins.park(
+            program, request, blocks=blocks, tokens=request.num_tokens, ttl_s=ttl_s, hard=_continuum(request)
+        )
         if replaced is not None:
             self._free_request_blocks(replaced)
 
@@ -150,6 +170,8 @@ class _PinningMixin(Scheduler):
         blocks = self._allocate_slots_unpinned(request, *args, **kwargs)
         if blocks is not None:
             return blocks
+        if _continuum(request):
+            return self._allocate_slots_continuum(request, *args, **kwargs)
         own, _ = _pin_request(request)
         while True:
             parked = self.pins.take_for_pressure(exclude=own)
@@ -159,6 +181,26 @@ class _PinningMixin(Scheduler):
             blocks = self._allocate_slots_unpinned(request, *args, **kwargs)
             if blocks is not None:
                 return blocks
+
+    def _allocate_slots_continuum(self, request: Request, *args: Any, **kwargs: Any) -> KVCacheBlocks | None:
+        """After a failed allocation, Continuum's rule: pins go only while at most one request runs.
+
+        A running request gives up the pin that ends last and retries while
+        at most one request runs (else vLLM preempts); a waiting one gives
+        up one only when none runs, and waits anyway.
+        """
+        running = request.status == RequestStatus.RUNNING
+        while len(self.running) <= (1 if running else 0):
+            parked = self.pins.take_latest_ending()
+            if parked is None:
+                return None
+            self._free_request_blocks(parked)
+            if not running:
+                return None
+            blocks = self._allocate_slots_unpinned(request, *args, **kwargs)
+            if blocks is not None:
+                return blocks
+        return None
 
     def _free_parked(self, parked: list[Request]) -> None:
         for request in parked:

@@ -14,7 +14,10 @@ it.  Times are ``time.monotonic()`` seconds of the engine-core process.
 
 Pressure order: the least valuable pin goes first; among equal values (a pin
 without one counts as 0), the latest program's, by when this engine first
-saw the program (Continuum's "latest job first").
+saw the program (Continuum's "latest job first").  A *hard* pin (parked by a
+request of the ``continuum`` policy, metadata ``pin_mode``) does not expire
+while its program has a request waiting, and :meth:`PinTable.take_latest_ending`
+gives up the pin that ends last (Continuum's public scheduler).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -43,6 +46,7 @@ class _Pin(Generic[H]):
     expiry: float
     value: float
     order: int
+    hard: bool = False
 
 
 class PinTable(Generic[H]):
@@ -62,6 +66,8 @@ class PinTable(Generic[H]):
         self._released: list[H] = []
         self._order: OrderedDict[str, int] = OrderedDict()
         self._next_order = 0
+        # Programs with a request waiting, as the engine core last said: their hard pins do not expire.
+        self._waiting: frozenset[str] = frozenset()
         self.pins = 0
         self.pin_hits = 0
         self.pins_expired = 0
@@ -75,8 +81,10 @@ class PinTable(Generic[H]):
         with self._lock:
             self._order_of(program_id)
 
-    def park(self, program_id: str, parked: H, *, blocks: int, tokens: int, ttl_s: float) -> H | None:
-        """Pin ``parked`` (a finished request of ``program_id``) for ``ttl_s`` seconds.
+    def park(
+        self, program_id: str, parked: H, *, blocks: int, tokens: int, ttl_s: float, hard: bool = False
+    ) -> H | None:
+        """Pin ``parked`` (a finished request of ``program_id``) for ``ttl_s`` seconds (``hard``: see the module).
 
         Replaces the program's previous pin, whose parked request is
         returned for freeing (else ``None``).
@@ -86,7 +94,7 @@ class PinTable(Generic[H]):
             if old is not None:
                 self.pins_released += 1
             self._pins[program_id] = _Pin(
-                program_id, parked, blocks, tokens, self._clock() + ttl_s, 0.0, self._order_of(program_id)
+                program_id, parked, blocks, tokens, self._clock() + ttl_s, 0.0, self._order_of(program_id), hard
             )
             self.pins += 1
             return None if old is None else old.parked
@@ -129,9 +137,23 @@ class PinTable(Generic[H]):
             self.pins_released_pressure += 1
             return victim.parked
 
-    def take_released(self) -> list[H]:
-        """Parked requests whose pins ended off the engine-core thread (expired, released): free them now."""
+    def take_latest_ending(self) -> H | None:
+        """Give up the pin that expires last (Continuum's unpin under pressure); its parked request, or ``None``."""
         with self._lock:
+            if not self._pins:
+                return None
+            victim = max(self._pins.values(), key=lambda p: p.expiry)
+            del self._pins[victim.program_id]
+            self.pins_released_pressure += 1
+            return victim.parked
+
+    def take_released(self, waiting: Collection[str] = ()) -> list[H]:
+        """Parked requests whose pins ended off the engine-core thread (expired, released): free them now.
+
+        ``waiting``: the programs with a request waiting now (their hard pins stay past expiry).
+        """
+        with self._lock:
+            self._waiting = frozenset(waiting)
             self._expire()
             released, self._released = self._released, []
             return released
@@ -190,7 +212,8 @@ class PinTable(Generic[H]):
 
     def _expire(self) -> None:
         now = self._clock()
-        expired = [p for p in self._pins.values() if p.expiry <= now]
+        waiting = self._waiting
+        expired = [p for p in self._pins.values() if p.expiry <= now and not (p.hard and p.program_id in waiting)]
         for pin in expired:
             del self._pins[pin.program_id]
             self._released.append(pin.parked)

@@ -19,9 +19,11 @@ __all__ = [
     "ChatPrompt",
     "Completion",
     "METADATA_NODE_ID",
+    "METADATA_PIN_MODE",
     "METADATA_PIN_TTL_S",
     "METADATA_PROGRAM_ID",
     "METADATA_WORKFLOW",
+    "PIN_MODE_CONTINUUM",
     "EngineLoad",
     "EngineStats",
     "GenerateRequest",
@@ -48,6 +50,14 @@ METADATA_WORKFLOW = "workflow"
 #: finishes (a policy's choice).  Only engines with ``supports_pins`` accept it:
 #: the runtime refuses to send it to any other.
 METADATA_PIN_TTL_S = "pin_ttl_s"
+#: How the engine treats pins and whom it preempts: absent for the engines'
+#: own soft pins (given up before a request would wait or be preempted);
+#: :data:`PIN_MODE_CONTINUUM` for Continuum's public scheduler (hard pins,
+#: job-level FCFS, the latest job preempted; docs/kv_pinning.md).  Sent only
+#: beside ``pin_ttl_s``; an engine that does not know a mode ignores it.
+METADATA_PIN_MODE = "pin_mode"
+#: The :data:`METADATA_PIN_MODE` value of the ``continuum`` policy.
+PIN_MODE_CONTINUUM = "continuum"
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,11 +6,15 @@ served by their first arrival with pinned programs ahead, and preempts the
 latest program.  The TTL rule of its code (``set_up_pin`` in
 ``vllm/v1/core/estimate_with_func.py``) is a fixed threshold, not the
 paper's utility: 2 s when the tool's running-average duration is at most
-2 s, else no pin.
+2 s, else no pin.  Its pins are hard against newcomers: given up only when
+at most one request runs (``Scheduler.pop_running_request_based_on_last_step``
+in ``vllm/v1/core/sched/scheduler.py``; the rules are in
+``runtime/replay/_sim/_continuum.py`` and docs/kv_pinning.md).
 """
 
 from __future__ import annotations
 
+from .._engines import PIN_MODE_CONTINUUM
 from .._program import Program
 from ._pinning import DEFAULT_PROVISIONAL_TTL_S, PinChoice, PinningPolicy, ProgramPins
 
@@ -27,9 +31,12 @@ class ContinuumPolicy(PinningPolicy):
     (2 s) when the tool's mean wall time over its recent calls is at most
     2 s, and released otherwise.  A tool never seen before is pinned 2 s,
     as Continuum's code does (it reads an unknown tool's average as 0).
-    Pins carry no value, so memory pressure releases the latest program's
-    first (Continuum's rule).  Routing, priorities and the provisional pin
-    are :class:`PinningPolicy`'s.
+    Its calls carry ``pin_mode`` = ``"continuum"``: the simulator then
+    schedules as Continuum's public scheduler does (hard pins, job-level
+    FCFS with pinned jobs first, the latest job preempted;
+    ``runtime/replay/_sim/_continuum.py``), and the vLLM plug-in keeps the
+    pins hard (docs/kv_pinning.md).  Routing, priorities and the
+    provisional pin are :class:`PinningPolicy`'s.
 
     Two differences from the original, both from where it runs: Continuum
     measures a tool from the request's finish to its program's next
@@ -40,6 +47,8 @@ class ContinuumPolicy(PinningPolicy):
     """
 
     name = "continuum"
+    #: Engines that know it (the simulator) schedule this policy's calls by Continuum's public rules.
+    pin_mode = PIN_MODE_CONTINUUM
 
     def __init__(self, *, provisional_ttl_s: float = DEFAULT_PROVISIONAL_TTL_S, window: int = 256) -> None:
         super().__init__(provisional_ttl_s=provisional_ttl_s, window=window)

@@ -51,7 +51,7 @@ from typing import ClassVar
 
 from toolbridge import DurationPredictor, ErrorKind
 
-from .._engines import METADATA_PIN_TTL_S, Completion, Engine
+from .._engines import METADATA_PIN_MODE, METADATA_PIN_TTL_S, Completion, Engine, MetadataValue
 from .._program import Program
 from ._base import CallFinished, CallInfo, Policy, Route, ToolFinished, ToolStarted
 from ._placement import least_loaded
@@ -112,6 +112,9 @@ class PinningPolicy(Policy):
     """
 
     recheck_s: ClassVar[float | None] = None  # never holds a call
+    #: The engines' pin mode for this policy's calls (metadata ``pin_mode``,
+    #: sent beside ``pin_ttl_s``); ``None``: the engines' own soft pins.
+    pin_mode: ClassVar[str | None] = None
 
     def __init__(self, *, provisional_ttl_s: float = DEFAULT_PROVISIONAL_TTL_S, window: int = 256) -> None:
         if not provisional_ttl_s > 0:
@@ -172,7 +175,10 @@ class PinningPolicy(Policy):
         engine = home if pinned and home is not None else self.pick_engine(call, engines, pins)
         priority = self.priority_of(call, pins, pinned=pinned)
         if engine.supports_pins:
-            return Route(engine, priority, {METADATA_PIN_TTL_S: self.provisional_ttl_s})
+            metadata: dict[str, MetadataValue] = {METADATA_PIN_TTL_S: self.provisional_ttl_s}
+            if self.pin_mode is not None:
+                metadata[METADATA_PIN_MODE] = self.pin_mode
+            return Route(engine, priority, metadata)
         return Route(engine, priority)
 
     def follows_pin(self, call: CallInfo, engine: Engine) -> bool:

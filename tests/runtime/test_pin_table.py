@@ -55,6 +55,19 @@ def test_expiry_and_release_queue_the_parked_request_for_the_engine() -> None:
     assert pins.pins_released == 1
 
 
+def test_hard_pins_outlive_expiry_while_their_program_waits_and_the_latest_ending_goes_first() -> None:
+    pins, clock = table()
+    pins.park("a", "a1", blocks=3, tokens=300, ttl_s=1.0, hard=True)
+    pins.park("b", "b1", blocks=3, tokens=300, ttl_s=1.0)  # soft: expires whatever waits
+    pins.park("c", "c1", blocks=3, tokens=300, ttl_s=5.0, hard=True)
+    clock.t += 2
+    assert pins.take_released(waiting={"a", "b"}) == ["b1"]
+    assert pins.stats()["pinned_programs"] == 2
+    assert pins.take_latest_ending() == "c1"  # ends at 5 s, a at 1 s
+    assert pins.take_released(waiting=()) == ["a1"] and pins.take_latest_ending() is None
+    assert (pins.pins_expired, pins.pins_released_pressure) == (2, 1)
+
+
 def test_set_moves_expiry_and_a_new_pin_replaces_the_old() -> None:
     pins, clock = table()
     pins.park("a", "a1", blocks=3, tokens=300, ttl_s=1.0)

@@ -16,8 +16,10 @@ import pytest_asyncio
 
 from runtime import InProcessEngine
 from runtime._engines import (
+    METADATA_PIN_MODE,
     METADATA_PIN_TTL_S,
     METADATA_PROGRAM_ID,
+    PIN_MODE_CONTINUUM,
     Completion,
     GenerateRequest,
     SamplingOptions,
@@ -51,11 +53,19 @@ def tokens(n: int) -> tuple[int, ...]:
 
 
 async def generate(
-    engine: InProcessEngine, rid: str, prompt: tuple[int, ...], program: str, pin_s: float | None = None, n: int = 4
+    engine: InProcessEngine,
+    rid: str,
+    prompt: tuple[int, ...],
+    program: str,
+    pin_s: float | None = None,
+    n: int = 4,
+    mode: str | None = None,
 ) -> Completion:
     meta: dict[str, str | float] = {METADATA_PROGRAM_ID: program}
     if pin_s is not None:
         meta[METADATA_PIN_TTL_S] = pin_s
+    if mode is not None:
+        meta[METADATA_PIN_MODE] = mode
     request = GenerateRequest(rid, TokenPrompt(prompt), SamplingOptions(max_tokens=n, ignore_eos=True), 0, meta)
     return await engine.generate(request)
 
@@ -139,6 +149,50 @@ async def test_every_request_completes_under_pressure(engine: InProcessEngine) -
     assert stats.pins_released_pressure > 0 and stats.pinned_blocks <= BLOCKS
     for i in range(8):
         await engine.release_pin(f"many-{i}")
+    assert (await engine.pin_stats()).pinned_programs == 0
+
+
+async def test_continuum_pins_keep_a_newcomer_waiting_until_nothing_runs(engine: InProcessEngine) -> None:
+    """Continuum's hard pins: a newcomer that does not fit beside them waits while a request runs.
+
+    Two pins of 12 blocks; a running request growing to 8; a newcomer of 18
+    blocks (plus one to decode). With soft pins it would get in at once by
+    giving one up, and finish first (4 tokens against 400); here it waits
+    until the running request has finished, and then the pin that ends last
+    (B's) goes, A's stays.
+    """
+    mode = PIN_MODE_CONTINUUM
+    before = await engine.pin_stats()
+    await generate(engine, "hard-a", tokens(1500), "hard-A", pin_s=60.0, mode=mode)
+    await generate(engine, "hard-b", tokens(1500), "hard-B", pin_s=120.0, mode=mode)
+    finished: list[str] = []
+    running = anyio.Event()
+
+    async def long_request() -> None:
+        request = GenerateRequest(
+            "hard-r",
+            TokenPrompt(tokens(500)),
+            SamplingOptions(max_tokens=400, ignore_eos=True),
+            0,
+            {METADATA_PROGRAM_ID: "hard-R", METADATA_PIN_MODE: mode},
+        )
+        async with aclosing(engine.stream(request)) as stream:
+            async for _ in stream:
+                running.set()
+        finished.append("R")
+
+    async def newcomer() -> None:
+        await running.wait()
+        await generate(engine, "hard-c", tokens(2300), "hard-C", mode=mode)
+        finished.append("C")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(long_request)
+        tg.start_soon(newcomer)
+    assert finished == ["R", "C"]
+    after = await engine.pin_stats()
+    assert after.pins_released_pressure == before.pins_released_pressure + 1
+    assert await engine.release_pin("hard-A") and not await engine.release_pin("hard-B")
     assert (await engine.pin_stats()).pinned_programs == 0
 
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from runtime import (
+    METADATA_PIN_MODE,
+    PIN_MODE_CONTINUUM,
     CachedPrefix,
     Completion,
     Engine,
@@ -79,8 +81,12 @@ class SimEngine(Engine):
     Under memory pressure the least valuable pin (``set_pin``'s ``value``;
     a pin from metadata has none, which counts as 0) is released first, and
     among equal values the latest program's (the one whose first request
-    reached this engine last).  :meth:`prefill_cost_s` prices a prefill
-    with the profile.
+    reached this engine last).  A request with metadata ``pin_mode`` =
+    ``"continuum"`` (the ``continuum`` policy's) switches the engine to
+    Continuum's public scheduler for good (hard pins, job-level FCFS, the
+    latest job preempted: :mod:`._continuum`), as vllm-continuum's
+    ``--scheduling-policy continuum`` would at launch.
+    :meth:`prefill_cost_s` prices a prefill with the profile.
 
     Cache contents: :meth:`~runtime.Engine.cached_prefix` reads the block
     manager's prefix-cache map (``reports_cached_prefix``), what a router
@@ -255,6 +261,9 @@ class SimEngine(Engine):
         program = meta.get("program_id")
         if ttl is not None and not isinstance(ttl, int | float):
             raise EngineRequestError(f"metadata pin_ttl_s must be a number of seconds, got {ttl!r}")
+        mode = meta.get(METADATA_PIN_MODE)
+        if mode is not None and mode != PIN_MODE_CONTINUUM:
+            raise EngineRequestError(f"metadata pin_mode must be {PIN_MODE_CONTINUUM!r} or absent, got {mode!r}")
         tokens = list(prompt)
         tokens += output_ids(self.seed, request.request_id, max_tokens, self.first_token_id, self.vocab_size)
         started = monotonic()
@@ -275,6 +284,8 @@ class SimEngine(Engine):
             pin_ttl_s=None if ttl is None else float(ttl),
         )
         self._interrupt()
+        if mode is not None:
+            self.scheduler.use_continuum()
         try:
             self.scheduler.add(req)
         except ValueError as exc:

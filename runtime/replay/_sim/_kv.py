@@ -25,7 +25,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -589,19 +589,49 @@ class BlockManager:
         """The earliest queued pin expiry (possibly a replaced pin's, which releases nothing); inf if none."""
         return self._expiries[0][0] if self._expiries else math.inf
 
-    def expire_pins(self, now: float) -> int:
-        """Release every pin whose expiry is at or before ``now``; returns how many."""
+    def expire_pins(self, now: float, keep: Callable[[], Collection[str]] | None = None) -> int:
+        """Release every pin whose expiry is at or before ``now``; returns how many.
+
+        ``keep``, if given, returns the programs whose expired pins stay
+        (called once, when the first expired pin is found): they are checked
+        again at the next call (Continuum's ``unpin_requests_regular`` keeps
+        the pin of a job with a request waiting).
+        """
         expired = 0
         heap = self._expiries
+        kept: list[tuple[float, int, str]] = []
+        keeping: Collection[str] | None = None
         while heap and heap[0][0] <= now:
-            _, seq, program_id = heapq.heappop(heap)
+            entry = heapq.heappop(heap)
+            _, seq, program_id = entry
             pin = self._pins.get(program_id)
             if pin is not None and pin.created == seq:
+                if keep is not None:
+                    if keeping is None:
+                        keeping = keep()
+                    if program_id in keeping:
+                        kept.append(entry)
+                        continue
                 del self._pins[program_id]
                 self._drop(pin)
                 expired += 1
+        for entry in kept:
+            heapq.heappush(heap, entry)
         self.pins_expired += expired
         return expired
+
+    def release_latest_pin(self) -> bool:
+        """Release the pin with the latest expiry (Continuum's unpin under pressure); False if there is none.
+
+        Among equal expiries the earliest pinned goes.  Counted in
+        :attr:`pins_released_pressure`.
+        """
+        if not self._pins:
+            return False
+        program_id = max(self._pins.values(), key=lambda p: p.expiry).program_id
+        self.unpin(program_id)
+        self.pins_released_pressure += 1
+        return True
 
     def release_pins_under_pressure(self, needed_blocks: int) -> int:
         """Release pins until ``needed_blocks`` blocks are free; returns how many.

@@ -33,6 +33,7 @@ from typing import Literal
 
 import numpy as np
 
+from ._continuum import continuum_pick, continuum_victim
 from ._cost import CostProfile
 from ._kv import BlockManager, ChainHashCache, PrefixMemo
 
@@ -94,6 +95,8 @@ class SimRequest:
     preemptions: int = 0
     aborted: bool = False
     seq: int = 0
+    #: The program's rank when the request was added (Continuum's job order; 0 without a program).
+    job_rank: int = 0
     #: Prompt tokens plus the output tokens generated so far.
     num_tokens: int = 0
 
@@ -206,6 +209,11 @@ class Scheduler:
         self._num_waiting = 0
         self._seq = 0
         self.preemptions = 0
+        #: Whether Continuum's public scheduling rules are on (:meth:`use_continuum`).
+        self.continuum = False
+        # Continuum's waiting queue (a deque in its code), scanned on every peek.
+        self._cwait: list[SimRequest] = []
+        self._cpick = 0
 
     # -- queue -------------------------------------------------------------
 
@@ -217,9 +225,27 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.running) or self._num_waiting > 0
 
+    def use_continuum(self) -> None:
+        """Schedule by Continuum's public rules from now on (see :mod:`._continuum`); waiting requests move over."""
+        if self.continuum:
+            return
+        self.continuum = True
+        if self.queue_order == "priority":
+            moved = [entry[3] for entry in sorted(self._heap, key=lambda e: e[:3])]
+            self._heap = []
+        else:
+            moved = list(self._fifo)
+            self._fifo.clear()
+        self._cwait = [r for r in moved if not r.aborted]
+
     def _push_waiting(self, req: SimRequest, *, front: bool) -> None:
         self._num_waiting += 1
-        if self.queue_order == "priority":
+        if self.continuum:
+            if front:
+                self._cwait.insert(0, req)
+            else:
+                self._cwait.append(req)
+        elif self.queue_order == "priority":
             heapq.heappush(self._heap, (req.priority, req.arrival, req.seq, req))
         elif front:
             self._fifo.appendleft(req)
@@ -228,6 +254,14 @@ class Scheduler:
 
     def _peek_waiting(self) -> SimRequest | None:
         """The next live waiting request, dropping aborted ones on the way."""
+        if self.continuum:
+            waiting = self._cwait
+            if any(r.aborted for r in waiting):
+                waiting[:] = [r for r in waiting if not r.aborted]
+            if not waiting:
+                return None
+            self._cpick = continuum_pick(waiting, self.kv.has_pin)
+            return waiting[self._cpick]
         if self.queue_order == "priority":
             while self._heap:
                 req = self._heap[0][3]
@@ -244,7 +278,9 @@ class Scheduler:
 
     def _pop_waiting(self) -> None:
         self._num_waiting -= 1
-        if self.queue_order == "priority":
+        if self.continuum:
+            del self._cwait[self._cpick]
+        elif self.queue_order == "priority":
             heapq.heappop(self._heap)
         else:
             self._fifo.popleft()
@@ -269,7 +305,7 @@ class Scheduler:
         req.seq = self._seq
         req.hashes = _CHAIN_HASHES.hashes(req.tokens, self.kv.block_size)
         if req.program_id is not None:
-            self._rank(req.program_id)
+            req.job_rank = self._rank(req.program_id)
         self._requests[req.request_id] = req
         self._push_waiting(req, front=False)
 
@@ -356,6 +392,10 @@ class Scheduler:
         self.preemptions += 1
         self._push_waiting(victim, front=True)
 
+    def _waiting_programs(self) -> set[str]:
+        """Programs with a live request waiting (whose pins Continuum does not expire)."""
+        return {r.program_id for r in self._cwait if r.program_id is not None and not r.aborted}
+
     def _victim(self) -> SimRequest:
         if self.queue_order == "priority":
             return max(self.running, key=lambda r: (r.priority, r.arrival, r.seq))
@@ -364,7 +404,7 @@ class Scheduler:
     def schedule(self, now: float) -> Step | None:
         """Plan the next step at time ``now`` (seconds); None when there is nothing to run."""
         kv = self.kv
-        kv.expire_pins(now)
+        kv.expire_pins(now, self._waiting_programs if self.continuum else None)
         if not self.has_work:
             return None
         plan = _Plan(self.max_num_batched_tokens)
@@ -523,6 +563,14 @@ class Scheduler:
             plan.budget = budget
             lost = False
             need = -(-(computed + n) // bs) - len(req.blocks)
+            if self.continuum and need > 0:
+                i, lost = self._continuum_blocks(req, need, i, plan)
+                if lost:
+                    break  # Continuum's code: a request that preempted itself ends the running phase
+                plan.add(req, n)
+                i += 1
+                budget = plan.budget
+                continue
             while need > 0:
                 got = kv.allocate(need)
                 if got is not None:
@@ -547,6 +595,34 @@ class Scheduler:
         plan.decode_batch += decode_batch
         plan.decode_context += decode_context
 
+    def _continuum_blocks(self, req: SimRequest, need: int, i: int, plan: _Plan) -> tuple[int, bool]:
+        """Find ``need`` blocks for running ``req`` (slot ``i``) by Continuum's rules; (new ``i``, whether it lost).
+
+        With two or more running, the running request of the latest job is
+        preempted (pins stay); with one, the pin with the latest expiry is
+        released; with no pin left, the request preempts itself (vLLM's
+        fallback; Continuum's code raises ``IndexError`` there).
+        """
+        kv = self.kv
+        running = self.running
+        while True:
+            got = kv.allocate(need)
+            if got is not None:
+                req.blocks.extend(got)
+                return i, False
+            if len(running) <= 1:
+                if kv.release_latest_pin():
+                    continue
+                victim = req
+            else:
+                victim = continuum_victim(running)
+            if running.index(victim) < i:
+                i -= 1
+            plan.drop(victim)
+            self._preempt(victim)
+            if victim is req:
+                return i, True
+
     def _admit(self, now: float, plan: _Plan) -> None:
         """Admit waiting requests in queue order while sequence slots, token budget and blocks allow."""
         kv = self.kv
@@ -561,11 +637,18 @@ class Scheduler:
             n = min(total - computed, plan.budget)
             need = -(-(computed + n) // bs) - len(hit)
             free = kv.num_free
-            # Counting the free blocks among the hit ones takes a pass over
-            # thousands of blocks: skip it when the bounds 0 <= reused <=
-            # len(hit) already decide (the pins are only released when the
-            # exact check fails, and there are none to release).
-            if free - len(hit) < need and (free >= need or kv.num_pins):
+            if self.continuum:
+                # Hard pins: no pin is given up for a waiting request, unless nothing runs.
+                fits = free - len(hit) >= need or (free >= need and free - kv.evictable_among(hit) >= need)
+                if not fits:
+                    if not self.running:
+                        kv.release_latest_pin()
+                    return
+            elif free - len(hit) < need and (free >= need or kv.num_pins):
+                # Counting the free blocks among the hit ones takes a pass over
+                # thousands of blocks: skip it when the bounds 0 <= reused <=
+                # len(hit) already decide (the pins are only released when the
+                # exact check fails, and there are none to release).
                 reused = kv.evictable_among(hit)
                 if free - reused < need:
                     kv.release_pins_under_pressure(need + reused)
