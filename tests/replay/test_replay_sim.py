@@ -23,27 +23,9 @@ from runtime.replay._tokens import Vocabulary
 from runtime.replay._trace import TraceCall, TraceProgram, dump_trace
 from runtime.replay._vclock import run_virtual
 from runtime.replay._workloads import generate_workload
+from tests.replay._profiles import ROUND_PROFILE
 
 ROOT = Path(__file__).resolve().parents[2]
-
-#: A small CPU-like profile with round numbers: 10 ms per step plus 1 ms per
-#: decoding sequence, 10,000 prefill tokens/s, 20 ms of request latency.
-PROFILE: dict[str, Any] = {
-    "name": "test-cpu",
-    "model": "test-model",
-    "device": "cpu",
-    "dtype": "float32",
-    "source": "round numbers for tests",
-    "block_size": 128,
-    "kv_blocks": 512,
-    "max_num_seqs": 16,
-    "max_num_batched_tokens": 2048,
-    "step_overhead_s": 0.01,
-    "request_latency_s": 0.02,
-    "prefill_tokens_per_s": [[0, 10000.0]],
-    "decode_step_s": [[1, 0.001], [16, 0.016]],
-    "decode_s_per_context_token": 0.0,
-}
 
 
 def agentrt(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -60,12 +42,12 @@ def agentrt(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
 @pytest.fixture
 def profile_path(tmp_path: Path) -> Path:
     path = tmp_path / "profile.json"
-    path.write_text(json.dumps(PROFILE))
+    path.write_text(json.dumps(ROUND_PROFILE))
     return path
 
 
 def replay_in_virtual_time(programs: list[TraceProgram], *, engines: int = 1, seed: int = 0) -> Any:
-    profile = CostProfile.model_validate(PROFILE)
+    profile = CostProfile.model_validate(ROUND_PROFILE)
 
     async def main() -> Any:
         pool = [SimEngine(profile, name=f"sim-{i}", seed=seed, vocab_size=4096) for i in range(engines)]

@@ -24,6 +24,7 @@ from runtime.replay._workloads import (
     estimate_unloaded_s,
     generate_workload,
 )
+from tests.replay._profiles import ROUND_PROFILE
 
 KINDS: list[WorkloadKind] = ["agent", "text2sql", "bfcl", "coding"]
 
@@ -357,30 +358,11 @@ def test_coding_scale_shrinks_tokens_not_the_shape() -> None:
     assert max(max(prompts(p).values()) for p in small) < 0.02 * 1.2 * CODING_COMPACT_AT
 
 
-#: A small CPU-like simulator profile (round numbers, as in test_replay_sim.py).
-SIM_PROFILE: dict[str, Any] = {
-    "name": "test-cpu",
-    "model": "test-model",
-    "device": "cpu",
-    "dtype": "float32",
-    "source": "round numbers for tests",
-    "block_size": 128,
-    "kv_blocks": 512,
-    "max_num_seqs": 16,
-    "max_num_batched_tokens": 2048,
-    "step_overhead_s": 0.01,
-    "request_latency_s": 0.02,
-    "prefill_tokens_per_s": [[0, 10000.0]],
-    "decode_step_s": [[1, 0.001], [16, 0.016]],
-    "decode_s_per_context_token": 0.0,
-}
-
-
 def test_a_scaled_down_coding_trace_replays_in_the_simulator() -> None:
     programs = generate_workload("coding", programs=6, rate=0.05, seed=4, scale=0.02, tool_scale=0.1)
     assert any(c.stage == "compact" for p in programs for c in p.calls)
     assert any(c.stage == "subagent" for p in programs for c in p.calls)
-    profile = CostProfile.model_validate(SIM_PROFILE)
+    profile = CostProfile.model_validate(ROUND_PROFILE)
 
     async def main() -> Any:
         pool = [SimEngine(profile, name=f"sim-{i}", seed=0, vocab_size=4096) for i in range(2)]

@@ -8,7 +8,7 @@ drive real simulated engines.
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -17,17 +17,13 @@ from runtime import (
     CachedPrefix,
     CallInfo,
     ChatPrompt,
-    Completion,
-    Engine,
     EngineCapabilityError,
-    GenerateRequest,
     LlmdPolicy,
     Node,
     NodeKind,
     Program,
     Runtime,
     SamplingOptions,
-    TokenDelta,
     TokenPrompt,
     get_policy,
     policy_names,
@@ -37,11 +33,11 @@ from runtime._policies._llmd import kv_utilization_score, queue_scores
 from runtime.testing import ScriptedEngine
 
 
-class FixedEngine(Engine):
-    """An engine that only reports fixed figures: its waiting queue, KV usage and cached blocks of any prompt."""
+class FixedEngine(ScriptedEngine):
+    """A scripted engine that reports fixed figures: its waiting queue, KV usage and cached blocks of any prompt."""
 
     def __init__(self, name: str, *, waiting: int, kv_usage: float, cached_blocks: int, block_size: int = 16) -> None:
-        super().__init__(name, "m")
+        super().__init__(name)
         self._started = True
         self.waiting = waiting
         self.kv_usage = kv_usage
@@ -58,21 +54,6 @@ class FixedEngine(Engine):
 
     def _load_figures(self) -> dict[str, Any]:
         return {"waiting": self.waiting, "running": 1, "kv_usage": self.kv_usage}
-
-    async def _start(self) -> None:
-        pass
-
-    def _stream(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta | Completion, None]:
-        raise NotImplementedError
-
-    async def _abort(self, request_id: str) -> None:
-        pass
-
-    async def _check_health(self) -> None:
-        pass
-
-    async def _aclose(self) -> None:
-        pass
 
 
 def _call(prompt: TokenPrompt | ChatPrompt) -> CallInfo:
