@@ -198,8 +198,14 @@ async def test_an_engine_without_pins_gets_no_pin_metadata_and_program_fcfs_prio
     by_program: dict[str, set[int]] = {}
     for r in engine.seen:
         by_program.setdefault(str(r.metadata["program_id"]), set()).add(r.priority)
-    # One priority per program (no pins), in the order of the programs' first calls.
-    assert len(by_program["first"]) == len(by_program["second"]) == 1
+    # No pin bonus: Continuum gives a program one priority; agentrt's urgency key may move by a few
+    # milliseconds between a program's calls (its remaining service shrinks as the profile learns),
+    # never by the pin bonus. And the programs keep the order of their first calls.
+    for priorities in by_program.values():
+        if isinstance(policy, AgentrtPolicy):
+            assert max(priorities) - min(priorities) < policy.pin_bonus_s * 1000.0
+        else:
+            assert len(priorities) == 1
     assert max(by_program["first"]) < min(by_program["second"])
     assert policy.durations.count("fast") == 2  # once per program: the repeated calls did not run
 
