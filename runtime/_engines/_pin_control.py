@@ -10,7 +10,7 @@ nothing.
 
 Endpoints (JSON):
 
-- ``GET /agentrt/v1/pins``: the statistics (see :class:`~runtime.PinStats`) and ``kv_blocks``;
+- ``GET /agentrt/v1/pins``: the statistics (see :class:`~runtime.PinStats`) and ``kv_blocks`` and ``block_size``;
 - ``PUT /agentrt/v1/pins/{program_id}`` with ``{"ttl_s": float, "value": float | null}``:
   ``{"pinned": bool, ...statistics}``;
 - ``DELETE /agentrt/v1/pins/{program_id}``: ``{"released": bool, ...statistics}``.
@@ -81,11 +81,12 @@ def control_settings(additional_config: Any) -> tuple[str, str] | None:
 class PinControlServer:
     """Serves the control endpoints for one :class:`PinTable` on a daemon thread with its own event loop."""
 
-    def __init__(self, table: PinTable[Any], listen: str, token: str, *, kv_blocks: int) -> None:
+    def __init__(self, table: PinTable[Any], listen: str, token: str, *, kv_blocks: int, block_size: int) -> None:
         self._table = table
         self._listen = listen
         self._token = token.encode()
         self._kv_blocks = kv_blocks
+        self._block_size = block_size
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -156,7 +157,7 @@ class PinControlServer:
         return response
 
     def _stats(self) -> dict[str, Any]:
-        return {**self._table.stats(), "kv_blocks": self._kv_blocks}
+        return {**self._table.stats(), "kv_blocks": self._kv_blocks, "block_size": self._block_size}
 
     async def _get_stats(self, request: web.Request) -> web.Response:
         return web.json_response(self._stats())

@@ -99,7 +99,9 @@ class _PinningMixin(Scheduler):
         self._pin_control: PinControlServer | None = None
         settings = control_settings(self.vllm_config.additional_config)
         if settings is not None:
-            self._pin_control = PinControlServer(self.pins, *settings, kv_blocks=int(self.kv_cache_config.num_blocks))
+            self._pin_control = PinControlServer(
+                self.pins, *settings, kv_blocks=int(self.kv_cache_config.num_blocks), block_size=int(self.block_size)
+            )
             self._pin_control.start()
 
     # -- overrides ---------------------------------------------------------------

@@ -52,7 +52,11 @@ class PinControlled:
         stats = None if self._pin_client is None else self._pin_client.last_stats
         if not stats:
             return {}
-        return {"pinned_blocks": stats.get("pinned_blocks"), "kv_blocks": stats.get("kv_blocks")}
+        return {
+            "pinned_blocks": stats.get("pinned_blocks"),
+            "kv_blocks": stats.get("kv_blocks"),
+            "block_size": stats.get("block_size"),
+        }
 
     async def _pin_engine_stats(self) -> dict[str, Any]:
         """The pin counters for :meth:`~runtime.Engine.stats` (empty without pins or when unreachable)."""

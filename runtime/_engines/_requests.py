@@ -216,7 +216,8 @@ class EngineLoad:
     after every engine step; remote servers: as of the last :meth:`Engine.stats`
     call, which reads ``/metrics``; the simulator: now), else ``None``.
     ``pinned_blocks`` is the KV blocks pins hold now on engines that pin
-    (``None`` elsewhere); ``kv_blocks`` the engine's total where known.
+    (``None`` elsewhere); ``kv_blocks`` the engine's total where known, and
+    ``block_size`` its tokens per block (``kv_blocks * block_size`` tokens fit).
     """
 
     name: str
@@ -227,6 +228,14 @@ class EngineLoad:
     kv_usage: float | None = None
     pinned_blocks: int | None = None
     kv_blocks: int | None = None
+    block_size: int | None = None
+
+    @property
+    def kv_tokens(self) -> int | None:
+        """Tokens the KV cache holds in all (``None`` where the engine does not say)."""
+        if self.kv_blocks is None or self.block_size is None:
+            return None
+        return self.kv_blocks * self.block_size
 
 
 @dataclass(frozen=True, slots=True)

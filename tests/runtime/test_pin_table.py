@@ -123,7 +123,7 @@ def _serve(kind: str, tmp_path: Path) -> Iterator[tuple[PinTable[str], str, str]
     else:
         port = _free_port()
         listen, address = f"127.0.0.1:{port}", f"http://127.0.0.1:{port}"
-    server = PinControlServer(pins, listen, "right-token", kv_blocks=40)
+    server = PinControlServer(pins, listen, "right-token", kv_blocks=40, block_size=16)
     server.start()
     try:
         yield pins, address, listen
@@ -148,7 +148,7 @@ async def test_client_drives_the_table(served: tuple[PinTable[str], str, str]) -
     try:
         assert await client.set_pin("prog/1", 30, 2.0)  # the id is quoted in the path
         stats = await client.stats()
-        assert stats["pinned_programs"] == 1 and stats["kv_blocks"] == 40
+        assert stats["pinned_programs"] == 1 and stats["kv_blocks"] == 40 and stats["block_size"] == 16
         assert client.last_stats is not None and client.last_stats["pinned_blocks"] == 3
         assert not await client.set_pin("nobody", 30, None)
         assert await client.release_pin("prog/1") and not await client.release_pin("prog/1")
@@ -198,6 +198,6 @@ async def test_an_unreachable_control_path_is_unavailable(tmp_path: Path) -> Non
 
 
 def test_listening_on_a_bad_address_fails_at_start(tmp_path: Path) -> None:
-    server = PinControlServer(PinTable(), f"unix:{tmp_path}/missing-dir/control.sock", "t", kv_blocks=1)
+    server = PinControlServer(PinTable(), f"unix:{tmp_path}/missing-dir/control.sock", "t", kv_blocks=1, block_size=16)
     with pytest.raises(OSError, match="cannot listen"):
         server.start()

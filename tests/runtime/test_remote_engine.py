@@ -669,6 +669,7 @@ async def test_pins_through_the_authenticated_control_path(server: ServerEngine)
     stats = await server.pin_stats()
     assert stats.pin_hits == 1 and stats.pinned_programs == 0
     assert server.load().pinned_blocks == 0 and server.load().kv_blocks
+    assert server.load().kv_tokens == server.load().kv_blocks * 128  # the CPU build's block size
 
 
 @pytest.mark.server

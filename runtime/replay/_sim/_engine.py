@@ -352,7 +352,7 @@ class SimEngine(Engine):
     async def _engine_stats(self) -> dict[str, Any]:
         pins = await self._pin_stats()  # first: it releases the pins that have expired by now
         figures = self._load_figures()
-        del figures["kv_blocks"]  # a load figure, not a statistic
+        del figures["kv_blocks"], figures["block_size"]  # load figures, not statistics
         return {
             **figures,
             "preemptions": self.scheduler.preemptions,
@@ -372,6 +372,7 @@ class SimEngine(Engine):
             "kv_usage": kv.num_used / kv.num_blocks,
             "pinned_blocks": kv.pinned_blocks,
             "kv_blocks": kv.num_blocks,
+            "block_size": kv.block_size,
         }
 
     def _cached_prefix(self, token_ids: Sequence[int]) -> CachedPrefix:

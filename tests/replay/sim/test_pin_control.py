@@ -81,6 +81,7 @@ def test_a_zero_ttl_releases_and_load_reports_pinned_blocks(profile: CostProfile
             await engine.generate(req("p1", PREFIX, program_id="p", pin_ttl_s=10.0))
             load = engine.load()
             gone = await engine.set_pin("p", 0)
+            assert load.block_size == 128 and load.kv_tokens == 64 * 128
             return load.pinned_blocks, load.kv_blocks, gone, engine.load().pinned_blocks
 
     held, total, gone, after = run_virtual(main)
