@@ -236,6 +236,7 @@ class InProcessEngine(PinControlled, Engine):
         except Exception as exc:
             await self._close_pins()
             raise self._start_error(exc) from exc
+        await self._read_kv_geometry()
         self._supervisor.start()
 
     def _start_error(self, exc: Exception) -> EngineStartError:

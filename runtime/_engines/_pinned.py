@@ -44,6 +44,15 @@ class PinControlled:
     async def _release_pin(self, program_id: str) -> bool:
         return await self._client().release_pin(program_id)
 
+    async def _read_kv_geometry(self) -> None:
+        """Ask the control server once at start, so that :meth:`load` knows the KV size before any pin."""
+        if self._pin_client is None:
+            return
+        try:
+            await self._pin_client.stats()
+        except EngineError as exc:
+            logger.debug("%s: KV size unavailable at start: %s", self.name, exc)
+
     async def _pin_stats(self) -> PinStats:
         answer = await self._client().stats()
         return PinStats(**{k: int(answer.get(k) or 0) for k in (*_STAT_FIELDS, "pinned_programs")})

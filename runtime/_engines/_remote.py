@@ -407,6 +407,7 @@ class RemoteEngine(PinControlled, Engine):
         started = False
         try:
             await self._discover_model()
+            await self._read_kv_geometry()
             started = True
         finally:
             if not started:

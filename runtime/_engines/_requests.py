@@ -21,6 +21,7 @@ __all__ = [
     "METADATA_NODE_ID",
     "METADATA_PIN_MODE",
     "METADATA_PIN_TTL_S",
+    "METADATA_PREEMPT_RANK",
     "METADATA_PROGRAM_ID",
     "METADATA_WORKFLOW",
     "PIN_MODE_CONTINUUM",
@@ -58,6 +59,11 @@ METADATA_PIN_TTL_S = "pin_ttl_s"
 METADATA_PIN_MODE = "pin_mode"
 #: The :data:`METADATA_PIN_MODE` value of the ``continuum`` policy.
 PIN_MODE_CONTINUUM = "continuum"
+#: Request metadata: the request's rank as a preemption victim, an int (higher: preempted first).  An
+#: engine short of KV blocks preempts the running request with the highest rank, ties broken its own
+#: way (vLLM: lowest priority, then latest arrival); requests without one rank 0.  The simulator
+#: honours it; vLLM engines ignore it (their victim choice is inline in the scheduler: docs/kv_pinning.md).
+METADATA_PREEMPT_RANK = "preempt_rank"
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,10 +91,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .._engines import Completion, Engine
+from .._engines import METADATA_PREEMPT_RANK, Completion, Engine
 from .._program import Program
-from ._base import CallFinished, CallInfo, Route
+from ._base import CallFinished, CallInfo, Route, ToolFinished, ToolStarted
 from ._contexts import ContextIndex
+from ._memory import DEFAULT_FILL, DEFAULT_GROWTH_SHARE, DEFAULT_HORIZON_S, MemoryLedger
 from ._pinning import DEFAULT_PROVISIONAL_TTL_S, PinChoice, PinningPolicy, ProgramPins
 from ._placement import PrefixHomes, load_key
 from ._progress import ProgramBook
@@ -109,7 +110,9 @@ __all__ = [
     "DEFAULT_MAX_KV_USAGE",
     "DEFAULT_MAX_WAITING",
     "DEFAULT_PIN_BONUS_S",
+    "DEFAULT_PREEMPT_BAND_S",
     "DEFAULT_PREFIX_SLACK",
+    "DEFAULT_RETENTION_QUANTILE",
     "DEFAULT_SRPT_WEIGHT",
     "DEFAULT_TTL_S",
     "AgentrtPolicy",
@@ -146,6 +149,15 @@ DEFAULT_SRPT_WEIGHT = 1.0
 DEFAULT_PIN_BONUS_S = 5.0
 #: A program with less time left than this many times its call's expected service cannot make its deadline.
 DEFAULT_HOPELESS_FACTOR = 1.0
+#: Program-aware preemption: programs whose urgency keys fall in one band of this many seconds are equally
+#: urgent, and among them the one with the least context (the least to compute again) is preempted first.
+DEFAULT_PREEMPT_BAND_S = 60.0
+#: Retention by value: an idle program's blocks are kept (as a pin, released by value under pressure) until
+#: this quantile of its tool's observed durations has passed.
+DEFAULT_RETENTION_QUANTILE = 0.9
+# Ranks below the band: contexts are counted in blocks of this many tokens, up to _RANK_TOKENS_SPAN blocks.
+_RANK_TOKEN_UNIT = 64
+_RANK_TOKENS_SPAN = 1 << 20
 
 # Candidate taus per tool: every observation up to this many, else this many quantiles.
 _CANDIDATES = 64
@@ -215,6 +227,14 @@ class AgentrtPolicy(PinningPolicy):
         prefix_slack: int = DEFAULT_PREFIX_SLACK,
         best_effort_s: float = DEFAULT_BEST_EFFORT_S,
         max_kv_usage: float | None = DEFAULT_MAX_KV_USAGE,
+        memory_admission: bool = True,
+        retention: bool = True,
+        program_preemption: bool = True,
+        fill: float = DEFAULT_FILL,
+        growth_share: float = DEFAULT_GROWTH_SHARE,
+        horizon_s: float = DEFAULT_HORIZON_S,
+        preempt_band_s: float = DEFAULT_PREEMPT_BAND_S,
+        retention_quantile: float = DEFAULT_RETENTION_QUANTILE,
     ) -> None:
         super().__init__(provisional_ttl_s=provisional_ttl_s, window=window)
         if max_waiting is not None and max_waiting < 1:
@@ -228,6 +248,18 @@ class AgentrtPolicy(PinningPolicy):
         self.prefix_slack = prefix_slack
         self.best_effort_s = best_effort_s
         self.max_kv_usage = max_kv_usage
+        if not preempt_band_s > 0 or not 0 < retention_quantile <= 1:
+            raise ValueError("preempt_band_s must be > 0 and retention_quantile in (0, 1]")
+        #: The switches of the memory-bound parts (docs/scheduling.md): each can be turned off for an ablation.
+        self.memory_admission = memory_admission
+        self.retention = retention
+        self.program_preemption = program_preemption
+        self.preempt_band_s = preempt_band_s
+        self.retention_quantile = retention_quantile
+        #: Where live programs' contexts are and the KV they will need (memory-aware admission).
+        self.memory = MemoryLedger(fill=fill, growth_share=growth_share, horizon_s=horizon_s)
+        # The engine memory-aware admission chose for the call being routed (admit, then pick_engine).
+        self._placement: tuple[CallInfo, Engine] | None = None
         #: Live programs, workflow profiles and the work routed to each engine.
         self.book = ProgramBook()
         #: The engines holding live programs' recent contexts.
@@ -317,19 +349,92 @@ class AgentrtPolicy(PinningPolicy):
 
     def admit(self, call: CallInfo, engines: Sequence[Engine], pins: ProgramPins) -> bool:
         limit = self.max_waiting
-        return limit is None or any(self._has_headroom(e, limit) for e in engines)
+        if limit is not None and not any(self._has_headroom(e, limit) for e in engines):
+            return False
+        if not self.memory_admission:
+            return True
+        pool = engines if limit is None else [e for e in engines if self._has_headroom(e, limit)]
+        engine = self._memory_placement(call, pool, pins)
+        self._placement = None if engine is None else (call, engine)
+        return engine is not None
+
+    def call_demand(self, call: CallInfo) -> int:
+        """KV tokens to reserve for ``call``'s program if it runs now: its prompt, output budget and growth."""
+        tokens = call.prompt_tokens + call.sampling.max_tokens
+        return self.memory.demand(call.program.workflow, tokens)
+
+    def _memory_placement(self, call: CallInfo, pool: Sequence[Engine], pins: ProgramPins) -> Engine | None:
+        """Where ``call`` fits beside the programs counted on each engine; None: hold it (it claims its engine).
+
+        A call continuing a context goes where the context is, once it fits
+        there (moving it would compute the context again); any other call
+        goes to the engine with the longest cached prefix of its prompt
+        among those it fits (where engines report it), else the one with the
+        most room.  Engines that do not say their
+        KV size are placed on as without memory-aware admission.
+        """
+        if all(e.load().kv_tokens is None for e in pool):
+            return self._affine_engine(call, pool, pins)
+        memory = self.memory
+        program_id = call.program.id
+        now = self.host.now()
+        key = self.urgency_key(call)
+        demand = self.call_demand(call)
+        home = self.contexts.holder(program_id, call.prompt, pool)
+        if home is not None:
+            if memory.fits(home, program_id, demand, now, key):
+                return home
+            memory.claim(program_id, home, demand, key)
+            return None
+        fitting = [e for e in pool if memory.fits(e, program_id, demand, now, key)]
+        if fitting:
+            return max(fitting, key=lambda e: (self._cached_blocks(call, e), self._room(e, now), -e.in_flight))
+        best = max(pool, key=lambda e: self._room(e, now))
+        memory.claim(program_id, best, demand, key)
+        return None
+
+    def _room(self, engine: Engine, now: float) -> int:
+        free = self.memory.free(engine, now)
+        return 0 if free is None else free
+
+    @staticmethod
+    def _cached_blocks(call: CallInfo, engine: Engine) -> int:
+        if not engine.reports_cached_prefix or not call.prompt_tokens_exact:
+            return 0
+        return engine.cached_prefix(call.prompt.token_ids).blocks  # type: ignore[union-attr]
 
     def _has_headroom(self, engine: Engine, limit: int) -> bool:
         return self.book.has_headroom(engine, limit, self.max_kv_usage)
 
     def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route | None:
         route = super().route(call, engines)
-        if route is not None:
-            self.book.routed(call, route.engine, self.book.expected_call_s(call))
+        self._placement = None
+        if route is None:
+            return None
+        self.book.routed(call, route.engine, self.book.expected_call_s(call))
+        program = call.program
+        self.memory.placed(program.id, program.workflow, route.engine, call.prompt_tokens + call.sampling.max_tokens)
+        if self.program_preemption and route.engine.supports_pins:
+            rank = self.preempt_rank(call)
+            return Route(route.engine, route.priority, {**route.metadata, METADATA_PREEMPT_RANK: rank})
         return route
+
+    def preempt_rank(self, call: CallInfo) -> int:
+        """The call's rank as a preemption victim (higher first): the least urgent band, then the least context.
+
+        Urgency keys in one band of ``preempt_band_s`` seconds count as equal;
+        among them, preempting the call with the shortest prompt throws away
+        the least computed work.
+        """
+        band = int(self.urgency_key(call) // self.preempt_band_s)
+        blocks = min(call.prompt_tokens // _RANK_TOKEN_UNIT, _RANK_TOKENS_SPAN - 1)
+        return band * _RANK_TOKENS_SPAN + (_RANK_TOKENS_SPAN - 1 - blocks)
 
     def pick_engine(self, call: CallInfo, engines: Sequence[Engine], pins: ProgramPins) -> Engine:
         """The engine holding the context it continues, else the better of its prefix's two homes; then the deadline."""
+        placement = self._placement
+        if placement is not None and placement[0] is call:
+            return placement[1]  # memory-aware admission chose it
         limit = self.max_waiting
         pool = engines
         if limit is not None:
@@ -364,14 +469,31 @@ class AgentrtPolicy(PinningPolicy):
 
     async def on_call_finished(self, event: CallFinished) -> None:
         self.book.call_finished(event, self.host.now())
+        completion = event.completion
+        if completion is not None and event.engine is not None:
+            context = completion.prompt_tokens + completion.completion_tokens
+            self.memory.finished(event.call.program.id, self.host.engine(event.engine), context)
+        else:
+            self.memory.finished(event.call.program.id, None, None)
         if event.completion is not None and event.engine is not None and self.program_pins(event.call.program.id):
             call = event.call
             self.contexts.remember(call.program.id, call.prompt, event.completion, self.host.engine(event.engine))
         await super().on_call_finished(event)
 
+    async def on_tool_started(self, event: ToolStarted) -> None:
+        expected = self.durations.quantile(event.tool, 0.5)  # all tools' median for a tool not seen yet
+        self.memory.away_until(event.program.id, self.host.now() + (expected or 0.0))
+        await super().on_tool_started(event)
+
+    async def on_tool_finished(self, event: ToolFinished) -> None:
+        self.memory.back(event.program.id)
+        await super().on_tool_finished(event)
+        self.host.wake()  # memory counted for a program that may no longer come back soon: offer held calls
+
     async def on_program_finished(self, program: Program) -> None:
         self.book.program_finished(program)
         self.contexts.forget(program.id)
+        self.memory.program_finished(program.id)
         await super().on_program_finished(program)
 
     # -- the rule ------------------------------------------------------------------------
@@ -385,9 +507,17 @@ class AgentrtPolicy(PinningPolicy):
         reload = self.reload_s(engine, pins.context_tokens)
         gain = self.urgency_weight(program) * (self.eta * self.queue_delay_s(engine) + reload)
         choice = best_ttl(candidates, gain, hold_cost(engine.load(), self.hold))
-        if choice.ttl_s <= 0:
+        if choice.ttl_s > 0:
+            return PinChoice(choice.ttl_s + self.margin_s, pin_value(choice.p_return, reload, pins.context_tokens))
+        if not self.retention:
             return PinChoice(0.0)
-        return PinChoice(choice.ttl_s + self.margin_s, pin_value(choice.p_return, reload, pins.context_tokens))
+        # Retention by value: kept anyway, ranked by what it saves per block against every other idle program's.
+        until = self.durations.quantile(tool, self.retention_quantile)  # all tools' for a tool not seen yet
+        if until is None or until <= 0:
+            return PinChoice(0.0)
+        horizon = self.memory.horizon_s
+        p_back = self.durations.cdf(tool, horizon) or 0.0
+        return PinChoice(until + self.margin_s, pin_value(p_back, reload, pins.context_tokens))
 
     def _tool_candidates(self, tool: str) -> list[tuple[float, float]]:
         durations = self.durations

@@ -23,6 +23,7 @@ from typing import Any
 
 from runtime import (
     METADATA_PIN_MODE,
+    METADATA_PREEMPT_RANK,
     PIN_MODE_CONTINUUM,
     CachedPrefix,
     Completion,
@@ -264,6 +265,9 @@ class SimEngine(Engine):
         mode = meta.get(METADATA_PIN_MODE)
         if mode is not None and mode != PIN_MODE_CONTINUUM:
             raise EngineRequestError(f"metadata pin_mode must be {PIN_MODE_CONTINUUM!r} or absent, got {mode!r}")
+        rank = meta.get(METADATA_PREEMPT_RANK, 0)
+        if not isinstance(rank, int) or isinstance(rank, bool):
+            raise EngineRequestError(f"metadata {METADATA_PREEMPT_RANK} must be an int, got {rank!r}")
         tokens = list(prompt)
         tokens += output_ids(self.seed, request.request_id, max_tokens, self.first_token_id, self.vocab_size)
         started = monotonic()
@@ -282,6 +286,7 @@ class SimEngine(Engine):
             priority=request.priority,
             program_id=None if program is None else str(program),
             pin_ttl_s=None if ttl is None else float(ttl),
+            preempt_rank=rank,
         )
         self._interrupt()
         if mode is not None:

@@ -6,7 +6,8 @@ takes what is left of the token budget), then waiting requests in queue order
 while ``max_num_seqs`` and the per-step token budget allow, skipping prompt
 tokens found in the prefix cache.  When a running request needs a block and
 none is free even after releasing pins, the lowest-priority running request
-(largest ``(priority, arrival)``, or the last admitted under FCFS) is preempted
+(largest ``(priority, arrival)``, or the last admitted under FCFS; among those
+of the highest ``preempt_rank`` when requests carry one) is preempted
 by recompute: its blocks go back to the cache, its computed tokens reset to 0,
 and it returns to the waiting queue.  No waiting request is admitted in a step
 that preempted.  Pins are released under pressure least valuable first, then
@@ -81,6 +82,8 @@ class SimRequest:
     priority: int = 0
     program_id: str | None = None
     pin_ttl_s: float | None = None
+    #: Its rank as a preemption victim (higher first; metadata ``preempt_rank``), before the queue order's rule.
+    preempt_rank: int = 0
     hashes: list[int] = field(default_factory=list)
     #: The cached prefix found while waiting, kept between steps (see :class:`PrefixMemo`).
     prefix: PrefixMemo = field(default_factory=PrefixMemo)
@@ -397,9 +400,14 @@ class Scheduler:
         return {r.program_id for r in self._cwait if r.program_id is not None and not r.aborted}
 
     def _victim(self) -> SimRequest:
+        running = self.running
+        top = max(r.preempt_rank for r in running)
+        if top or min(r.preempt_rank for r in running):
+            # Ranks given (metadata preempt_rank): the highest goes; vLLM's rule among equals.
+            running = [r for r in running if r.preempt_rank == top]
         if self.queue_order == "priority":
-            return max(self.running, key=lambda r: (r.priority, r.arrival, r.seq))
-        return self.running[-1]
+            return max(running, key=lambda r: (r.priority, r.arrival, r.seq))
+        return running[-1]
 
     def schedule(self, now: float) -> Step | None:
         """Plan the next step at time ``now`` (seconds); None when there is nothing to run."""

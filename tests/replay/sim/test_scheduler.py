@@ -99,6 +99,19 @@ def test_priority_preemption_evicts_the_least_important_running_request(profile:
     assert high.finish_time is not None and low.finish_time is not None and high.finish_time < low.finish_time
 
 
+def test_a_preempt_rank_overrides_priority_in_the_victim_choice(profile: CostProfile) -> None:
+    # The same pair as above, but the urgent request carries the higher rank (metadata preempt_rank):
+    # it is the one preempted, although its priority is better.
+    sched = Scheduler(profile, kv_blocks=6)
+    low = request("low", list(range(200)), 300, priority=9)
+    high = request("high", list(range(1000, 1200)), 300, priority=0, arrival=0.001)
+    low.preempt_rank, high.preempt_rank = 1, 2
+    sched.add(low)
+    sched.add(high)
+    run(sched)
+    assert high.preemptions > 0 and low.preemptions == 0
+
+
 def test_abort_releases_blocks(profile: CostProfile) -> None:
     sched = Scheduler(profile)
     r = request("r", list(range(1000)), 50)

@@ -1,0 +1,220 @@
+"""The KV memory each engine owes its live programs: the ledger behind ``agentrt``'s memory-aware admission.
+
+Once a program's context is tens of thousands of tokens, an engine's KV
+cache holds a handful of programs, and every program admitted beyond that
+evicts one whose next turn must prefill its whole context again (seconds
+per turn) or, if it is running, preempts it.  The ledger keeps, per live
+program, the engine its context lives on and what it will need there:
+
+- ``tokens``: its context now (the last finished call's prompt and reply;
+  while a call runs, that call's prompt plus its output budget);
+- its *demand*: ``tokens`` plus ``growth_share`` times what it is expected
+  to grow by before it ends (the workflow's typical peak context, learned
+  from finished programs, less ``tokens``): a program admitted on a few
+  thousand tokens will need a hundred thousand later, and admitting it
+  where that will not fit is thrashing deferred;
+- whether it *counts*: a program counts against its engine while one of its
+  calls runs, and while it is idle but expected back within ``horizon_s``
+  (its tool's predicted return; a program between calls is expected back
+  at once), unless it is more than ``horizon_s`` overdue.  A program expected back later does not count: its blocks may
+  be taken (the engine's pins release them by value, or the host tier
+  keeps them), and it will be admitted again like any other;
+- *claims*: a call held because its demand did not fit claims it on the
+  engine it waits for, so that calls keyed after it (later, less urgent
+  programs) cannot take that memory first; it is not starved.  To a call
+  keyed before it, a held program counts for nothing (its context may be
+  evicted): held programs never wait on each other.
+
+A call fits an engine when the demand counted there (the call's own
+program excluded, the claims of more urgent held calls included) plus the
+call's demand is at most ``fill`` times the engine's KV tokens
+(:attr:`runtime.EngineLoad.kv_tokens`), or when nothing counts there (no
+call waits for ever on an estimate).  An engine that does not say its size
+always fits.  Nothing waits for ever: running calls end, a program away
+counts only until ``horizon_s`` past its expected return, and a claim
+counts only against calls keyed after it.  Times are the runtime clock's, seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._engines import Engine
+
+__all__ = ["DEFAULT_FILL", "DEFAULT_GROWTH_SHARE", "DEFAULT_HORIZON_S", "MemoryLedger"]
+
+#: Share of an engine's KV tokens the ledger lets programs claim (the rest absorbs block rounding and decode).
+DEFAULT_FILL = 0.95
+#: Share of a program's expected remaining growth reserved for it.
+DEFAULT_GROWTH_SHARE = 1.0
+#: A program idle in a tool counts against its engine while it is expected back within this many seconds.
+DEFAULT_HORIZON_S = 30.0
+# Weight of each finished program's peak context in its workflow's estimate.
+_PEAK_ALPHA = 0.2
+
+
+@dataclass(slots=True, eq=False)
+class _Resident:
+    engine: Engine
+    workflow: str
+    tokens: int = 0
+    active: int = 0
+    #: When it is expected back (None: between calls, back at once).
+    back_at: float | None = None
+    peak: int = 0
+
+
+@dataclass(slots=True, eq=False)
+class _Claim:
+    engine: Engine
+    demand: int
+    key: float
+
+
+class MemoryLedger:
+    """Per live program, the engine holding its context and the KV it will need (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        fill: float = DEFAULT_FILL,
+        growth_share: float = DEFAULT_GROWTH_SHARE,
+        horizon_s: float = DEFAULT_HORIZON_S,
+    ) -> None:
+        if not 0 < fill <= 1:
+            raise ValueError(f"fill must be in (0, 1], got {fill}")
+        if growth_share < 0 or horizon_s < 0:
+            raise ValueError("growth_share and horizon_s must be >= 0")
+        self.fill = fill
+        self.growth_share = growth_share
+        self.horizon_s = horizon_s
+        self._residents: dict[str, _Resident] = {}
+        self._claims: dict[str, _Claim] = {}
+        self._peaks: dict[str, float] = {}
+
+    # -- reading ---------------------------------------------------------------------
+
+    def engine_of(self, program_id: str) -> Engine | None:
+        """The engine the ledger places the program's context on (None: nowhere yet)."""
+        resident = self._residents.get(program_id)
+        return None if resident is None else resident.engine
+
+    def expected_peak(self, workflow: str) -> int:
+        """The workflow's typical peak context in tokens (0 before one of its programs finished)."""
+        return round(self._peaks.get(workflow, 0.0))
+
+    def demand(self, workflow: str, tokens: int) -> int:
+        """KV tokens to reserve for a program of ``workflow`` whose context is ``tokens`` now."""
+        growth = max(0, self.expected_peak(workflow) - tokens)
+        return tokens + round(self.growth_share * growth)
+
+    def counted(self, engine: Engine, now: float, *, exclude: str | None = None, key: float | None = None) -> int:
+        """The demand counted against ``engine`` now, ``exclude``'s left out.
+
+        With ``key`` (the urgency key of the call asking), a held call's claim
+        counts when it is keyed before, and a program whose call is held keyed
+        after ``key`` counts for nothing: it yields its memory to the more
+        urgent call (held programs waiting on each other's memory would
+        otherwise wait for ever).
+        """
+        total = 0
+        horizon = self.horizon_s
+        claims = self._claims
+        for program_id, r in self._residents.items():
+            if r.engine is not engine or program_id == exclude:
+                continue
+            if key is not None and program_id in claims:
+                continue  # counted below, as its claim, or not at all
+            # Long overdue: the tool runs far past its prediction, so it is no longer expected back soon.
+            if r.active or r.back_at is None or abs(r.back_at - now) <= horizon:
+                total += self.demand(r.workflow, r.tokens)
+        if key is not None:
+            for program_id, claim in claims.items():
+                if claim.engine is engine and claim.key < key and program_id != exclude:
+                    total += claim.demand
+        return total
+
+    def free(self, engine: Engine, now: float, *, exclude: str | None = None, key: float | None = None) -> int | None:
+        """Tokens of ``engine``'s cache not counted (None when the engine does not say its size)."""
+        size = engine.load().kv_tokens
+        if size is None:
+            return None
+        return int(self.fill * size) - self.counted(engine, now, exclude=exclude, key=key)
+
+    def fits(self, engine: Engine, program_id: str, demand: int, now: float, key: float) -> bool:
+        """Whether ``demand`` tokens of ``program_id``, keyed ``key``, fit ``engine`` beside what counts there.
+
+        An engine where nothing counts takes any demand: a program larger than
+        the estimate allows must still run somewhere.
+        """
+        size = engine.load().kv_tokens
+        if size is None:
+            return True
+        counted = self.counted(engine, now, exclude=program_id, key=key)
+        return counted == 0 or counted + demand <= int(self.fill * size)
+
+    def claimed(self, program_id: str) -> bool:
+        """Whether a call of the program is held waiting for memory."""
+        return program_id in self._claims
+
+    def active_on(self, engine: Engine) -> int:
+        """Programs with a call running on ``engine``, as far as the ledger knows."""
+        return sum(1 for r in self._residents.values() if r.engine is engine and r.active)
+
+    # -- events ------------------------------------------------------------------------
+
+    def placed(self, program_id: str, workflow: str, engine: Engine, tokens: int) -> None:
+        """A call of ``tokens`` tokens (prompt and output budget) of the program was sent to ``engine``."""
+        self._claims.pop(program_id, None)
+        r = self._residents.get(program_id)
+        if r is None:
+            r = self._residents[program_id] = _Resident(engine, workflow)
+        elif r.engine is not engine and r.active:
+            # A parallel call elsewhere: the newest context wins, as in ContextIndex.
+            r.active = 0
+        r.engine = engine
+        r.active += 1
+        r.tokens = max(tokens, r.tokens if r.active > 1 else 0)
+        r.back_at = None
+        r.peak = max(r.peak, tokens)
+
+    def finished(self, program_id: str, engine: Engine | None, context_tokens: int | None) -> None:
+        """A call of the program ended: with a context of ``context_tokens`` on ``engine``, or failed (None)."""
+        r = self._residents.get(program_id)
+        if r is None:
+            return
+        r.active = max(0, r.active - 1)
+        if engine is not None and context_tokens is not None:
+            r.engine = engine
+            r.tokens = context_tokens
+            r.peak = max(r.peak, context_tokens)
+        r.back_at = None
+
+    def away_until(self, program_id: str, back_at: float) -> None:
+        """The program went idle (a tool) and is expected back at ``back_at``; the latest estimate in a pause wins."""
+        r = self._residents.get(program_id)
+        if r is not None and not r.active:
+            r.back_at = back_at if r.back_at is None else max(r.back_at, back_at)
+
+    def back(self, program_id: str) -> None:
+        """The program's tool returned: it is about to call again."""
+        r = self._residents.get(program_id)
+        if r is not None:
+            r.back_at = None
+
+    def claim(self, program_id: str, engine: Engine, demand: int, key: float) -> None:
+        """A call of the program, keyed ``key``, waits for ``demand`` tokens on ``engine``."""
+        self._claims[program_id] = _Claim(engine, demand, key)
+
+    def program_finished(self, program_id: str) -> None:
+        """The program ended: its peak teaches its workflow's estimate; its memory and claims go."""
+        self._claims.pop(program_id, None)
+        r = self._residents.pop(program_id, None)
+        if r is None or r.peak <= 0:
+            return
+        old = self._peaks.get(r.workflow)
+        self._peaks[r.workflow] = r.peak if old is None else old + _PEAK_ALPHA * (r.peak - old)
+
+    @property
+    def tracked_programs(self) -> int:
+        return len(self._residents)

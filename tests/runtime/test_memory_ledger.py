@@ -1,0 +1,103 @@
+"""The KV ledger behind agentrt's memory-aware admission (pure logic: engines that only state their KV size)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from runtime._policies._memory import MemoryLedger
+from runtime.testing import ScriptedEngine
+
+
+class SizedEngine(ScriptedEngine):
+    """A scripted engine whose KV cache holds ``kv_tokens`` tokens (blocks of one token)."""
+
+    def __init__(self, name: str, kv_tokens: int | None) -> None:
+        super().__init__(name)
+        self.kv_tokens = kv_tokens
+
+    def _load_figures(self) -> dict[str, Any]:
+        if self.kv_tokens is None:
+            return {}
+        return {"kv_blocks": self.kv_tokens, "block_size": 1}
+
+
+def test_running_and_soon_returning_programs_count_and_late_ones_do_not() -> None:
+    engine = SizedEngine("e", 1000)
+    ledger = MemoryLedger(fill=1.0, growth_share=0.0, horizon_s=30.0)
+    ledger.placed("a", "wf", engine, 400)
+    assert ledger.counted(engine, 0.0) == 400  # running
+    ledger.finished("a", engine, 350)
+    assert ledger.counted(engine, 0.0) == 350  # between calls: back at once
+    ledger.away_until("a", 10.0)
+    assert ledger.counted(engine, 0.0) == 350  # back within the horizon
+    ledger.away_until("a", 100.0)
+    assert ledger.counted(engine, 0.0) == 0  # back after it: its blocks may go
+    assert ledger.counted(engine, 80.0) == 350  # its return comes within the horizon again
+    assert ledger.counted(engine, 200.0) == 0  # long overdue
+    ledger.back("a")
+    assert ledger.counted(engine, 200.0) == 350
+    assert ledger.fits(engine, "b", 650, 0.0, key=0.0) and not ledger.fits(engine, "b", 651, 0.0, key=0.0)
+    assert ledger.fits(engine, "a", 1000, 0.0, key=0.0)  # its own context is not counted twice
+
+
+def test_a_claim_holds_memory_against_later_keys_only() -> None:
+    engine = SizedEngine("e", 1000)
+    ledger = MemoryLedger(fill=1.0, growth_share=0.0)
+    ledger.placed("a", "wf", engine, 600)
+    ledger.claim("held", engine, 300, key=5.0)
+    assert ledger.fits(engine, "early", 400, 0.0, key=1.0)  # more urgent than the claim
+    assert not ledger.fits(engine, "late", 400, 0.0, key=9.0)  # after it: the claim counts
+    assert ledger.fits(engine, "late", 100, 0.0, key=9.0)
+    ledger.placed("held", "wf", engine, 300)  # routed: the claim becomes a resident
+    assert ledger.counted(engine, 0.0, key=9.0) == 900
+
+
+def test_demand_reserves_the_workflows_expected_growth() -> None:
+    engine = SizedEngine("e", 10_000)
+    ledger = MemoryLedger(growth_share=0.5)
+    assert ledger.demand("wf", 100) == 100  # nothing learned yet
+    ledger.placed("a", "wf", engine, 100)
+    ledger.finished("a", engine, 4_100)
+    ledger.program_finished("a")
+    assert ledger.expected_peak("wf") == 4_100
+    assert ledger.demand("wf", 100) == 100 + 2_000
+    assert ledger.demand("wf", 5_000) == 5_000  # past the peak: no growth reserved
+    assert ledger.counted(engine, 0.0) == 0  # a finished program holds nothing
+
+
+def test_an_engine_that_does_not_say_its_size_always_fits() -> None:
+    engine = SizedEngine("e", None)
+    ledger = MemoryLedger()
+    ledger.placed("a", "wf", engine, 10**9)
+    assert ledger.free(engine, 0.0) is None and ledger.fits(engine, "b", 10**9, 0.0, key=0.0)
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="fill"):
+        MemoryLedger(fill=0.0)
+    with pytest.raises(ValueError, match="horizon_s"):
+        MemoryLedger(horizon_s=-1.0)
+
+
+def test_an_engine_where_nothing_counts_takes_any_demand() -> None:
+    engine = SizedEngine("e", 1000)
+    ledger = MemoryLedger(fill=1.0)
+    assert ledger.fits(engine, "huge", 5000, 0.0, key=0.0)
+    ledger.placed("a", "wf", engine, 10)
+    assert not ledger.fits(engine, "huge", 5000, 0.0, key=0.0)
+
+
+def test_held_programs_yield_to_more_urgent_ones_and_never_wait_on_each_other() -> None:
+    engine = SizedEngine("e", 1000)
+    ledger = MemoryLedger(fill=1.0)
+    for program_id in ("x", "y"):
+        ledger.placed(program_id, "wf", engine, 600)
+        ledger.finished(program_id, engine, 600)
+    # Both contexts are there (1,200 tokens on 1,000: one was evicted), and both next calls are held.
+    ledger.claim("x", engine, 700, key=1.0)
+    ledger.claim("y", engine, 700, key=2.0)
+    assert ledger.fits(engine, "x", 700, 0.0, key=1.0)  # y, keyed after, yields
+    assert not ledger.fits(engine, "y", 700, 0.0, key=2.0)  # x's claim comes first
+    assert ledger.counted(engine, 0.0) == 1200  # without a key: every resident
