@@ -452,7 +452,15 @@ class InProcessEngine(PinControlled, Engine):
 
     def _load_figures(self) -> dict[str, Any]:
         snap = self._snapshot
-        return {"waiting": snap.waiting, "running": snap.running, "kv_usage": snap.kv_usage, **self._pin_load_figures()}
+        llm = self._llm
+        seqs = None if llm is None else int(llm.vllm_config.scheduler_config.max_num_seqs)
+        return {
+            "waiting": snap.waiting,
+            "running": snap.running,
+            "kv_usage": snap.kv_usage,
+            "max_num_seqs": seqs,
+            **self._pin_load_figures(),
+        }
 
     # -- supervision ---------------------------------------------------------
 

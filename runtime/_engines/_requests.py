@@ -223,7 +223,8 @@ class EngineLoad:
     call, which reads ``/metrics``; the simulator: now), else ``None``.
     ``pinned_blocks`` is the KV blocks pins hold now on engines that pin
     (``None`` elsewhere); ``kv_blocks`` the engine's total where known, and
-    ``block_size`` its tokens per block (``kv_blocks * block_size`` tokens fit).
+    ``block_size`` its tokens per block (``kv_blocks * block_size`` tokens fit);
+    ``max_num_seqs`` the most requests one engine step runs, where known.
     """
 
     name: str
@@ -235,6 +236,7 @@ class EngineLoad:
     pinned_blocks: int | None = None
     kv_blocks: int | None = None
     block_size: int | None = None
+    max_num_seqs: int | None = None
 
     @property
     def kv_tokens(self) -> int | None:

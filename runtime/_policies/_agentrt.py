@@ -27,7 +27,11 @@ program's) priority level (:func:`._urgency.engine_priority`):
 
 **Admission.**  A call goes out only to an engine with headroom (fewer than
 ``max_waiting`` calls waiting there, counting those sent since its last
-report; :func:`._placement.has_headroom`); while no candidate has any, the
+report; :func:`._placement.has_headroom`; or, with ``batch_room``, a free
+sequence slot for every call waiting there and KV usage below 0.9:
+:func:`._placement.has_batch_room`, since holding a call the engine would
+run at once only adds latency); and, with ``memory_admission``, where its
+KV demand fits (:mod:`._memory`); while no candidate has any, the
 call waits in the runtime's admission queue, which releases calls in key
 order as calls finish.  Calls of pinned programs are never held.  Keys are
 computed again at release, so a program whose deadline can no longer be met
@@ -95,9 +99,10 @@ from .._engines import METADATA_PREEMPT_RANK, Completion, Engine
 from .._program import Program
 from ._base import CallFinished, CallInfo, Route, ToolFinished, ToolStarted
 from ._contexts import ContextIndex
+from ._host_tier import DEFAULT_LEAD_S, DEFAULT_MIN_AWAY_S, HostTier
 from ._memory import DEFAULT_FILL, DEFAULT_GROWTH_SHARE, DEFAULT_HORIZON_S, MemoryLedger
 from ._pinning import DEFAULT_PROVISIONAL_TTL_S, PinChoice, PinningPolicy, ProgramPins
-from ._placement import PrefixHomes, load_key
+from ._placement import PrefixHomes, has_batch_room, load_key
 from ._progress import ProgramBook
 from ._ttl import HoldCost, best_ttl, hold_cost, pin_value
 from ._urgency import engine_priority, latest_start
@@ -227,9 +232,13 @@ class AgentrtPolicy(PinningPolicy):
         prefix_slack: int = DEFAULT_PREFIX_SLACK,
         best_effort_s: float = DEFAULT_BEST_EFFORT_S,
         max_kv_usage: float | None = DEFAULT_MAX_KV_USAGE,
+        batch_room: bool = True,
         memory_admission: bool = True,
         retention: bool = True,
         program_preemption: bool = True,
+        host_tier: bool = True,
+        min_away_s: float = DEFAULT_MIN_AWAY_S,
+        prefetch_lead_s: float = DEFAULT_LEAD_S,
         fill: float = DEFAULT_FILL,
         growth_share: float = DEFAULT_GROWTH_SHARE,
         horizon_s: float = DEFAULT_HORIZON_S,
@@ -248,12 +257,16 @@ class AgentrtPolicy(PinningPolicy):
         self.prefix_slack = prefix_slack
         self.best_effort_s = best_effort_s
         self.max_kv_usage = max_kv_usage
+        #: An engine with room in its batch for every call waiting there has headroom whatever ``max_waiting`` says.
+        self.batch_room = batch_room
         if not preempt_band_s > 0 or not 0 < retention_quantile <= 1:
             raise ValueError("preempt_band_s must be > 0 and retention_quantile in (0, 1]")
         #: The switches of the memory-bound parts (docs/scheduling.md): each can be turned off for an ablation.
         self.memory_admission = memory_admission
         self.retention = retention
         self.program_preemption = program_preemption
+        #: Offload during long tools and prefetch before their return, on engines with a host tier (None: off).
+        self.host_tier = HostTier(min_away_s=min_away_s, lead_s=prefetch_lead_s) if host_tier else None
         self.preempt_band_s = preempt_band_s
         self.retention_quantile = retention_quantile
         #: Where live programs' contexts are and the KV they will need (memory-aware admission).
@@ -404,7 +417,11 @@ class AgentrtPolicy(PinningPolicy):
         return engine.cached_prefix(call.prompt.token_ids).blocks  # type: ignore[union-attr]
 
     def _has_headroom(self, engine: Engine, limit: int) -> bool:
-        return self.book.has_headroom(engine, limit, self.max_kv_usage)
+        book = self.book
+        if book.has_headroom(engine, limit, self.max_kv_usage):
+            return True
+        # Nothing to arbitrate: the engine runs whatever waits there at once, so holding only adds latency.
+        return self.batch_room and has_batch_room(engine.load(), book.routed_to(engine))
 
     def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route | None:
         route = super().route(call, engines)
@@ -481,12 +498,17 @@ class AgentrtPolicy(PinningPolicy):
         await super().on_call_finished(event)
 
     async def on_tool_started(self, event: ToolStarted) -> None:
+        program_id = event.program.id
         expected = self.durations.quantile(event.tool, 0.5)  # all tools' median for a tool not seen yet
-        self.memory.away_until(event.program.id, self.host.now() + (expected or 0.0))
+        self.memory.away_until(program_id, self.host.now() + (expected or 0.0))
         await super().on_tool_started(event)
+        if self.host_tier is not None:
+            await self.host_tier.away(program_id, self.memory.engine_of(program_id), expected)
 
     async def on_tool_finished(self, event: ToolFinished) -> None:
         self.memory.back(event.program.id)
+        if self.host_tier is not None:
+            await self.host_tier.back(event.program.id)
         await super().on_tool_finished(event)
         self.host.wake()  # memory counted for a program that may no longer come back soon: offer held calls
 
@@ -494,6 +516,8 @@ class AgentrtPolicy(PinningPolicy):
         self.book.program_finished(program)
         self.contexts.forget(program.id)
         self.memory.program_finished(program.id)
+        if self.host_tier is not None:
+            self.host_tier.forget(program.id)
         await super().on_program_finished(program)
 
     # -- the rule ------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 
 from .._engines import Engine, EngineLoad
 
-__all__ = ["PrefixHomes", "has_headroom", "least_loaded", "load_key", "waiting_estimate"]
+__all__ = ["PrefixHomes", "has_batch_room", "has_headroom", "least_loaded", "load_key", "waiting_estimate"]
 
 # Prefix keys whose rankings are kept (LRU): apps and agents, not programs.
 _RANKINGS = 4096
@@ -62,6 +62,21 @@ def has_headroom(load: EngineLoad, max_waiting: int, routed: int = 0, max_kv_usa
         return True
     pinned = (load.pinned_blocks or 0) / load.kv_blocks if load.kv_blocks else 0.0
     return load.kv_usage - pinned < max_kv_usage
+
+
+def has_batch_room(load: EngineLoad, routed: int = 0, max_kv_usage: float = 0.9) -> bool:
+    """Whether the engine of ``load`` admits every call waiting there as soon as its token budget allows: a free
+    sequence slot for each, and KV cache used below ``max_kv_usage`` (pinned blocks not counted); False where
+    it does not say.
+
+    Holding a call in the runtime then buys nothing: no engine queue forms for
+    a priority to order, and the call only waits for the next release.
+    """
+    waiting = waiting_estimate(load, routed)
+    if waiting is None or load.running is None or load.max_num_seqs is None or load.kv_usage is None:
+        return False
+    pinned = (load.pinned_blocks or 0) / load.kv_blocks if load.kv_blocks else 0.0
+    return load.running + waiting < load.max_num_seqs and load.kv_usage - pinned < max_kv_usage
 
 
 def least_loaded(engines: Sequence[Engine], turn: Iterator[int]) -> Engine:

@@ -357,7 +357,7 @@ class SimEngine(Engine):
     async def _engine_stats(self) -> dict[str, Any]:
         pins = await self._pin_stats()  # first: it releases the pins that have expired by now
         figures = self._load_figures()
-        del figures["kv_blocks"], figures["block_size"]  # load figures, not statistics
+        del figures["kv_blocks"], figures["block_size"], figures["max_num_seqs"]  # load figures, not statistics
         return {
             **figures,
             "preemptions": self.scheduler.preemptions,
@@ -378,6 +378,7 @@ class SimEngine(Engine):
             "pinned_blocks": kv.pinned_blocks,
             "kv_blocks": kv.num_blocks,
             "block_size": kv.block_size,
+            "max_num_seqs": sched.max_num_seqs,
         }
 
     def _cached_prefix(self, token_ids: Sequence[int]) -> CachedPrefix:

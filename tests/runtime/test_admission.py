@@ -1,4 +1,4 @@
-"""The KV ledger behind agentrt's memory-aware admission (pure logic: engines that only state their KV size)."""
+"""agentrt's admission, pure logic: the KV ledger of memory-aware admission, and batch room."""
 
 from __future__ import annotations
 
@@ -101,3 +101,19 @@ def test_held_programs_yield_to_more_urgent_ones_and_never_wait_on_each_other() 
     assert ledger.fits(engine, "x", 700, 0.0, key=1.0)  # y, keyed after, yields
     assert not ledger.fits(engine, "y", 700, 0.0, key=2.0)  # x's claim comes first
     assert ledger.counted(engine, 0.0) == 1200  # without a key: every resident
+
+
+def test_an_engine_with_batch_room_for_every_waiting_call_needs_no_gate() -> None:
+    from runtime import EngineLoad
+    from runtime._policies._placement import has_batch_room
+
+    def load(**figures: Any) -> EngineLoad:
+        base: dict[str, Any] = {"waiting": 2, "running": 3, "kv_usage": 0.5, "max_num_seqs": 8, "in_flight": 5}
+        return EngineLoad("e", True, **{**base, **figures})
+
+    assert has_batch_room(load())  # 3 running + 2 waiting < 8 slots, cache half used
+    assert not has_batch_room(load(), routed=8)  # 8 routed there, 3 running: 5 waiting fill the 8 slots
+    assert not has_batch_room(load(running=6))  # the batch is full with them
+    assert not has_batch_room(load(kv_usage=0.95))  # they would wait for blocks
+    assert has_batch_room(load(kv_usage=0.95, pinned_blocks=50, kv_blocks=100))  # pins give way
+    assert not has_batch_room(load(max_num_seqs=None))  # an engine that does not say
