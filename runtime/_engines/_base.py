@@ -49,6 +49,12 @@ class Engine(ABC):
     cache holds now (:meth:`cached_prefix`, the figure llm-d's precise
     prefix-cache scorer keeps from vLLM's KV events); on any other engine
     :meth:`cached_prefix` raises :class:`~runtime.EngineCapabilityError`.
+
+    **Host-memory KV tier**: engines whose :attr:`supports_offload` is true
+    can move a program's cached KV to host (CPU) memory and bring it back
+    (:meth:`offload`, :meth:`prefetch`; hooks :meth:`_offload` and
+    :meth:`_prefetch`); on any other engine both raise
+    :class:`~runtime.EngineCapabilityError`.
     """
 
     @property
@@ -59,6 +65,18 @@ class Engine(ABC):
     @property
     def reports_cached_prefix(self) -> bool:
         """Whether :meth:`cached_prefix` can say what the engine's prefix cache holds; backends that can override it."""
+        return False
+
+    @property
+    def supports_offload(self) -> bool:
+        """Whether this engine has a host-memory KV tier that :meth:`offload` and :meth:`prefetch` drive.
+
+        False here and on the real engines this project runs today: the
+        in-process vLLM CPU build keeps its KV cache in host memory already
+        (there is no device-to-host distinction to exploit), and a remote
+        server exposes no per-program offload control.  The simulator has
+        one when built with ``host_tier``.
+        """
         return False
 
     @property
@@ -287,6 +305,41 @@ class Engine(ABC):
         self._require_pins("report pin statistics")
         return await self._pin_stats()
 
+    # -- engine control: host-memory KV tier ----------------------------------
+
+    def _require_offload(self, what: str) -> None:
+        if not self.supports_offload:
+            raise EngineCapabilityError(
+                f"engine {self.name} ({type(self).__name__}) has no host-memory KV tier, so it cannot {what}"
+            )
+        if self._closed:
+            raise EngineClosedError(f"engine {self.name} is closed")
+
+    async def offload(self, program_id: str) -> bool:
+        """Copy ``program_id``'s cached KV to host memory, then free its GPU blocks (evicted first) and drop its pin.
+
+        The context is its live pin's blocks, else the blocks of its last
+        finished request the GPU's prefix cache still holds.  The copy takes
+        device-to-host link time; until it ends the GPU blocks stay held.
+        Returns False when the engine caches none of it.
+        """
+        self._require_offload("offload KV to host memory")
+        return await self._offload(program_id)
+
+    async def prefetch(self, program_id: str, ttl_s: float) -> bool:
+        """Bring ``program_id``'s host-held KV back to the GPU and pin it for ``ttl_s`` seconds after it arrives.
+
+        For a program whose next request is expected soon (a tool call about
+        to return).  As much as free GPU blocks allow is loaded, over the
+        host-to-device link; until the copy ends it serves no request (one
+        that needs it waits for it).  Returns False when neither memory holds
+        any of the program's context.
+        """
+        self._require_offload("prefetch KV from host memory")
+        if not (math.isfinite(ttl_s) and ttl_s > 0):
+            raise ValueError(f"a prefetch's ttl_s must be a finite number of seconds > 0, got {ttl_s!r}")
+        return await self._prefetch(program_id, float(ttl_s))
+
     # -- backend hooks -----------------------------------------------------
 
     @abstractmethod
@@ -335,4 +388,12 @@ class Engine(ABC):
 
     async def _pin_stats(self) -> PinStats:
         """Engines with ``supports_pins``: the counters."""
+        raise NotImplementedError
+
+    async def _offload(self, program_id: str) -> bool:
+        """Engines with ``supports_offload``: copy the program's cached KV to host memory."""
+        raise NotImplementedError
+
+    async def _prefetch(self, program_id: str, ttl_s: float) -> bool:
+        """Engines with ``supports_offload``: load the program's host-held KV back, pinned ``ttl_s`` seconds."""
         raise NotImplementedError

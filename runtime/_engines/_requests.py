@@ -191,6 +191,13 @@ class EngineStats:
     (released early because other requests needed the blocks), and
     ``pinned_blocks`` (held by pins now); ``None`` when the backend does not
     report them.
+
+    ``recomputed_tokens``: computed tokens thrown away by preemptions (what a
+    preempted request had computed, to be computed again).  The host-memory
+    KV tier's counters, from engines that have one (``supports_offload``):
+    ``bytes_offloaded`` (device to host), ``bytes_loaded`` (host to device)
+    and ``host_hit_tokens`` (prompt tokens loaded from host memory instead of
+    recomputed); ``None`` where the engine does not report them.
     """
 
     name: str
@@ -210,6 +217,10 @@ class EngineStats:
     pins_expired: int | None = None
     pins_released_pressure: int | None = None
     pinned_blocks: int | None = None
+    recomputed_tokens: int | None = None
+    bytes_offloaded: int | None = None
+    bytes_loaded: int | None = None
+    host_hit_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,8 +207,9 @@ async def replay_trace(
     Programs are submitted to ``rt`` (its engines and policy) at ``arrival_s``
     seconds after the call (the replay's time zero); times in the results are
     seconds from then.  A program that fails is reported with its error and
-    no finish time.  Engine counters (preemptions, pins) in the run's totals
-    are what changed during the replay.
+    no finish time.  Engine counters (preemptions, recomputed tokens, pins,
+    the host-memory tier's bytes and tokens) in the run's totals are what
+    changed during the replay (0 where no engine reports one).
     """
     prefixes: dict[str | None, list[int]] = {}
 
@@ -290,4 +291,14 @@ async def replay_trace(
 
 
 #: Engine counters a replay result sums over engines (see the result contract).
-_COUNTERS = ("preemptions", "pins", "pin_hits", "pins_expired", "pins_released_pressure")
+_COUNTERS = (
+    "preemptions",
+    "pins",
+    "pin_hits",
+    "pins_expired",
+    "pins_released_pressure",
+    "recomputed_tokens",
+    "bytes_offloaded",
+    "bytes_loaded",
+    "host_hit_tokens",
+)

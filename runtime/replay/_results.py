@@ -80,7 +80,15 @@ class ProgramResult(_Doc):
 
 
 class Summary(_Doc):
-    """Aggregates over one replay (see :func:`summarize` for how each is computed)."""
+    """Aggregates over one replay (see :func:`summarize` for how each is computed).
+
+    Our additions, 0 in documents written before them and where no engine
+    reports them: ``recomputed_tokens`` (computed tokens thrown away by
+    preemptions), and the host-memory KV tier's ``bytes_offloaded`` (device
+    to host), ``bytes_loaded`` (host to device) and ``host_hit_tokens``
+    (prompt tokens loaded from host memory instead of recomputed; they also
+    count in the cached tokens, as vLLM counts KV-connector hits).
+    """
 
     programs: int
     completed: int
@@ -100,6 +108,10 @@ class Summary(_Doc):
     pin_hits: int
     pins_expired: int
     pins_released_pressure: int
+    recomputed_tokens: int = 0
+    bytes_offloaded: int = 0
+    bytes_loaded: int = 0
+    host_hit_tokens: int = 0
 
 
 class ReplayResult(_Doc):
@@ -179,6 +191,10 @@ def summarize(
     pin_hits: int = 0,
     pins_expired: int = 0,
     pins_released_pressure: int = 0,
+    recomputed_tokens: int = 0,
+    bytes_offloaded: int = 0,
+    bytes_loaded: int = 0,
+    host_hit_tokens: int = 0,
 ) -> Summary:
     """The summary of a replay's programs.
 
@@ -217,6 +233,10 @@ def summarize(
         pin_hits=pin_hits,
         pins_expired=pins_expired,
         pins_released_pressure=pins_released_pressure,
+        recomputed_tokens=recomputed_tokens,
+        bytes_offloaded=bytes_offloaded,
+        bytes_loaded=bytes_loaded,
+        host_hit_tokens=host_hit_tokens,
     )
 
 
@@ -242,12 +262,20 @@ def format_summary(result: ReplayResult) -> str:
             f"{s.prompt_tokens} ({s.cached_prompt_tokens} cached, "
             f"{_num(None if s.cached_token_ratio is None else 100 * s.cached_token_ratio, '.1f', '%')})",
         ),
-        ("preemptions", str(s.preemptions)),
+        ("preemptions", f"{s.preemptions} ({s.recomputed_tokens} computed tokens thrown away)"),
         (
             "pins",
             f"{s.pins} ({s.pin_hits} hit, {s.pins_expired} expired, {s.pins_released_pressure} released on pressure)",
         ),
     ]
+    if s.bytes_offloaded or s.bytes_loaded:
+        rows.append(
+            (
+                "host KV tier",
+                f"{s.bytes_offloaded / 1e9:.2f} GB offloaded, {s.bytes_loaded / 1e9:.2f} GB loaded, "
+                f"{s.host_hit_tokens} prompt tokens loaded",
+            )
+        )
     if result.model is not None or result.dtype is not None:
         model = result.model if result.model is not None else "-"
         rows.insert(1, ("model", model + (f" ({result.dtype})" if result.dtype is not None else "")))

@@ -35,6 +35,16 @@ fitting (``decode``: ``[batch, context, seconds per step]`` rows;
 ``[batch, context]`` and ``skipped_prefill``: ``[context, chunk]``, the grid
 points left out because they would not fit the KV cache), for checking the
 fit; it does not enter the price.
+
+The host-memory KV tier (optional, all ``None`` by default; used only by a
+:class:`~._engine.SimEngine` built with ``host_tier``): ``kv_bytes_per_token``
+(the KV a token occupies, bytes: 131,072 for Llama-3-8B in bf16),
+``host_kv_bytes`` (host memory the engine may fill with KV, bytes),
+``host_to_device_bytes_per_s`` and ``device_to_host_bytes_per_s`` (effective
+copy bandwidth of block-granular KV copies over the host link, bytes per
+second, one figure per direction).  A transfer of ``n`` blocks costs ``n *
+block_size * kv_bytes_per_token / bandwidth`` seconds, one transfer after
+another on each direction's link (:mod:`._host`).
 """
 
 from __future__ import annotations
@@ -115,6 +125,10 @@ class CostProfile(BaseModel):
     decode_s_per_context_token: float | list[tuple[float, float]]
     request_latency_s: float = Field(default=0.0, ge=0)
     measurements: dict[str, list[list[float]]] | None = None
+    kv_bytes_per_token: int | None = Field(default=None, gt=0)
+    host_kv_bytes: int | None = Field(default=None, ge=0)
+    host_to_device_bytes_per_s: float | None = Field(default=None, gt=0)
+    device_to_host_bytes_per_s: float | None = Field(default=None, gt=0)
 
     @field_validator("prefill_tokens_per_s", "decode_step_s")
     @classmethod

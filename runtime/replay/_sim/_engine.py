@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ from runtime import (
 )
 
 from ._cost import CostProfile
+from ._host import HostTierMode
 from ._scheduler import DecodeRun, QueueOrder, Scheduler, SimRequest, Step, output_ids
 
 __all__ = ["SimEngine"]
@@ -92,6 +94,18 @@ class SimEngine(Engine):
     Cache contents: :meth:`~runtime.Engine.cached_prefix` reads the block
     manager's prefix-cache map (``reports_cached_prefix``), what a router
     following vLLM's KV events knows of a real engine.
+
+    Host-memory KV tier (:mod:`._host`), off by default so that an engine
+    built without it behaves exactly as before: ``host_tier="lru"`` stores
+    every computed block to host memory (vLLM's ``OffloadingConnector``),
+    ``host_tier="directed"`` only what :meth:`~runtime.Engine.offload` moves;
+    in both, a waiting request loads from host memory the blocks that
+    continue its GPU prefix hit instead of recomputing them, and
+    :meth:`~runtime.Engine.prefetch` brings a program's context back.  The
+    profile gives the sizes and bandwidths (``kv_bytes_per_token``,
+    ``host_kv_bytes``, ``host_to_device_bytes_per_s``,
+    ``device_to_host_bytes_per_s``); ``host_kv_bytes`` overrides the host
+    memory's size.  ``supports_offload`` is true iff the tier is on.
     """
 
     @property
@@ -101,6 +115,10 @@ class SimEngine(Engine):
     @property
     def reports_cached_prefix(self) -> bool:
         return True
+
+    @property
+    def supports_offload(self) -> bool:
+        return self.scheduler.host is not None
 
     def __init__(
         self,
@@ -115,6 +133,8 @@ class SimEngine(Engine):
         vocab_size: int = 32000,
         first_token_id: int = 3,
         seed: int = 0,
+        host_tier: HostTierMode | None = None,
+        host_kv_bytes: int | None = None,
     ) -> None:
         self.profile = profile if isinstance(profile, CostProfile) else CostProfile.load(profile)
         super().__init__(name, model or self.profile.model)
@@ -126,6 +146,8 @@ class SimEngine(Engine):
             max_num_seqs=max_num_seqs,
             max_num_batched_tokens=max_num_batched_tokens,
             queue_order=queue_order,
+            host_tier=host_tier,
+            host_kv_bytes=host_kv_bytes,
         )
         self.vocab_size = vocab_size
         self.first_token_id = first_token_id
@@ -162,7 +184,15 @@ class SimEngine(Engine):
                 step = sched.schedule(monotonic())
                 if step is None:
                     self._wake.clear()
-                    await self._wake.wait()
+                    event = sched.next_event()  # a copy from host memory a request waits for
+                    if event == math.inf:
+                        await self._wake.wait()
+                    else:
+                        timer = loop.call_at(event, self._wake.set)
+                        try:
+                            await self._wake.wait()
+                        finally:
+                            timer.cancel()
                     continue
                 run = sched.decode_run(step, monotonic())
                 if run is None:
@@ -226,6 +256,8 @@ class SimEngine(Engine):
         run = self._decode_run
         if run is not None:
             self.scheduler.advance(run, monotonic())
+        if self.scheduler.host is not None:
+            self.scheduler.settle(monotonic())
 
     def _interrupt(self) -> None:
         """A request arrives or is aborted: the next plan must see it, so a decode run ends with its step in flight."""
@@ -358,14 +390,22 @@ class SimEngine(Engine):
         pins = await self._pin_stats()  # first: it releases the pins that have expired by now
         figures = self._load_figures()
         del figures["kv_blocks"], figures["block_size"], figures["max_num_seqs"]  # load figures, not statistics
-        return {
+        sched = self.scheduler
+        stats: dict[str, Any] = {
             **figures,
-            "preemptions": self.scheduler.preemptions,
+            "preemptions": sched.preemptions,
+            "recomputed_tokens": sched.recomputed_tokens,
             "pins": pins.pins,
             "pin_hits": pins.pin_hits,
             "pins_expired": pins.pins_expired,
             "pins_released_pressure": pins.pins_released_pressure,
         }
+        host = sched.host
+        if host is not None:
+            stats["bytes_offloaded"] = host.bytes_offloaded
+            stats["bytes_loaded"] = host.bytes_loaded
+            stats["host_hit_tokens"] = host.host_hit_tokens
+        return stats
 
     def _load_figures(self) -> dict[str, Any]:
         self._catch_up()
@@ -419,6 +459,23 @@ class SimEngine(Engine):
         if released and self._wake is not None:
             self._wake.set()  # freed blocks may admit a waiting request
         return released
+
+    # -- engine control: host-memory tier --------------------------------------
+
+    async def _offload(self, program_id: str) -> bool:
+        # Like a pin change: the plan in flight was made for the old blocks.
+        self._interrupt()
+        moved = self.scheduler.offload(program_id, monotonic())
+        if self._wake is not None:
+            self._wake.set()
+        return moved
+
+    async def _prefetch(self, program_id: str, ttl_s: float) -> bool:
+        self._interrupt()
+        started = self.scheduler.prefetch(program_id, ttl_s, monotonic())
+        if self._wake is not None:
+            self._wake.set()
+        return started
 
     async def _pin_stats(self) -> PinStats:
         self._catch_up()

@@ -410,6 +410,51 @@ class BlockManager:
                 freed = freed[hashed]
             self._enqueue(freed)
 
+    def release_first(self, blocks: Sequence[int]) -> None:
+        """:meth:`release`, but freed blocks join the LRU at its head: evicted before every other cached free block.
+
+        For KV copied to host memory (:mod:`._host`): its GPU copy is the
+        cheapest to lose.  The last block goes first, as in :meth:`release`.
+        """
+        if not blocks:
+            return
+        idx = np.array(blocks[::-1], dtype=np.int64)
+        counts = self.ref[idx] - 1
+        if (counts < 0).any():
+            bad = int(idx[np.argmin(counts)])
+            raise AssertionError(f"block {bad} released more often than referenced")
+        self.ref[idx] = counts
+        freed = idx[counts == 0]
+        if freed.size:
+            hashed = self._hashed[freed]
+            if not hashed.all():
+                self._fresh += freed[~hashed].tolist()
+                freed = freed[hashed]
+            self._enqueue_front(freed)
+
+    def _enqueue_front(self, blocks: np.ndarray) -> None:
+        """Put free cached ``blocks`` at the LRU's head, the first of them evicted first."""
+        k = int(blocks.size)
+        if not k:
+            return
+        head = self._head
+        if head < k:
+            # No room before the head: lay the queue out anew, these blocks first.
+            live = self._live()
+            size = self._queue.size
+            while live.size + k > size // 2:
+                size *= 2
+            self._queue = np.zeros(size, dtype=np.int64)
+            self._queue[k : k + live.size] = live
+            self._pos[live] = np.arange(k, k + live.size)
+            head = k
+            self._tail = k + int(live.size)
+        start = head - k
+        self._queue[start:head] = blocks
+        self._pos[blocks] = np.arange(start, head)
+        self._head = start
+        self._num_evictable += k
+
     def _enqueue(self, blocks: np.ndarray) -> None:
         """Append free cached ``blocks`` to the LRU, most recently freed last."""
         k = int(blocks.size)
@@ -561,6 +606,19 @@ class BlockManager:
             self.pins_released += 1
             return True
         return False
+
+    def pin_of(self, program_id: str) -> Pin | None:
+        """The program's live pin, or None (its blocks are the caller's to read, not to change)."""
+        return self._pins.get(program_id)
+
+    def hashes_of(self, blocks: Sequence[int]) -> list[int]:
+        """The hashes of the leading ``blocks`` that hold one, up to the first that does not."""
+        if not blocks:
+            return []
+        idx = np.array(blocks, dtype=np.int64)
+        hashed = self._hashed[idx]
+        n = len(blocks) if hashed.all() else int(np.argmin(hashed))
+        return cast("list[int]", self._hash[idx[:n]].tolist())
 
     def has_pin(self, program_id: str) -> bool:
         return program_id in self._pins

@@ -26,6 +26,7 @@ program hits them.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ import numpy as np
 
 from ._continuum import continuum_pick, continuum_victim
 from ._cost import CostProfile
+from ._host import HostTier, HostTierMode
 from ._kv import BlockManager, ChainHashCache, PrefixMemo
 
 __all__ = ["DecodeRun", "QueueOrder", "Scheduler", "SimRequest", "Step", "StepResult", "output_ids"]
@@ -102,6 +104,10 @@ class SimRequest:
     job_rank: int = 0
     #: Prompt tokens plus the output tokens generated so far.
     num_tokens: int = 0
+    #: Leading blocks stored to host memory or found cached (write-through host tier).
+    num_stored: int = 0
+    #: Whether it waits for KV blocks on their way from host memory (out of the waiting queue meanwhile).
+    loading: bool = False
 
     def __post_init__(self) -> None:
         self.num_tokens = self.prompt_len + self.generated
@@ -190,11 +196,22 @@ class Scheduler:
         max_num_seqs: int | None = None,
         max_num_batched_tokens: int | None = None,
         queue_order: QueueOrder = "priority",
+        host_tier: HostTierMode | None = None,
+        host_kv_bytes: int | None = None,
     ) -> None:
         if queue_order not in ("fcfs", "priority"):
             raise ValueError(f"unknown queue order {queue_order!r}; known: fcfs, priority")
         self.profile = profile
         self.kv = BlockManager(kv_blocks or profile.kv_blocks, profile.block_size)
+        #: The host-memory KV tier (:mod:`._host`), or None (the default: no tier).
+        self.host: HostTier | None = None
+        if host_tier is not None:
+            self.host = _host_tier(self.kv, profile, host_tier, host_kv_bytes)
+        # Requests waiting for blocks on their way from host memory:
+        # (when the copy ends, seq, request, first loaded block, blocks loaded).
+        self._loading: list[tuple[float, int, SimRequest, int, int]] = []
+        #: Computed tokens thrown away by preemptions (each victim's computed tokens then).
+        self.recomputed_tokens = 0
         self.max_num_seqs = max_num_seqs or profile.max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens or profile.max_num_batched_tokens
         self.queue_order: QueueOrder = queue_order
@@ -338,7 +355,11 @@ class Scheduler:
             self.kv.release(req.blocks)
             req.blocks = []
         else:
-            self._num_waiting -= 1
+            if not req.loading:  # a loading request is not in the waiting queue; its load finds it aborted
+                self._num_waiting -= 1
+            if req.blocks:  # held for or after a load from host memory
+                self.kv.release(req.blocks)
+                req.blocks = []
         return True
 
     def unpin(self, program_id: str) -> bool:
@@ -383,6 +404,181 @@ class Scheduler:
         rank = self._rank(program_id)
         return kv.pin_cached(program_id, hashes[:registered], expiry, value=value, rank=rank) > 0
 
+    # -- host-memory tier ----------------------------------------------------
+
+    def settle(self, now: float) -> None:
+        """Apply the host tier's copies that ended at or before ``now``: loaded requests wait again."""
+        host = self.host
+        if host is None:
+            return
+        host.settle(now)
+        loading = self._loading
+        kv = self.kv
+        while loading and loading[0][0] <= now:
+            done, _, req, start, count = heapq.heappop(loading)
+            if count:
+                hashes = req.hashes[start : start + count]
+                host.loaded(hashes, done)
+                if not req.aborted:
+                    kv.register_many(req.blocks[start : start + count], hashes)
+            if req.aborted:
+                continue
+            req.loading = False
+            self._push_waiting(req, front=True)
+
+    def next_event(self) -> float:
+        """When the next host-tier copy that changes what the scheduler may do ends; inf if none (or no tier)."""
+        host = self.host
+        if host is None:
+            return math.inf
+        t = host.next_event()
+        if self._loading:
+            t = min(t, self._loading[0][0])
+        return t
+
+    def offload(self, program_id: str, now: float) -> bool:
+        """Copy the program's cached context to host memory (see :meth:`HostTier.offload`); False if none is cached.
+
+        The context is its live pin's blocks, else the leading blocks of its
+        last finished request that the prefix cache still holds.
+        """
+        host = self.host
+        if host is None:
+            raise ValueError("this scheduler has no host tier")
+        self.settle(now)
+        kv = self.kv
+        pin = kv.pin_of(program_id)
+        if pin is not None:
+            blocks = pin.blocks[: len(kv.hashes_of(pin.blocks))]
+        else:
+            last = self._last_finished.get(program_id)
+            if last is None:
+                return False
+            hashes, registered = last
+            cached = kv.cached
+            blocks = [cached[h] for h in hashes[: kv.cached_blocks(hashes[:registered])]]
+        if not blocks:
+            return False
+        host.offload(program_id, blocks, now, pin=pin)
+        return True
+
+    def prefetch(self, program_id: str, ttl_s: float, now: float) -> bool:
+        """Bring the program's host-held context back to the GPU, pinned ``ttl_s`` seconds after it arrives.
+
+        The context is what the program's last offload copied, else its last
+        finished request's blocks.  Loads the part after what the GPU still
+        caches, as far as free blocks allow (evicting cached free blocks);
+        until the copy ends the loaded blocks serve no request.  With
+        nothing to load, pins what the GPU caches.  False when neither
+        memory holds any of it.
+        """
+        host = self.host
+        if host is None:
+            raise ValueError("this scheduler has no host tier")
+        self.settle(now)
+        hashes = host.program_hashes(program_id)
+        if hashes is None:
+            last = self._last_finished.get(program_id)
+            if last is None:
+                return False
+            hashes = last[0][: last[1]]
+        kv = self.kv
+        k = kv.cached_blocks(hashes)
+        if k < len(hashes) and host.inflight(hashes[k]) is not None:
+            return True  # on its way already
+        cached = kv.cached
+        gpu = [cached[h] for h in hashes[:k]]
+        kv.touch(gpu)
+        rank = self._rank(program_id)
+        if host.prefetch(program_id, hashes, gpu, now, ttl_s=ttl_s, rank=rank):
+            return True
+        if gpu:
+            kv.pin(program_id, gpu, now + ttl_s, rank=rank)
+            return True
+        return False
+
+    def _load_from_host(self, req: SimRequest, hit: list[int], now: float) -> bool:
+        """Start loading from host memory the blocks that continue ``req``'s GPU prefix hit; False if none.
+
+        The request leaves the waiting queue until the copy ends, holding
+        its hit blocks and the loaded ones (vLLM's ``WAITING_FOR_REMOTE_KVS``).
+        As many blocks as fit (pins released under pressure, but not
+        Continuum's); a block already on its way (a prefetch) is waited for.
+        """
+        host = self.host
+        assert host is not None
+        kv = self.kv
+        bs = kv.block_size
+        hashes = req.hashes
+        k = len(hit)
+        limit = min(len(hashes), (req.num_tokens - 1) // bs)
+        if k >= limit:
+            return False
+        wait = host.inflight(hashes[k])
+        if wait is not None:
+            self._pop_waiting()
+            self._park(req, wait, k, 0)
+            return True
+        m = host.leading(hashes, k, limit)
+        if not m:
+            return False
+        reused = kv.evictable_among(hit)
+        room = kv.num_free - reused
+        if room < m and not self.continuum and kv.num_pins:
+            kv.release_pins_under_pressure(m + reused)
+            reused = kv.evictable_among(hit)
+            room = kv.num_free - reused
+        m = min(m, room)
+        if m <= 0:
+            return False
+        self._pop_waiting()
+        kv.touch(hit)
+        got = kv.allocate(m)
+        if got is None:  # pragma: no cover - m <= room
+            raise AssertionError("a load from host memory could not allocate the blocks it counted")
+        req.blocks = hit + got
+        req.prefix = PrefixMemo()
+        host.host_hit_tokens += m * bs
+        self._park(req, host.load(hashes[k : k + m], now), k, m)
+        return True
+
+    def _park(self, req: SimRequest, done: float, start: int, count: int) -> None:
+        req.loading = True
+        heapq.heappush(self._loading, (done, req.seq, req, start, count))
+
+    def _admit_loaded(self, req: SimRequest, now: float, plan: _Plan) -> bool:
+        """Admit a waiting request whose blocks came from host memory; False if it does not fit (admission stops)."""
+        kv = self.kv
+        bs = kv.block_size
+        held = req.blocks
+        computed = len(held) * bs
+        n = min(req.num_tokens - computed, plan.budget)
+        need = -(-(computed + n) // bs) - len(held)
+        if kv.num_free < need:
+            if self.continuum:
+                if not self.running:
+                    kv.release_latest_pin()
+                return False
+            kv.release_pins_under_pressure(need)
+            if kv.num_free < need:
+                return False
+        self._pop_waiting()
+        if need > 0:
+            got = kv.allocate(need)
+            if got is None:  # pragma: no cover - excluded by the check above
+                raise AssertionError("allocation failed after a successful capacity check")
+            req.blocks = held + got
+        req.num_computed = computed
+        req.num_registered = req.num_stored = len(held)
+        if req.cached_tokens is None:
+            req.cached_tokens = computed
+            req.first_scheduled = now
+        if req.program_id is not None:
+            kv.consume_pin(req.program_id)
+        self.running.append(req)
+        plan.add(req, n)
+        return True
+
     # -- steps -------------------------------------------------------------
 
     def _preempt(self, victim: SimRequest) -> None:
@@ -390,7 +586,9 @@ class Scheduler:
         self.kv.release(victim.blocks)
         victim.blocks = []
         victim.num_registered = 0
+        self.recomputed_tokens += victim.num_computed
         victim.num_computed = 0
+        victim.num_stored = 0
         victim.preemptions += 1
         self.preemptions += 1
         self._push_waiting(victim, front=True)
@@ -412,6 +610,8 @@ class Scheduler:
     def schedule(self, now: float) -> Step | None:
         """Plan the next step at time ``now`` (seconds); None when there is nothing to run."""
         kv = self.kv
+        if self.host is not None:
+            self.settle(now)
         kv.expire_pins(now, self._waiting_programs if self.continuum else None)
         if not self.has_work:
             return None
@@ -420,6 +620,8 @@ class Scheduler:
         self._schedule_running(plan)
         if self.preemptions == preempted_before:
             self._admit(now, plan)
+            if not plan.requests and not self.has_work:
+                return None  # every waiting request went to wait for blocks from host memory
         duration = self.profile.step_time(plan.prefill, plan.decode_batch, plan.decode_context)
         return Step(plan.requests, plan.tokens, duration, -1 if plan.prefill else plan.decode_context)
 
@@ -450,6 +652,8 @@ class Scheduler:
         if k < 2:
             return None
         expiry = self.kv.next_expiry()
+        if self.host is not None:
+            expiry = min(expiry, self.next_event())
         profile = self.profile
         no_prefill: list[tuple[int, int]] = []
         d = step.duration
@@ -514,11 +718,14 @@ class Scheduler:
         base = run.base
         events = run.events
         e = run.next_event
+        host = self.host
         while e < len(events) and events[e][0] <= done:
             b, kind, i = events[e]
             e += 1
             req = reqs[i]
             if kind:
+                if host is not None:  # stores that ended before this eviction may keep their blocks
+                    host.settle(ends[b - 1])
                 got = kv.allocate(1)
                 if got is None:  # pragma: no cover - decode_run counted the free blocks
                     raise AssertionError("a decode run ran out of blocks")
@@ -639,8 +846,14 @@ class Scheduler:
             req = self._peek_waiting()
             if req is None:
                 return
+            if req.blocks:  # loaded from host memory while it waited
+                if not self._admit_loaded(req, now, plan):
+                    return
+                continue
             total = req.num_tokens
             hit = kv.cached_prefix(req.hashes, total, req.prefix)
+            if self.host is not None and self._load_from_host(req, hit, now):
+                continue
             computed = len(hit) * bs
             n = min(total - computed, plan.budget)
             need = -(-(computed + n) // bs) - len(hit)
@@ -674,7 +887,7 @@ class Scheduler:
             req.blocks = hit + got
             req.prefix = PrefixMemo()  # admitted: the blocks are the request's now
             req.num_computed = computed
-            req.num_registered = len(hit)
+            req.num_registered = req.num_stored = len(hit)
             if req.cached_tokens is None:
                 req.cached_tokens = computed
                 req.first_scheduled = now
@@ -689,6 +902,8 @@ class Scheduler:
         bs = kv.block_size
         first: list[SimRequest] = []
         finished: list[SimRequest] = []
+        host = self.host
+        store = host if host is not None and host.mode == "lru" else None
         for req, n in zip(step.requests, step.tokens, strict=True):
             if req.aborted:  # while the step ran
                 continue
@@ -699,6 +914,9 @@ class Scheduler:
             if full > registered:
                 kv.register_many(req.blocks[registered:full], req.hashes[registered:full])
                 req.num_registered = full
+            if store is not None and full > req.num_stored:
+                store.store(req.hashes[req.num_stored : full], now)
+                req.num_stored = full
             if computed == req.num_tokens:
                 generated = req.generated + 1
                 req.generated = generated
@@ -722,6 +940,36 @@ class Scheduler:
                         self._remember_finished(req)
                 req.blocks = []
         return StepResult(first, finished)
+
+
+def _host_tier(kv: BlockManager, profile: CostProfile, mode: HostTierMode, host_kv_bytes: int | None) -> HostTier:
+    """The host tier a profile describes (``host_kv_bytes`` overriding its size); ValueError if it lacks a figure."""
+    size = profile.host_kv_bytes if host_kv_bytes is None else host_kv_bytes
+    missing = [
+        name
+        for name, value in (
+            ("kv_bytes_per_token", profile.kv_bytes_per_token),
+            ("host_kv_bytes", size),
+            ("host_to_device_bytes_per_s", profile.host_to_device_bytes_per_s),
+            ("device_to_host_bytes_per_s", profile.device_to_host_bytes_per_s),
+        )
+        if value is None
+    ]
+    if missing:
+        raise ValueError(f"a host tier needs the cost profile's {', '.join(missing)} (profile {profile.name!r})")
+    assert size is not None and profile.kv_bytes_per_token is not None
+    assert profile.host_to_device_bytes_per_s is not None and profile.device_to_host_bytes_per_s is not None
+    if size < 0:
+        raise ValueError(f"host_kv_bytes must be >= 0, got {size}")
+    block_bytes = profile.kv_bytes_per_token * kv.block_size
+    return HostTier(
+        kv,
+        mode,
+        capacity_blocks=size // block_bytes,
+        block_bytes=block_bytes,
+        host_to_device_bytes_per_s=profile.host_to_device_bytes_per_s,
+        device_to_host_bytes_per_s=profile.device_to_host_bytes_per_s,
+    )
 
 
 _LAST_FINISHED_KEPT = 1024
