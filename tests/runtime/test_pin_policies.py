@@ -339,7 +339,7 @@ class FixedReloadEngine(PinRecordingEngine):
 
 
 def test_agentrt_follows_the_tools_distribution_as_it_changes() -> None:
-    policy = AgentrtPolicy(hold=HoldCost(idle=0.1))
+    policy = AgentrtPolicy(hold=HoldCost(idle=0.1), retention=False)  # the pin rule alone
     pins = ProgramPins(seq=0, engine=FixedReloadEngine(0.3), context_tokens=100)
     program: Any = None  # the rule reads the program only through urgency_weight, 1 for all
 
@@ -362,3 +362,16 @@ def test_agentrt_follows_the_tools_distribution_as_it_changes() -> None:
     assert policy.ttl_for("other", program, pins).ttl_s == pytest.approx(0.3 + policy.margin_s)
     observe("t", 30.0, 30)
     assert policy.ttl_for("t", program, pins).ttl_s == 0.0  # mostly 30 s now: not worth holding
+
+
+def test_agentrt_retains_what_the_pin_rule_gives_up_at_a_value_by_its_chance_to_return() -> None:
+    policy = AgentrtPolicy(hold=HoldCost(idle=0.1), horizon_s=10.0)
+    pins = ProgramPins(seq=0, engine=FixedReloadEngine(0.3), context_tokens=100)
+    for wall_s in [2.0] * 6 + [30.0] * 30:
+        policy.durations.observe("t", wall_s)
+        policy.observe_tool("t", wall_s)
+    # The rule says no pin (mostly 30 s); retention keeps the blocks until the 90th percentile has passed,
+    # valued by the chance (6 of 36) that the tool is back within the horizon.
+    kept = policy.ttl_for("t", None, pins)  # type: ignore[arg-type]
+    assert kept.ttl_s == pytest.approx(30.0 + policy.margin_s)
+    assert kept.value == pytest.approx((6 / 36) * 0.3 / 100)

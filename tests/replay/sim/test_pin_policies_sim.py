@@ -123,7 +123,7 @@ def test_the_next_turn_follows_the_pin_and_pinned_turns_come_first(profile: Cost
 
 def test_agentrt_pins_by_the_tools_durations_and_leaves_nothing_behind(profile: CostProfile) -> None:
     # Holding a pin costs 1 s per second (the engine has headroom throughout).
-    policy = AgentrtPolicy(hold=HoldCost(idle=1.0))
+    policy = AgentrtPolicy(hold=HoldCost(idle=1.0), retention=False)  # the pin rule alone
     program = _program("p", [("slow", 30.0), ("slow", 30.0), ("fast", 0.5), ("fast", 0.5), None], new_tokens=3000)
     _, sims, live = _replay(policy, [program], profile, engines=1)
     log = sims[0].log
