@@ -20,6 +20,15 @@ tokens and finished requests.  Output token ids are known up front (the
 simulated requests ignore EOS and generate exactly ``max_tokens``), so the
 blocks they fill are hash-chained like prompt blocks and the next turn of a
 program hits them.
+
+With a host-memory tier (:mod:`._host`; off unless ``host_tier`` is given),
+a waiting request whose GPU prefix hit stops where host memory continues it
+leaves the queue while those blocks are copied back (holding them and its
+first chunk's blocks), and is admitted ahead of the queue once they have
+arrived; :meth:`Scheduler.offload` and :meth:`Scheduler.prefetch` move a
+program's context.  Copies end between steps and are applied when the next
+step is planned (:meth:`Scheduler.settle`); :meth:`Scheduler.next_event` says
+when the next one that matters ends.
 """
 
 from __future__ import annotations
