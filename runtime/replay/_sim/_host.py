@@ -138,6 +138,8 @@ class HostTier:
         self.d2h = TransferLink(device_to_host_bytes_per_s)
         # Hashes held in host memory, least recently used first.
         self._held: OrderedDict[int, None] = OrderedDict()
+        #: Bumped whenever the set of held hashes changes (for lookups remembered across steps).
+        self.version = 0
         # D2H copies in flight, in the order they end (the link is a FIFO).
         self._stores: deque[_Store] = deque()
         # Hashes those copies carry (a hash travels once).
@@ -180,7 +182,10 @@ class HostTier:
 
     def leading(self, hashes: Sequence[int], start: int, limit: int) -> int:
         """How many of ``hashes[start:limit]``, from the first to the first missing, host memory holds."""
-        contains = self._held.__contains__
+        held = self._held
+        if start >= limit or hashes[start] not in held:  # the usual miss, without building a chunk
+            return 0
+        contains = held.__contains__
         i = start
         while i < limit:
             found = list(map(contains, hashes[i : min(i + _WALK_CHUNK, limit)]))
@@ -250,7 +255,9 @@ class HostTier:
         self.bytes_offloaded += nbytes
         if nbytes:
             storing.update(new)
-        done = self.d2h.issue(nbytes, now) if nbytes else now
+        # Through the link even with nothing new to copy: blocks other copies
+        # carry are not on host before those end (and the link is a FIFO).
+        done = self.d2h.issue(nbytes, now)
         self._stores.append(_Store(done, new if nbytes else [], program_id, blocks, pin))
         self.offloads += 1
 
@@ -332,6 +339,7 @@ class HostTier:
         if not hashes:
             return
         held = self._held
+        self.version += 1
         held.update(dict.fromkeys(hashes))
         over = len(held) - self.capacity_blocks
         if over > 0:

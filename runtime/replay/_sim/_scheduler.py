@@ -21,6 +21,15 @@ tokens and finished requests.  Output token ids are known up front (the
 simulated requests ignore EOS and generate exactly ``max_tokens``), so the
 blocks they fill are hash-chained like prompt blocks and the next turn of a
 program hits them.
+
+With a host-memory tier (:mod:`._host`; off unless ``host_tier`` is given),
+a waiting request whose GPU prefix hit stops where host memory continues it
+leaves the queue while those blocks are copied back (holding them and its
+first chunk's blocks), and is admitted ahead of the queue once they have
+arrived; :meth:`Scheduler.offload` and :meth:`Scheduler.prefetch` move a
+program's context.  Copies end between steps and are applied when the next
+step is planned (:meth:`Scheduler.settle`); :meth:`Scheduler.next_event` says
+when the next one that matters ends.
 """
 
 from __future__ import annotations
@@ -108,6 +117,8 @@ class SimRequest:
     num_stored: int = 0
     #: Whether it waits for KV blocks on their way from host memory (out of the waiting queue meanwhile).
     loading: bool = False
+    #: The state in which a load from host memory was last found impossible (see Scheduler._load_from_host).
+    host_memo: tuple[int, int, int, int] | None = None
 
     def __post_init__(self) -> None:
         self.num_tokens = self.prompt_len + self.generated
@@ -210,6 +221,9 @@ class Scheduler:
         # Requests waiting for blocks on their way from host memory:
         # (when the copy ends, seq, request, first loaded block, blocks loaded).
         self._loading: list[tuple[float, int, SimRequest, int, int]] = []
+        # Requests whose load ended, admitted before the waiting queue (counted in num_waiting):
+        # they hold their blocks, and one that waited behind a request that cannot fit could deadlock.
+        self._loaded: deque[SimRequest] = deque()
         #: Computed tokens thrown away by preemptions (each victim's computed tokens then).
         self.recomputed_tokens = 0
         self.max_num_seqs = max_num_seqs or profile.max_num_seqs
@@ -421,10 +435,15 @@ class Scheduler:
                 host.loaded(hashes, done)
                 if not req.aborted:
                     kv.register_many(req.blocks[start : start + count], hashes)
+                    req.num_registered = start + count
             if req.aborted:
                 continue
             req.loading = False
-            self._push_waiting(req, front=True)
+            if req.blocks:
+                self._loaded.append(req)
+                self._num_waiting += 1
+            else:  # it waited for another's copy: it looks its prefix up again
+                self._push_waiting(req, front=True)
 
     def next_event(self) -> float:
         """When the next host-tier copy that changes what the scheduler may do ends; inf if none (or no tier)."""
@@ -502,8 +521,9 @@ class Scheduler:
 
         The request leaves the waiting queue until the copy ends, holding
         its hit blocks and the loaded ones (vLLM's ``WAITING_FOR_REMOTE_KVS``).
-        As many blocks as fit (pins released under pressure, but not
-        Continuum's); a block already on its way (a prefetch) is waited for.
+        As many blocks as fit beside those of the request's first chunk
+        after them, which it takes too (pins released under pressure, but
+        not Continuum's); a block already on its way (a prefetch) is waited for.
         """
         host = self.host
         assert host is not None
@@ -519,22 +539,37 @@ class Scheduler:
             self._pop_waiting()
             self._park(req, wait, k, 0)
             return True
+        # A request that cannot load waits and is looked at every step: it
+        # tries again once the evictions, the free blocks or host memory change.
+        memo = (kv.evictions, kv.num_free, host.version, k)
+        if memo == req.host_memo:
+            return False
         m = host.leading(hashes, k, limit)
         if not m:
+            req.host_memo = memo
             return False
+        # The load also takes the blocks of the request's first chunk after
+        # it, so that once loaded it is admitted without allocating: loaded
+        # requests holding blocks while they wait for more could deadlock.
+        total = req.num_tokens
+        budget = self.max_num_batched_tokens
+        reserve = min(-(-budget // bs) + 1, kv.blocks_for(total) - k)
         reused = kv.evictable_among(hit)
         room = kv.num_free - reused
-        if room < m and not self.continuum and kv.num_pins:
-            kv.release_pins_under_pressure(m + reused)
+        if room < m + reserve and not self.continuum and kv.num_pins:
+            kv.release_pins_under_pressure(m + reserve + reused)
             reused = kv.evictable_among(hit)
             room = kv.num_free - reused
-        m = min(m, room)
+        m = min(m, room - reserve)
         if m <= 0:
+            req.host_memo = memo if not kv.num_pins else None
             return False
+        computed = (k + m) * bs
+        extra = -(-(computed + min(total - computed, budget)) // bs) - k - m
         self._pop_waiting()
         kv.touch(hit)
-        got = kv.allocate(m)
-        if got is None:  # pragma: no cover - m <= room
+        got = kv.allocate(m + extra)
+        if got is None:  # pragma: no cover - m + extra <= room
             raise AssertionError("a load from host memory could not allocate the blocks it counted")
         req.blocks = hit + got
         req.prefix = PrefixMemo()
@@ -547,11 +582,19 @@ class Scheduler:
         heapq.heappush(self._loading, (done, req.seq, req, start, count))
 
     def _admit_loaded(self, req: SimRequest, now: float, plan: _Plan) -> bool:
-        """Admit a waiting request whose blocks came from host memory; False if it does not fit (admission stops)."""
+        """Admit a request whose blocks came from host memory; False if it does not fit (admission stops).
+
+        It holds the blocks of its first chunk already (:meth:`_load_from_host`):
+        it fits unless a smaller budget or a preemption since changed that.
+        """
+        if req.aborted:
+            self._loaded.popleft()
+            return True
         kv = self.kv
         bs = kv.block_size
         held = req.blocks
-        computed = len(held) * bs
+        loaded = req.num_registered  # the hit and loaded blocks; held may run on (the first chunk's)
+        computed = loaded * bs
         n = min(req.num_tokens - computed, plan.budget)
         need = -(-(computed + n) // bs) - len(held)
         if kv.num_free < need:
@@ -562,14 +605,15 @@ class Scheduler:
             kv.release_pins_under_pressure(need)
             if kv.num_free < need:
                 return False
-        self._pop_waiting()
+        self._loaded.popleft()
+        self._num_waiting -= 1
         if need > 0:
             got = kv.allocate(need)
             if got is None:  # pragma: no cover - excluded by the check above
                 raise AssertionError("allocation failed after a successful capacity check")
             req.blocks = held + got
         req.num_computed = computed
-        req.num_registered = req.num_stored = len(held)
+        req.num_stored = loaded
         if req.cached_tokens is None:
             req.cached_tokens = computed
             req.first_scheduled = now
@@ -842,14 +886,15 @@ class Scheduler:
         """Admit waiting requests in queue order while sequence slots, token budget and blocks allow."""
         kv = self.kv
         bs = kv.block_size
+        loaded = self._loaded
         while plan.budget > 0 and len(self.running) < self.max_num_seqs:
+            if loaded:  # loaded from host memory: first, with the blocks they hold
+                if not self._admit_loaded(loaded[0], now, plan):
+                    return
+                continue
             req = self._peek_waiting()
             if req is None:
                 return
-            if req.blocks:  # loaded from host memory while it waited
-                if not self._admit_loaded(req, now, plan):
-                    return
-                continue
             total = req.num_tokens
             hit = kv.cached_prefix(req.hashes, total, req.prefix)
             if self.host is not None and self._load_from_host(req, hit, now):

@@ -293,3 +293,91 @@ def test_preemptions_count_the_computed_tokens_they_throw_away(profile: CostProf
     drive(sched)
     assert sched.preemptions == 1 and r2.preemptions == 1
     assert sched.recomputed_tokens == 256  # r2 had filled its two blocks when r1 needed a third
+
+
+@pytest.mark.parametrize("mode", ["lru", "directed"])
+@pytest.mark.parametrize("seed", range(4))
+def test_under_pressure_every_request_finishes_and_the_books_balance(mode: Any, seed: int) -> None:
+    """Programs whose growing contexts overflow a small GPU cache, turns of several at a time, offloads between."""
+    import random
+
+    rng = random.Random(seed)
+    sched = Scheduler(host_profile(host_kv_bytes=40 * BLOCK_BYTES), kv_blocks=24, host_tier=mode)
+    contexts = {f"p{i}": list(range(100_000 * (i + 1), 100_000 * (i + 1) + rng.randrange(100, 700))) for i in range(6)}
+    now = 0.0
+    turns = []
+    for round_ in range(5):
+        for program, context in contexts.items():
+            context += [rng.randrange(3, 30000) for _ in range(rng.randrange(1, 200))]
+            r = request(f"{program}-{round_}", list(context), rng.randrange(1, 40), program_id=program, arrival=now)
+            sched.add(r)
+            turns.append(r)
+        for _ in range(rng.randrange(5, 60)):  # run a while, then move programs in and out of host memory
+            step = sched.schedule(now)
+            if step is None:
+                break
+            now += step.duration
+            sched.complete(step, now)
+            sched.kv.check()
+        for program in rng.sample(sorted(contexts), 2):
+            sched.offload(program, now)
+        sched.prefetch(rng.choice(sorted(contexts)), rng.uniform(0.01, 1.0), now)
+        sched.kv.check()
+        now = drive(sched, now)
+    now = drive(sched, now)
+    assert all(r.finished for r in turns)
+    host = sched.host
+    assert host is not None and host.num_held <= 40
+    sched.settle(now + 1e6)
+    sched.kv.expire_pins(now + 1e6)
+    sched.kv.check()
+    assert sched.kv.num_used == 0
+
+
+@pytest.mark.parametrize("mode", ["lru", "directed"])
+def test_offloads_and_prefetches_during_decode_runs_keep_the_engine_consistent(mode: Any) -> None:
+    """Programs decoding long replies (runs of identical decode steps) while another task moves them about."""
+    import random
+
+    rng = random.Random(7)
+
+    async def program(engine: SimEngine, name: str) -> list[int]:
+        first = 1000 + 10_000 * int(name[1:])
+        context = list(range(first, first + 300))
+        cached = []
+        for turn in range(4):
+            context += [rng.randrange(3, 30000) for _ in range(rng.randrange(10, 150))]
+            request = GenerateRequest(
+                f"{name}-{turn}",
+                TokenPrompt(tuple(context)),
+                SamplingOptions(max_tokens=rng.randrange(20, 120), ignore_eos=True),
+                0,
+                {"program_id": name},
+            )
+            done = await engine.generate(request)
+            cached.append(done.cached_tokens)
+            context += done.token_ids
+            await asyncio.sleep(rng.uniform(0.0, 0.5))
+        return cached
+
+    async def mover(engine: SimEngine, names: list[str]) -> None:
+        for _ in range(40):
+            await asyncio.sleep(rng.uniform(0.01, 0.2))
+            if rng.random() < 0.5:
+                await engine.offload(rng.choice(names))
+            else:
+                await engine.prefetch(rng.choice(names), rng.uniform(0.05, 1.0))
+            engine.scheduler.kv.check()
+
+    async def main() -> tuple[list[list[int]], EngineStats]:
+        async with SimEngine(host_profile(), kv_blocks=20, host_tier=mode) as engine:
+            names = [f"p{i}" for i in range(5)]
+            move = asyncio.create_task(mover(engine, names))
+            results = await asyncio.gather(*(program(engine, n) for n in names))
+            await move
+            engine.scheduler.kv.check()
+            return list(results), await engine.stats()
+
+    results, stats = run_virtual(main)
+    assert len(results) == 5 and all(len(r) == 4 for r in results)
+    assert stats.bytes_offloaded and stats.bytes_offloaded > 0
