@@ -500,10 +500,18 @@ class AgentrtPolicy(PinningPolicy):
     async def on_tool_started(self, event: ToolStarted) -> None:
         program_id = event.program.id
         expected = self.durations.quantile(event.tool, 0.5)  # all tools' median for a tool not seen yet
-        self.memory.away_until(program_id, self.host.now() + (expected or 0.0))
+        now = self.host.now()
+        self.memory.away_until(program_id, now + (expected or 0.0))
+        tier = self.host_tier
+        if tier is not None and await tier.away(program_id, self.memory.engine_of(program_id), expected):
+            # Off to host memory with the live pin's blocks (the engine drops the pin): no pin to decide.
+            pins = self.program_pins(program_id)
+            if pins is not None:
+                pins.engine = None
+                pins.pin_until = 0.0
+                pins.pause_until = now
+            return
         await super().on_tool_started(event)
-        if self.host_tier is not None:
-            await self.host_tier.away(program_id, self.memory.engine_of(program_id), expected)
 
     async def on_tool_finished(self, event: ToolFinished) -> None:
         self.memory.back(event.program.id)
