@@ -117,6 +117,7 @@ __all__ = [
     "DEFAULT_PIN_BONUS_S",
     "DEFAULT_PREEMPT_BAND_S",
     "DEFAULT_PREFIX_SLACK",
+    "DEFAULT_RETENTION_HORIZON_S",
     "DEFAULT_RETENTION_QUANTILE",
     "DEFAULT_SRPT_WEIGHT",
     "DEFAULT_TTL_S",
@@ -160,6 +161,8 @@ DEFAULT_PREEMPT_BAND_S = 60.0
 #: Retention by value: an idle program's blocks are kept (as a pin, released by value under pressure) until
 #: this quantile of its tool's observed durations has passed.
 DEFAULT_RETENTION_QUANTILE = 0.9
+#: Retention by value: a kept program's value is its chance of being back within this many seconds.
+DEFAULT_RETENTION_HORIZON_S = 30.0
 # Ranks below the band: contexts are counted in blocks of this many tokens, up to _RANK_TOKENS_SPAN blocks.
 _RANK_TOKEN_UNIT = 64
 _RANK_TOKENS_SPAN = 1 << 20
@@ -244,6 +247,7 @@ class AgentrtPolicy(PinningPolicy):
         horizon_s: float = DEFAULT_HORIZON_S,
         preempt_band_s: float = DEFAULT_PREEMPT_BAND_S,
         retention_quantile: float = DEFAULT_RETENTION_QUANTILE,
+        retention_horizon_s: float = DEFAULT_RETENTION_HORIZON_S,
     ) -> None:
         super().__init__(provisional_ttl_s=provisional_ttl_s, window=window)
         if max_waiting is not None and max_waiting < 1:
@@ -269,6 +273,7 @@ class AgentrtPolicy(PinningPolicy):
         self.host_tier = HostTier(min_away_s=min_away_s, lead_s=prefetch_lead_s) if host_tier else None
         self.preempt_band_s = preempt_band_s
         self.retention_quantile = retention_quantile
+        self.retention_horizon_s = retention_horizon_s
         #: Where live programs' contexts are and the KV they will need (memory-aware admission).
         self.memory = MemoryLedger(fill=fill, growth_share=growth_share, horizon_s=horizon_s)
         # The engine memory-aware admission chose for the call being routed (admit, then pick_engine).
@@ -548,8 +553,7 @@ class AgentrtPolicy(PinningPolicy):
         until = self.durations.quantile(tool, self.retention_quantile)  # all tools' for a tool not seen yet
         if until is None or until <= 0:
             return PinChoice(0.0)
-        horizon = self.memory.horizon_s
-        p_back = self.durations.cdf(tool, horizon) or 0.0
+        p_back = self.durations.cdf(tool, self.retention_horizon_s) or 0.0
         return PinChoice(until + self.margin_s, pin_value(p_back, reload, pins.context_tokens))
 
     def _tool_candidates(self, tool: str) -> list[tuple[float, float]]:

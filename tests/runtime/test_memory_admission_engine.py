@@ -71,7 +71,8 @@ async def test_memory_aware_admission_holds_a_call_that_would_evict_a_returning_
     await fresh_cache(engine)
     assert engine.load().kv_tokens == SMALL_CACHE_BLOCKS * 128
     Gate.started, Gate.release = anyio.Event(), anyio.Event()
-    policy = AgentrtPolicy(memory_admission=memory_admission)
+    # Programs away in a tool count while expected back within 30 s (the default counts them only between calls).
+    policy = AgentrtPolicy(memory_admission=memory_admission, horizon_s=30.0)
     async with Runtime([engine], policy=policy, close_engines=False) as rt:
         first = rt.submit(returning, tokens(FIRST_PROMPT))
         await Gate.started.wait()

@@ -365,7 +365,7 @@ def test_agentrt_follows_the_tools_distribution_as_it_changes() -> None:
 
 
 def test_agentrt_retains_what_the_pin_rule_gives_up_at_a_value_by_its_chance_to_return() -> None:
-    policy = AgentrtPolicy(hold=HoldCost(idle=0.1), horizon_s=10.0)
+    policy = AgentrtPolicy(hold=HoldCost(idle=0.1), retention_horizon_s=10.0)
     pins = ProgramPins(seq=0, engine=FixedReloadEngine(0.3), context_tokens=100)
     for wall_s in [2.0] * 6 + [30.0] * 30:
         policy.durations.observe("t", wall_s)

@@ -98,7 +98,7 @@ def test_memory_aware_admission_holds_a_newcomer_until_the_returning_program_is_
 
     def replay(memory_admission: bool) -> ReplayRun:
         engine = SimEngine(profile, name="sim-0", kv_blocks=60)  # 7,680 tokens
-        policy = AgentrtPolicy(memory_admission=memory_admission, retention=False)
+        policy = AgentrtPolicy(memory_admission=memory_admission, retention=False, horizon_s=30.0)
         for _ in range(3):
             policy.durations.observe("edit", 5.0)  # back well within the 30 s horizon
             policy.observe_tool("edit", 5.0)
