@@ -394,21 +394,7 @@ class BlockManager:
         Blocks are released last first, so a request's tail blocks (the least
         shared) are evicted before its head.
         """
-        if not blocks:
-            return
-        idx = np.array(blocks[::-1], dtype=np.int64)
-        counts = self.ref[idx] - 1
-        if (counts < 0).any():
-            bad = int(idx[np.argmin(counts)])
-            raise AssertionError(f"block {bad} released more often than referenced")
-        self.ref[idx] = counts
-        freed = idx[counts == 0]
-        if freed.size:
-            hashed = self._hashed[freed]
-            if not hashed.all():
-                self._fresh += freed[~hashed].tolist()
-                freed = freed[hashed]
-            self._enqueue(freed)
+        self._release(blocks, front=False)
 
     def release_first(self, blocks: Sequence[int]) -> None:
         """:meth:`release`, but freed blocks join the LRU at its head: evicted before every other cached free block.
@@ -416,6 +402,10 @@ class BlockManager:
         For KV copied to host memory (:mod:`._host`): its GPU copy is the
         cheapest to lose.  The last block goes first, as in :meth:`release`.
         """
+        self._release(blocks, front=True)
+
+    def _release(self, blocks: Sequence[int], *, front: bool) -> None:
+        """Drop a reference on each of ``blocks``, last first; freed hashed ones join the LRU's tail (or head)."""
         if not blocks:
             return
         idx = np.array(blocks[::-1], dtype=np.int64)
@@ -430,7 +420,10 @@ class BlockManager:
             if not hashed.all():
                 self._fresh += freed[~hashed].tolist()
                 freed = freed[hashed]
-            self._enqueue_front(freed)
+            if front:
+                self._enqueue_front(freed)
+            else:
+                self._enqueue(freed)
 
     def _enqueue_front(self, blocks: np.ndarray) -> None:
         """Put free cached ``blocks`` at the LRU's head, the first of them evicted first."""
