@@ -244,7 +244,7 @@ class AgentrtPolicy(PinningPolicy):
         prefetch_lead_s: float = DEFAULT_LEAD_S,
         fill: float = DEFAULT_FILL,
         growth_share: float = DEFAULT_GROWTH_SHARE,
-        horizon_s: float = DEFAULT_HORIZON_S,
+        horizon_s: float | None = DEFAULT_HORIZON_S,
         preempt_band_s: float = DEFAULT_PREEMPT_BAND_S,
         retention_quantile: float = DEFAULT_RETENTION_QUANTILE,
         retention_horizon_s: float = DEFAULT_RETENTION_HORIZON_S,
@@ -275,7 +275,7 @@ class AgentrtPolicy(PinningPolicy):
         self.retention_quantile = retention_quantile
         self.retention_horizon_s = retention_horizon_s
         #: Where live programs' contexts are and the KV they will need (memory-aware admission).
-        self.memory = MemoryLedger(fill=fill, growth_share=growth_share, horizon_s=horizon_s)
+        self.memory = MemoryLedger(fill=fill, growth_share=growth_share, horizon_s=horizon_s, reload_s=self.reload_s)
         # The engine memory-aware admission chose for the call being routed (admit, then pick_engine).
         self._placement: tuple[CallInfo, Engine] | None = None
         #: Live programs, workflow profiles and the work routed to each engine.

@@ -14,11 +14,17 @@ program, the engine its context lives on and what it will need there:
   thousand tokens will need a hundred thousand later, and admitting it
   where that will not fit is thrashing deferred;
 - whether it *counts*: a program counts against its engine while one of its
-  calls runs, and while it is idle but expected back within ``horizon_s``
-  (its tool's predicted return; a program between calls is expected back
-  at once), unless it is more than ``horizon_s`` overdue.  A program expected back later does not count: its blocks may
-  be taken (the engine's pins release them by value, or the host tier
-  keeps them), and it will be admitted again like any other;
+  calls runs, between its calls, and while it is in a tool whose predicted
+  return is nearer (before or after) than its *horizon*: the seconds its
+  engine would take to prefill its context again (``reload_s``), or a fixed
+  ``horizon_s``.  Holding a newcomer for a program away costs the newcomer
+  at least the time until that program is back; letting the newcomer evict
+  it costs the program one reload.  So a program counts only while the
+  first is smaller: on an H100 a 110K-token context (10 s to prefill)
+  counts in its last 10 s away; on a small CPU engine, where a context
+  prefills in a tenth of a second, a program away hardly counts.  A program
+  that does not count may lose its blocks (the engine's pins release them
+  by value, or the host tier keeps them), and is admitted again like any other;
 - *claims*: a call held because its demand did not fit claims it on the
   engine it waits for, so that calls keyed after it (later, less urgent
   programs) cannot take that memory first; it is not starved.  To a call
@@ -31,12 +37,13 @@ call's demand is at most ``fill`` times the engine's KV tokens
 (:attr:`runtime.EngineLoad.kv_tokens`), or when nothing counts there (no
 call waits for ever on an estimate).  An engine that does not say its size
 always fits.  Nothing waits for ever: running calls end, a program away
-counts only until ``horizon_s`` past its expected return, and a claim
+counts only until its horizon past its expected return, and a claim
 counts only against calls keyed after it.  Times are the runtime clock's, seconds.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .._engines import Engine
@@ -47,11 +54,12 @@ __all__ = ["DEFAULT_FILL", "DEFAULT_GROWTH_SHARE", "DEFAULT_HORIZON_S", "MemoryL
 DEFAULT_FILL = 0.95
 #: Share of a program's expected remaining growth reserved for it.
 DEFAULT_GROWTH_SHARE = 1.0
-#: A program idle in a tool counts against its engine while it is expected back within this many seconds.
-#: 0: only while a call of it runs or it is between calls.  30 s did 1.5-10% better on the simulator's coding
-#: traces and cost 3x in mean JCT on a real CPU engine whose cache holds a few contexts, where programs
-#: counted while away held the others back and left the engine idle (docs/memory_bound.md).
-DEFAULT_HORIZON_S = 0.0
+#: A program in a tool counts against its engine while it is expected back within this many seconds; None:
+#: within the time its engine would take to prefill its context again.  A fixed 30 s did 1.5-10% better than 0
+#: on the simulator's coding traces and cost 3x in mean JCT on a real CPU engine whose cache holds a few short
+#: contexts, where programs counted while away held the others back and left the engine idle; the reload
+#: horizon follows what each engine pays (docs/memory_bound.md).
+DEFAULT_HORIZON_S: float | None = None
 # Weight of each finished program's peak context in its workflow's estimate.
 _PEAK_ALPHA = 0.2
 
@@ -82,15 +90,19 @@ class MemoryLedger:
         *,
         fill: float = DEFAULT_FILL,
         growth_share: float = DEFAULT_GROWTH_SHARE,
-        horizon_s: float = DEFAULT_HORIZON_S,
+        horizon_s: float | None = DEFAULT_HORIZON_S,
+        reload_s: Callable[[Engine, int], float] | None = None,
     ) -> None:
         if not 0 < fill <= 1:
             raise ValueError(f"fill must be in (0, 1], got {fill}")
-        if growth_share < 0 or horizon_s < 0:
+        if growth_share < 0 or (horizon_s is not None and horizon_s < 0):
             raise ValueError("growth_share and horizon_s must be >= 0")
         self.fill = fill
         self.growth_share = growth_share
+        #: Fixed seconds a program in a tool counts around its expected return; None: its reload time
+        #: (``reload_s(engine, tokens)``; without ``reload_s``, 0).
         self.horizon_s = horizon_s
+        self._reload_s = reload_s
         self._residents: dict[str, _Resident] = {}
         self._claims: dict[str, _Claim] = {}
         self._peaks: dict[str, float] = {}
@@ -121,21 +133,31 @@ class MemoryLedger:
         otherwise wait for ever).
         """
         total = 0
-        horizon = self.horizon_s
         claims = self._claims
         for program_id, r in self._residents.items():
             if r.engine is not engine or program_id == exclude:
                 continue
             if key is not None and program_id in claims:
                 continue  # counted below, as its claim, or not at all
-            # Long overdue: the tool runs far past its prediction, so it is no longer expected back soon.
-            if r.active or r.back_at is None or abs(r.back_at - now) <= horizon:
+            if self._counts(r, now):
                 total += self.demand(r.workflow, r.tokens)
         if key is not None:
             for program_id, claim in claims.items():
                 if claim.engine is engine and claim.key < key and program_id != exclude:
                     total += claim.demand
         return total
+
+    def horizon(self, engine: Engine, tokens: int) -> float:
+        """Seconds around its expected return a program of ``tokens`` tokens on ``engine`` counts while away."""
+        if self.horizon_s is not None:
+            return self.horizon_s
+        return 0.0 if self._reload_s is None else self._reload_s(engine, tokens)
+
+    def _counts(self, r: _Resident, now: float) -> bool:
+        if r.active or r.back_at is None:
+            return True
+        # Long overdue: the tool runs far past its prediction, so it is no longer expected back soon.
+        return abs(r.back_at - now) <= self.horizon(r.engine, r.tokens)
 
     def free(self, engine: Engine, now: float, *, exclude: str | None = None, key: float | None = None) -> int | None:
         """Tokens of ``engine``'s cache not counted (None when the engine does not say its size)."""

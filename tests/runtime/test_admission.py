@@ -42,6 +42,31 @@ def test_running_and_soon_returning_programs_count_and_late_ones_do_not() -> Non
     assert ledger.fits(engine, "a", 1000, 0.0, key=0.0)  # its own context is not counted twice
 
 
+def test_by_default_a_program_away_counts_while_its_return_is_nearer_than_its_reload() -> None:
+    small, large = SizedEngine("small", 10_000), SizedEngine("large", 10_000)
+    seconds_per_token = {"small": 0.0001, "large": 0.01}  # 0.1 s and 10 s to prefill 1,000 tokens again
+    ledger = MemoryLedger(fill=1.0, growth_share=0.0, reload_s=lambda e, tokens: seconds_per_token[e.name] * tokens)
+    assert ledger.horizon_s is None
+    for engine, program in ((small, "s"), (large, "l")):
+        ledger.placed(program, "wf", engine, 1_000)
+        ledger.finished(program, engine, 1_000)
+        ledger.away_until(program, 5.0)
+    assert ledger.horizon(small, 1_000) == pytest.approx(0.1) and ledger.horizon(large, 1_000) == pytest.approx(10.0)
+    # Back in 5 s: holding a newcomer for it costs more than the 0.1 s reload on `small`, less than 10 s on `large`.
+    assert ledger.counted(small, 0.0) == 0
+    assert ledger.counted(large, 0.0) == 1_000
+    assert ledger.counted(small, 4.95) == 1_000  # its return is nearer than its reload now
+    assert ledger.counted(large, 16.0) == 0  # overdue by more than its reload: no longer expected soon
+    ledger.back("s")
+    assert ledger.counted(small, 100.0) == 1_000  # back: about to call again
+    # Nothing to price a reload with: a program away does not count.
+    bare = MemoryLedger(fill=1.0, growth_share=0.0)
+    bare.placed("a", "wf", small, 500)
+    bare.finished("a", small, 500)
+    bare.away_until("a", 0.5)
+    assert bare.counted(small, 0.0) == 0 and bare.horizon(small, 500) == 0.0
+
+
 def test_a_claim_holds_memory_against_later_keys_only() -> None:
     engine = SizedEngine("e", 1000)
     ledger = MemoryLedger(fill=1.0, growth_share=0.0)
