@@ -100,16 +100,21 @@ def calibration_engine(
     """The in-process engine ``agentrt calibrate`` measures, not started.
 
     Its context limit is :data:`REPLAY_MAX_MODEL_LEN`, or the model's own
-    where that is smaller; ``dtype`` is the number format (``"auto"``: the
+    where that is smaller, or what ``kv_blocks`` blocks hold less one; ``dtype`` is the number format (``"auto"``: the
     faster one for this machine, see :func:`runtime.resolve_dtype`).
     """
+    limits = [REPLAY_MAX_MODEL_LEN]  # long: the prefill curve then reaches the contexts replays use
     model_limit = model_context_limit(model_dir)
+    if model_limit is not None:
+        limits.append(model_limit)
+    if kv_blocks is not None:
+        # vLLM refuses to start unless one sequence of the context limit fits the cache with a block to spare.
+        limits.append((kv_blocks - 1) * CPU_BLOCK_SIZE)
     return InProcessEngine(
         model_dir,
         name=name,
         kv_cache_gib=kv_cache_gib,
-        # Long: the prefill curve then reaches the contexts replays use.
-        max_model_len=REPLAY_MAX_MODEL_LEN if model_limit is None else min(REPLAY_MAX_MODEL_LEN, model_limit),
+        max_model_len=min(limits),
         num_kv_blocks=kv_blocks,
         dtype=dtype,
     )

@@ -10,6 +10,7 @@ import pytest
 
 from runtime import DTYPE_BYTES, resolve_dtype
 from runtime.replay._calibrate import (
+    CPU_BLOCK_SIZE,
     REPLAY_MAX_MODEL_LEN,
     _fit_decode,
     calibration_engine,
@@ -122,3 +123,6 @@ def test_calibration_engine_follows_the_model_and_the_format(tiny_model: Path, t
     assert calibration_engine(tiny_model, dtype="bfloat16").dtype == "bfloat16"
     short = short_model(tiny_model, tmp_path, max_position_embeddings=1024)
     assert calibration_engine(short)._args["max_model_len"] == 1024
+    # A small cache: vLLM starts only if one sequence of the context limit fits with a block to spare.
+    assert calibration_engine(tiny_model, kv_blocks=64)._args["max_model_len"] == 63 * CPU_BLOCK_SIZE
+    assert calibration_engine(short, kv_blocks=64)._args["max_model_len"] == 1024
