@@ -1,8 +1,8 @@
 """Time a Llama-3-8B-shaped forward pass on a GPU: the figures behind the simulator's ``h100-llama3-8b`` profile.
 
 The bundled profile (``runtime/replay/_sim/profiles/h100-llama3-8b.json``) is a
-roofline estimate.  This measures what it prices, with plain PyTorch and no
-vLLM: Llama-3-8B's decoder stack (hidden 4096, 32 query and 8 KV heads of 128,
+roofline estimate.  This measures what it prices, with plain PyTorch (2.5 or
+later) and no vLLM: Llama-3-8B's decoder stack (hidden 4096, 32 query and 8 KV heads of 128,
 MLP 14336, 32 layers, vocabulary 128256; random weights), attention by
 ``scaled_dot_product_attention`` (FlashAttention only on CUDA, grouped query
 heads, causal mask aligned to the cache's end) over a preallocated KV cache,
@@ -399,6 +399,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu_profile.json")
     args = parser.parse_args()
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    if args.quick and args.device == "cpu":
+        torch.set_num_threads(1)  # toy matrices: on a busy machine, idle threads only spin
     report = measure(args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
