@@ -70,6 +70,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _agentrt_cli import agentrt  # noqa: E402 - after the path set-up above
+from _sim_jobs import summary_fields  # noqa: E402
 
 from runtime import models_dir  # noqa: E402
 from runtime.replay import ReplayResult, ResultError, load_result  # noqa: E402
@@ -175,25 +176,17 @@ def replay(
     return row
 
 
+#: The replay summary's figures in a replay's row, in order.
+FIGURES = ("programs", "completed", "failed", "jct_mean_s", "jct_p50_s", "jct_p95_s", "makespan_s",
+           "cached_token_ratio", "prompt_tokens", "cached_prompt_tokens", "preemptions", "pins", "pin_hits",
+           "pins_expired", "pins_released_pressure")  # fmt: skip
+
+
 def metrics(result: ReplayResult, path: Path) -> dict[str, Any]:
     s = result.summary
     return {
         "result": path.name,
-        "programs": s.programs,
-        "completed": s.completed,
-        "failed": s.failed,
-        "jct_mean_s": s.jct_mean_s,
-        "jct_p50_s": s.jct_p50_s,
-        "jct_p95_s": s.jct_p95_s,
-        "makespan_s": s.makespan_s,
-        "cached_token_ratio": s.cached_token_ratio,
-        "prompt_tokens": s.prompt_tokens,
-        "cached_prompt_tokens": s.cached_prompt_tokens,
-        "preemptions": s.preemptions,
-        "pins": s.pins,
-        "pin_hits": s.pin_hits,
-        "pins_expired": s.pins_expired,
-        "pins_released_pressure": s.pins_released_pressure,
+        **summary_fields(s, FIGURES),
         "pin_hit_ratio": s.pin_hits / s.pins if s.pins else None,
         "dtype": result.dtype,
         "profile": result.profile,

@@ -76,7 +76,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import gc
 import inspect
 import itertools
 import json
@@ -94,16 +93,15 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 sys.path.insert(0, str(ROOT))
 
 from _machine import machine  # noqa: E402
+from _sim_jobs import replay_in_sim, sim_engines, spawn_pool, summary_fields  # noqa: E402
 
 from runtime import Runtime, get_policy, policy_names  # noqa: E402
 from runtime.replay import (  # noqa: E402
     CostProfile,
     SimEngine,
     TraceProgram,
-    Vocabulary,
     estimate_unloaded_s,
     generate_workload,
-    run_virtual,
     summarize,
 )
 
@@ -308,26 +306,19 @@ def _extra(summary: Any, run: Any, key: str) -> int | None:
     return None if value is None else int(value)
 
 
+#: A replay's figures from its summary, in the order of its row (two of them then set by :func:`_extra`).
+METRICS = ("completed", "failed", "jct_mean_s", "jct_p50_s", "jct_p95_s", "makespan_s", "programs_per_s",
+           "prompt_tokens", "cached_token_ratio", "recomputed_tokens", "preemptions", "bytes_offloaded", "pins",
+           "pin_hits", "pins_released_pressure")  # fmt: skip
+
+
 def metrics(trace: list[TraceProgram], run: Any) -> dict[str, Any]:
     s = summarize(run.programs, **run.totals)
-    return {
-        "completed": s.completed,
-        "failed": s.failed,
-        "jct_mean_s": s.jct_mean_s,
-        "jct_p50_s": s.jct_p50_s,
-        "jct_p95_s": s.jct_p95_s,
-        "makespan_s": s.makespan_s,
-        "programs_per_s": s.programs_per_s,
-        "prompt_tokens": s.prompt_tokens,
-        "cached_token_ratio": s.cached_token_ratio,
-        "recomputed_tokens": _extra(s, run, "recomputed_tokens"),
-        "preemptions": s.preemptions,
-        "bytes_offloaded": _extra(s, run, "bytes_offloaded"),
-        "pins": s.pins,
-        "pin_hits": s.pin_hits,
-        "pins_released_pressure": s.pins_released_pressure,
-        "held_s_per_call": held_per_call(trace, run.programs),
-    }
+    row = summary_fields(s, METRICS)
+    row["recomputed_tokens"] = _extra(s, run, "recomputed_tokens")  # set again: its place in the row stays
+    row["bytes_offloaded"] = _extra(s, run, "bytes_offloaded")
+    row["held_s_per_call"] = held_per_call(trace, run.programs)
+    return row
 
 
 def sim_replay(job: dict[str, Any]) -> dict[str, Any]:
@@ -336,20 +327,9 @@ def sim_replay(job: dict[str, Any]) -> dict[str, Any]:
     trace = make_trace(job)
     row = job["row"]
     options = {**({"kv_blocks": job["kv_blocks"]} if job.get("kv_blocks") else {}), **row.get("engine", {})}
-    sims = [SimEngine(profile, name=f"sim-{i}", **options) for i in range(job["engines"])]
-    vocabulary = Vocabulary(sims[0].vocab_size, frozenset(range(sims[0].first_token_id)))
-    policy = make_policy(row)
-
-    async def main() -> Any:
-        from runtime.replay import replay_trace
-
-        async with Runtime(list(sims), policy=policy) as rt:
-            return await replay_trace(trace, rt, vocabulary=vocabulary)
-
-    gc.set_threshold(50_000, 10, 10)
-    started = time.perf_counter()
-    run = run_virtual(main)
-    return {**job_key_fields(job), **metrics(trace, run), "wall_s": round(time.perf_counter() - started, 1)}
+    sims = sim_engines(profile, job["engines"], **options)
+    run, wall_s = replay_in_sim(trace, sims, make_policy(row))
+    return {**job_key_fields(job), **metrics(trace, run), "wall_s": wall_s}
 
 
 def real_replay(job: dict[str, Any]) -> dict[str, Any]:
@@ -478,7 +458,7 @@ class Runner:
             for job in todo:
                 rows.append(self._record(job, in_own_process(fn, job)))
         elif todo:
-            with multiprocessing.get_context("spawn").Pool(min(workers or self.workers, len(todo))) as pool:
+            with spawn_pool(min(workers or self.workers, len(todo))) as pool:
                 results = [pool.apply_async(fn, (job,)) for job in todo]
                 for job, result in zip(todo, results, strict=True):
                     rows.append(self._record(job, result.get()))
@@ -487,7 +467,7 @@ class Runner:
     def drive(self, searches: dict[str, Generator[dict[str, Any], dict[str, Any], Any]]) -> dict[str, Any]:
         """Run generator-driven searches side by side: each yields its next job and receives its row."""
         out: dict[str, Any] = {}
-        with multiprocessing.get_context("spawn").Pool(max(1, min(self.workers, len(searches)))) as pool:
+        with spawn_pool(max(1, min(self.workers, len(searches)))) as pool:
             pending: dict[str, tuple[dict[str, Any], Any]] = {}
 
             def advance(name: str, row: dict[str, Any] | None) -> None:

@@ -50,9 +50,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import json
-import multiprocessing
 import os
 import platform
 import sys
@@ -64,20 +62,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from _agentrt_cli import agentrt  # noqa: E402
+from _sim_jobs import replay_in_sim, sim_engines, spawn_pool, summary_fields  # noqa: E402
 
-from runtime import AgentrtPolicy, AutellixPolicy, HexgenPolicy, Runtime, get_policy  # noqa: E402
+from runtime import AgentrtPolicy, AutellixPolicy, HexgenPolicy, get_policy  # noqa: E402
 from runtime.replay import (  # noqa: E402
     CostProfile,
     ReplayResult,
     ResultError,
-    SimEngine,
     TraceProgram,
-    Vocabulary,
     dump_trace,
     generate_workload,
     load_result,
-    replay_trace,
-    run_virtual,
     summarize,
 )
 
@@ -109,6 +104,11 @@ def _speeds(profile: CostProfile) -> dict[str, float]:
     }
 
 
+#: The replay summary's figures in a simulated replay's row, in order.
+FIGURES = ("jct_mean_s", "jct_p50_s", "jct_p95_s", "slo_attainment", "failed", "cached_token_ratio", "preemptions",
+           "pins", "pin_hits", "programs_per_s")  # fmt: skip
+
+
 def sim_replay(job: dict[str, Any]) -> dict[str, Any]:
     """One simulated replay (run in a worker process): the trace is generated here from its parameters."""
     profile = CostProfile.load(job["profile"])
@@ -117,33 +117,14 @@ def sim_replay(job: dict[str, Any]) -> dict[str, Any]:
     if job.get("slo_scale") is not None:
         options = {"slo_scale": job["slo_scale"], **_speeds(profile)}
     programs = generate_workload(kind, programs=job["programs"], rate=job["rate"], seed=job["seed"], **options)
-    sims = [SimEngine(profile, name=f"sim-{i}") for i in range(job["engines"])]
-    vocabulary = Vocabulary(sims[0].vocab_size, frozenset(range(sims[0].first_token_id)))
-    policy = _policy(job["policy"])
-
-    async def main() -> Any:
-        async with Runtime(list(sims), policy=policy) as rt:
-            return await replay_trace(programs, rt, vocabulary=vocabulary)
-
-    gc.set_threshold(50_000, 10, 10)
-    started = time.perf_counter()
-    run = run_virtual(main)
+    run, wall_s = replay_in_sim(programs, sim_engines(profile, job["engines"]), _policy(job["policy"]))
     summary = summarize(run.programs, **run.totals)
     return {
         **{k: job[k] for k in ("part", "policy", "engines", "rate", "seed", "programs", "slo_scale")},
-        "jct_mean_s": summary.jct_mean_s,
-        "jct_p50_s": summary.jct_p50_s,
-        "jct_p95_s": summary.jct_p95_s,
-        "slo_attainment": summary.slo_attainment,
-        "failed": summary.failed,
-        "cached_token_ratio": summary.cached_token_ratio,
-        "preemptions": summary.preemptions,
-        "pins": summary.pins,
-        "pin_hits": summary.pin_hits,
-        "programs_per_s": summary.programs_per_s,
+        **summary_fields(summary, FIGURES),
         # JCT over the unloaded duration, per program: attainment at any scale for deadline-blind policies.
         "ratios": _ratios(programs, run.programs, profile) if job.get("keep_ratios") else None,
-        "wall_s": round(time.perf_counter() - started, 1),
+        "wall_s": wall_s,
     }
 
 
@@ -156,7 +137,7 @@ def _ratios(trace: list[TraceProgram], results: list[Any], profile: CostProfile)
 
 def run_jobs(jobs: list[dict[str, Any]], workers: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    with multiprocessing.get_context("spawn").Pool(workers) as pool:
+    with spawn_pool(workers) as pool:
         for row in pool.imap_unordered(sim_replay, jobs):
             scale = "" if row["slo_scale"] is None else f" x{row['slo_scale']}"
             att = "" if row["slo_attainment"] is None else f", attainment {100 * row['slo_attainment']:.1f}%"

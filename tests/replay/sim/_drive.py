@@ -30,13 +30,22 @@ def request(
     )
 
 
+def one_step(sched: Scheduler, now: float) -> float | None:
+    """One step from ``now``, checking the block bookkeeping: the time it ends, or None when there was none to run."""
+    step = sched.schedule(now)
+    if step is None:
+        return None
+    now += step.duration
+    sched.complete(step, now)
+    sched.kv.check()
+    return now
+
+
 def run(sched: Scheduler, now: float = 0.0, until: float | None = None) -> float:
     """Run steps from ``now`` until idle (or past ``until``), checking the block bookkeeping; returns the time."""
     while until is None or now < until:
-        step = sched.schedule(now)
-        if step is None:
+        end = one_step(sched, now)
+        if end is None:
             break
-        now += step.duration
-        sched.complete(step, now)
-        sched.kv.check()
+        now = end
     return now

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from runtime import CallInfo, Engine, Route
 
@@ -10,7 +11,9 @@ from runtime import CallInfo, Engine, Route
 class RecordingRoutes:
     """Mixed in before a policy class: ``routes`` gets ``(program id, priority, engine name)`` per routed call."""
 
-    routes: list[tuple[str, int, str]]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.routes: list[tuple[str, int, str]] = []
 
     def route(self, call: CallInfo, engines: Sequence[Engine]) -> Route | None:
         route: Route | None = super().route(call, engines)  # type: ignore[misc]

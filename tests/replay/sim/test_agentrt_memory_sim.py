@@ -9,21 +9,12 @@ from typing import Any
 
 import pytest
 
-from runtime import METADATA_PREEMPT_RANK, AgentrtPolicy, Policy, Runtime
-from runtime.replay import (
-    CostProfile,
-    ReplayRun,
-    SimEngine,
-    TraceCall,
-    TraceProgram,
-    Vocabulary,
-    replay_trace,
-    run_virtual,
-)
+from runtime import METADATA_PREEMPT_RANK, AgentrtPolicy
+from runtime.replay import CostProfile, ReplayRun, SimEngine
 
+from ._builders import program, replay
 from .conftest import profile_data
 
-VOCABULARY = Vocabulary(32000, frozenset({0, 1, 2}))
 #: The test profile with a host tier: 1 KiB of KV per token, 1 GB/s each way.
 HOST = {
     "kv_bytes_per_token": 1024,
@@ -45,26 +36,6 @@ class RankLogEngine(SimEngine):
         return super()._stream(request)
 
 
-def _program(
-    pid: str, tools: list[tuple[str, float] | None], *, arrival_s: float = 0.0, new_tokens: int = 3000
-) -> TraceProgram:
-    calls = [
-        TraceCall(id=f"c{i}", new_tokens=new_tokens, output_tokens=8, tool=t[0] if t else None, tool_s=t[1] if t else 0)
-        for i, t in enumerate(tools)
-    ]
-    return TraceProgram(id=pid, arrival_s=arrival_s, calls=calls)
-
-
-def _replay(policy: Policy, programs: list[TraceProgram], engines: list[SimEngine]) -> ReplayRun:
-    async def main() -> ReplayRun:
-        async with Runtime(list(engines), policy=policy) as rt:
-            return await replay_trace(programs, rt, vocabulary=VOCABULARY)
-
-    run = run_virtual(main)
-    assert all(p.error is None for p in run.programs), [p.error for p in run.programs]
-    return run
-
-
 @pytest.mark.parametrize("host_tier", [True, False], ids=["host-tier", "no-host-tier"])
 def test_a_long_tool_sends_the_context_to_host_memory_and_it_is_back_for_the_next_turn(host_tier: bool) -> None:
     profile = CostProfile.model_validate(profile_data(**HOST))
@@ -75,10 +46,10 @@ def test_a_long_tool_sends_the_context_to_host_memory_and_it_is_back_for_the_nex
         policy.durations.observe("build", 60.0)
         policy.observe_tool("build", 60.0)
     programs = [
-        _program("p", [("build", 60.0), None], new_tokens=1500),
-        _program("flood", [None], arrival_s=10.0, new_tokens=4500),
+        program("p", [("build", 60.0), None], new_tokens=1500),
+        program("flood", [None], arrival_s=10.0, new_tokens=4500),
     ]
-    run = _replay(policy, programs, [engine])
+    run = replay(policy, programs, [engine])
     second = {p.id: p for p in run.programs}["p"].calls[1]
     context = (1500 + 8) // 128 * 128  # the first turn's prompt and reply, in full blocks
     if host_tier:
@@ -96,18 +67,18 @@ def test_a_long_tool_sends_the_context_to_host_memory_and_it_is_back_for_the_nex
 def test_memory_aware_admission_holds_a_newcomer_until_the_returning_program_is_back() -> None:
     profile = CostProfile.model_validate(profile_data())
 
-    def replay(memory_admission: bool) -> ReplayRun:
+    def replay_with(memory_admission: bool) -> ReplayRun:
         engine = SimEngine(profile, name="sim-0", kv_blocks=60)  # 7,680 tokens
         policy = AgentrtPolicy(memory_admission=memory_admission, retention=False, horizon_s=30.0)
         for _ in range(3):
             policy.durations.observe("edit", 5.0)  # back well within the 30 s horizon
             policy.observe_tool("edit", 5.0)
-        returning = _program("returning", [("edit", 5.0), None], new_tokens=3500)
-        newcomer = _program("newcomer", [None], arrival_s=1.0, new_tokens=5000)
-        return _replay(policy, [returning, newcomer], [engine])
+        returning = program("returning", [("edit", 5.0), None], new_tokens=3500)
+        newcomer = program("newcomer", [None], arrival_s=1.0, new_tokens=5000)
+        return replay(policy, [returning, newcomer], [engine])
 
-    held = replay(True)
-    free = replay(False)
+    held = replay_with(True)
+    free = replay_with(False)
     back = {p.id: p for p in held.programs}["returning"].calls[1]
     lost = {p.id: p for p in free.programs}["returning"].calls[1]
     context = (3500 + 8) // 128 * 128  # the first turn's prompt and reply, in full blocks
@@ -124,8 +95,8 @@ def test_requests_carry_a_preemption_rank_least_urgent_band_first_then_least_con
     profile = CostProfile.model_validate(profile_data())
     engine = RankLogEngine(profile, name="sim-0", kv_blocks=400)
     policy = AgentrtPolicy()
-    _replay(policy, [_program("p", [None], new_tokens=640)], [engine])
+    replay(policy, [program("p", [None], new_tokens=640)], [engine])
     assert len(engine.ranks) == 1 and isinstance(engine.ranks[0], int)
     off = RankLogEngine(profile, name="sim-1", kv_blocks=400)
-    _replay(AgentrtPolicy(program_preemption=False), [_program("p", [None])], [off])
+    replay(AgentrtPolicy(program_preemption=False), [program("p", [None], new_tokens=3000)], [off])
     assert off.ranks == [None]

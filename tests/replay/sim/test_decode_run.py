@@ -5,7 +5,7 @@ from __future__ import annotations
 from runtime.replay._sim import CostProfile
 from runtime.replay._sim._scheduler import Scheduler, SimRequest
 
-from ._drive import request
+from ._drive import one_step, request
 from .conftest import profile_data
 
 
@@ -20,15 +20,13 @@ def _stepwise(sched: Scheduler, arrivals: list[SimRequest]) -> None:
     while True:
         while pending and pending[0].arrival <= now:
             sched.add(pending.pop(0))
-        step = sched.schedule(now)
-        if step is None:
+        end = one_step(sched, now)
+        if end is None:
             if not pending:
                 return
             now = pending[0].arrival
             continue
-        now += step.duration
-        sched.complete(step, now)
-        sched.kv.check()
+        now = end
 
 
 def _bulk(sched: Scheduler, arrivals: list[SimRequest]) -> int:

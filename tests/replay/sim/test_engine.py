@@ -7,23 +7,19 @@ from contextlib import aclosing
 
 import pytest
 
-from runtime import ChatPrompt, Completion, EngineRequestError, GenerateRequest, SamplingOptions, TokenPrompt
+from runtime import ChatPrompt, Completion, EngineRequestError, GenerateRequest
 from runtime.replay._sim import CostProfile, SimEngine
 from runtime.replay._vclock import run_virtual
 
+from ._builders import token_request
+
 PREFIX = tuple(range(1000, 1384))
-
-
-def req(rid: str, prompt: tuple[int, ...], max_tokens: int, **metadata: str | float) -> GenerateRequest:
-    return GenerateRequest(
-        rid, TokenPrompt(prompt), SamplingOptions(max_tokens=max_tokens, ignore_eos=True), 0, metadata
-    )
 
 
 def test_one_request_reports_modelled_times_and_fields(profile: CostProfile) -> None:
     async def main() -> Completion:
         async with SimEngine(profile, name="sim-a", vocab_size=100, first_token_id=10) as engine:
-            return await engine.generate(req("r", tuple(range(1000)), 3))
+            return await engine.generate(token_request("r", tuple(range(1000)), 3))
 
     c = run_virtual(main)
     prefill = 0.001 + 1000 / profile.prefill_rate(500)
@@ -39,7 +35,7 @@ def test_one_request_reports_modelled_times_and_fields(profile: CostProfile) -> 
 def test_stream_yields_one_delta_then_the_completion(profile: CostProfile) -> None:
     async def main() -> list[object]:
         async with SimEngine(profile) as engine:
-            return [chunk async for chunk in engine.stream(req("r", (1, 2, 3), 20))]
+            return [chunk async for chunk in engine.stream(token_request("r", (1, 2, 3), 20))]
 
     first, last = run_virtual(main)
     assert isinstance(last, Completion)
@@ -58,7 +54,7 @@ def test_chat_prompts_are_rejected(profile: CostProfile) -> None:
 def test_closing_a_stream_early_aborts_the_request(profile: CostProfile) -> None:
     async def main() -> tuple[float | None, int | None, float]:
         async with SimEngine(profile) as engine:
-            async with aclosing(engine.stream(req("r", tuple(range(1000)), 500))) as chunks:
+            async with aclosing(engine.stream(token_request("r", tuple(range(1000)), 500))) as chunks:
                 async for _ in chunks:
                     break
             stats = await engine.stats()
@@ -72,10 +68,10 @@ def test_closing_a_stream_early_aborts_the_request(profile: CostProfile) -> None
 def test_pins_from_metadata_and_stats(profile: CostProfile) -> None:
     async def main() -> tuple[int, int, dict[str, int | None]]:
         async with SimEngine(profile, kv_blocks=12) as engine:
-            await engine.generate(req("p1", PREFIX, 1, program_id="p", pin_ttl_s=30.0))
+            await engine.generate(token_request("p1", PREFIX, 1, program_id="p", pin_ttl_s=30.0))
             for i in range(3):
-                await engine.generate(req(f"o{i}", tuple(range(10000 * (i + 1), 10000 * (i + 1) + 600)), 1))
-            turn = await engine.generate(req("p2", (*PREFIX, 7, 8, 9), 1, program_id="p", pin_ttl_s=30.0))
+                await engine.generate(token_request(f"o{i}", tuple(range(10000 * (i + 1), 10000 * (i + 1) + 600)), 1))
+            turn = await engine.generate(token_request("p2", (*PREFIX, 7, 8, 9), 1, program_id="p", pin_ttl_s=30.0))
             unpinned = await engine.release_pin("p")
             stats = await engine.stats()
             return (
@@ -93,7 +89,7 @@ def test_concurrent_requests_queue_and_preempt_on_a_small_cache(profile: CostPro
     async def main() -> tuple[list[Completion], int | None, int | None]:
         async with SimEngine(profile, kv_blocks=12, max_num_seqs=4) as engine:
             tasks = [
-                asyncio.create_task(engine.generate(req(f"r{i}", tuple(range(i * 1000, i * 1000 + 300)), 200)))
+                asyncio.create_task(engine.generate(token_request(f"r{i}", range(i * 1000, i * 1000 + 300), 200)))
                 for i in range(12)
             ]
             await asyncio.sleep(0.5)
@@ -113,7 +109,7 @@ def test_same_seed_same_results_and_seed_changes_tokens(profile: CostProfile) ->
         async def main() -> list[tuple[tuple[int, ...], float]]:
             async with SimEngine(profile, kv_blocks=16, seed=seed) as engine:
                 outs = await asyncio.gather(
-                    *(engine.generate(req(f"r{i}", tuple(range(i, i + 400)), 50)) for i in range(10))
+                    *(engine.generate(token_request(f"r{i}", tuple(range(i, i + 400)), 50)) for i in range(10))
                 )
             return [(c.token_ids, c.e2e_s) for c in outs]
 

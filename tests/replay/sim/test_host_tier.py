@@ -20,7 +20,8 @@ from runtime.replay._sim._host import HostTier, TransferLink
 from runtime.replay._sim._kv import BlockManager
 from runtime.replay._sim._scheduler import Scheduler
 
-from ._drive import request
+from ._builders import token_request
+from ._drive import one_step, request
 from .conftest import profile_data
 
 PREFIX = list(range(1000, 1384))  # three full blocks of 128
@@ -43,16 +44,14 @@ def host_profile(**overrides: Any) -> CostProfile:
 def drive(sched: Scheduler, now: float = 0.0) -> float:
     """Run steps until idle, waking for copies from host memory; checks the block bookkeeping; returns the time."""
     while True:
-        step = sched.schedule(now)
-        if step is None:
-            event = sched.next_event()
-            if event == math.inf:
-                return now
-            now = event
+        end = one_step(sched, now)
+        if end is not None:
+            now = end
             continue
-        now += step.duration
-        sched.complete(step, now)
-        sched.kv.check()
+        event = sched.next_event()
+        if event == math.inf:
+            return now
+        now = event
 
 
 def fill_with_others(sched: Scheduler, now: float, count: int = 3) -> float:
@@ -61,10 +60,6 @@ def fill_with_others(sched: Scheduler, now: float, count: int = 3) -> float:
         sched.add(request(f"o{i}", list(range(10000 * (i + 1), 10000 * (i + 1) + 600)), 1, arrival=now))
         now = drive(sched, now)
     return now
-
-
-def req(rid: str, prompt: list[int], **metadata: str | float) -> GenerateRequest:
-    return GenerateRequest(rid, TokenPrompt(tuple(prompt)), SamplingOptions(max_tokens=1, ignore_eos=True), 0, metadata)
 
 
 # -- links and host memory ---------------------------------------------------
@@ -118,21 +113,21 @@ def test_offload_then_prefetch_brings_a_programs_context_back_without_recompute(
         marks: list[Any] = []
         async with SimEngine(profile, kv_blocks=12, host_tier="directed") as engine:
             assert engine.supports_offload
-            await engine.generate(req("p1", PREFIX, program_id="p"))
+            await engine.generate(token_request("p1", PREFIX, program_id="p"))
             assert await engine.offload("p")
             marks.append(engine.load().kv_usage)  # held while the copy runs
             await asyncio.sleep(3 * D2H_S + 1e-9)
             marks.append(engine.load().kv_usage)
             marks.append(engine.cached_prefix(PREFIX).blocks)  # freed, still cached (the first to go)
             for i in range(3):  # others take the cache
-                await engine.generate(req(f"o{i}", list(range(10000 * (i + 1), 10000 * (i + 1) + 600))))
+                await engine.generate(token_request(f"o{i}", list(range(10000 * (i + 1), 10000 * (i + 1) + 600))))
             marks.append(engine.cached_prefix(PREFIX).blocks)
             assert await engine.prefetch("p", 30.0)
             marks.append(engine.cached_prefix(PREFIX).blocks)  # not usable before the copy ends
             await asyncio.sleep(3 * H2D_S + 1e-9)
             marks.append(engine.cached_prefix(PREFIX).blocks)
             marks.append((await engine.pin_stats()).pinned_blocks)
-            turn = await engine.generate(req("p2", [*PREFIX, 7, 8, 9], program_id="p"))
+            turn = await engine.generate(token_request("p2", [*PREFIX, 7, 8, 9], program_id="p"))
             engine.scheduler.kv.check()
             return marks, turn, await engine.stats()
 
@@ -313,12 +308,10 @@ def test_under_pressure_every_request_finishes_and_the_books_balance(mode: Any, 
             sched.add(r)
             turns.append(r)
         for _ in range(rng.randrange(5, 60)):  # run a while, then move programs in and out of host memory
-            step = sched.schedule(now)
-            if step is None:
+            end = one_step(sched, now)
+            if end is None:
                 break
-            now += step.duration
-            sched.complete(step, now)
-            sched.kv.check()
+            now = end
         for program in rng.sample(sorted(contexts), 2):
             sched.offload(program, now)
         sched.prefetch(rng.choice(sorted(contexts)), rng.uniform(0.01, 1.0), now)

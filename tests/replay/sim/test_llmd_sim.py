@@ -9,26 +9,15 @@ import asyncio
 from collections.abc import Callable
 
 from runtime import GenerateRequest, LlmdPolicy, Runtime, SamplingOptions, TokenPrompt
-from runtime.replay import CostProfile, SimEngine, TraceCall, TraceProgram, Vocabulary, replay_trace, run_virtual
+from runtime.replay import CostProfile, SimEngine, run_virtual
 from workflows import Context, workflow
 
+from ._builders import chain, replay
 from ._recording import RecordingRoutes
-
-VOCABULARY = Vocabulary(32000, frozenset({0, 1, 2}))
 
 
 class RecordingLlmd(RecordingRoutes, LlmdPolicy):
     name = "test-recording-llm-d"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.routes = []
-
-
-def _chain(pid: str, turns: int, *, arrival_s: float, new: int) -> TraceProgram:
-    calls = [TraceCall(id=f"c{i}", new_tokens=new, output_tokens=16, tool="t", tool_s=0.2) for i in range(turns - 1)]
-    calls.append(TraceCall(id=f"c{turns - 1}", new_tokens=new, output_tokens=16))
-    return TraceProgram(id=pid, arrival_s=arrival_s, calls=calls)
 
 
 def test_the_simulator_reports_its_cached_prefix_blocks(profile: CostProfile) -> None:
@@ -54,19 +43,13 @@ def test_the_simulator_reports_its_cached_prefix_blocks(profile: CostProfile) ->
 
 def test_each_turn_goes_to_the_engine_holding_the_longest_cached_prefix(profile: CostProfile) -> None:
     policy = RecordingLlmd()
-    programs = [_chain(f"p{i}", 6, arrival_s=0.05 * i, new=2000) for i in range(8)]
+    programs = [chain(f"p{i}", 6, arrival_s=0.05 * i, new_tokens=2000) for i in range(8)]
     sims = [SimEngine(profile, name=f"sim-{i}") for i in range(4)]
-
-    async def main() -> None:
-        async with Runtime(list(sims), policy=policy) as rt:
-            run = await replay_trace(programs, rt, vocabulary=VOCABULARY)
-        for result in run.programs:
-            assert result.error is None
-            assert len({c.engine for c in result.calls}) == 1, f"{result.id} moved between engines"
-            # Every later turn found its whole context but the new tokens (and a partial block) cached.
-            assert all(c.cached_tokens >= c.prompt_tokens - 2000 - 16 - 128 for c in result.calls[1:])
-
-    run_virtual(main)
+    run = replay(policy, programs, sims)  # every program finished without an error
+    for result in run.programs:
+        assert len({c.engine for c in result.calls}) == 1, f"{result.id} moved between engines"
+        # Every later turn found its whole context but the new tokens (and a partial block) cached.
+        assert all(c.cached_tokens >= c.prompt_tokens - 2000 - 16 - 128 for c in result.calls[1:])
     assert all(priority == 0 for _, priority, _ in policy.routes)
     assert len({e for _, _, e in policy.routes}) > 1  # first turns spread by KV usage
 

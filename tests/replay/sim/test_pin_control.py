@@ -13,39 +13,33 @@ from runtime import (
     CallFinished,
     CallInfo,
     Engine,
-    GenerateRequest,
     PinStats,
     Program,
     Route,
-    Runtime,
-    SamplingOptions,
-    TokenPrompt,
     ToolStarted,
     VLLMPolicy,
 )
-from runtime.replay import CostProfile, SimEngine, TraceCall, TraceProgram, Vocabulary, replay_trace, run_virtual
+from runtime.replay import CostProfile, SimEngine, TraceProgram, run_virtual
+
+from ._builders import program, replay, token_request
 
 PREFIX = tuple(range(1000, 1384))  # three full blocks of 128
 
 
-def req(rid: str, prompt: tuple[int, ...], **metadata: str | float) -> GenerateRequest:
-    return GenerateRequest(rid, TokenPrompt(prompt), SamplingOptions(max_tokens=1, ignore_eos=True), 0, metadata)
-
-
 async def _others_fill_the_cache(engine: SimEngine) -> None:
     for i in range(3):
-        await engine.generate(req(f"o{i}", tuple(range(10000 * (i + 1), 10000 * (i + 1) + 600))))
+        await engine.generate(token_request(f"o{i}", tuple(range(10000 * (i + 1), 10000 * (i + 1) + 600))))
 
 
 def test_a_pin_set_after_the_request_finished_keeps_its_cached_blocks(profile: CostProfile) -> None:
     async def main(pin: bool) -> tuple[int, bool, PinStats, PinStats]:
         async with SimEngine(profile, kv_blocks=12) as engine:
             assert engine.supports_pins
-            await engine.generate(req("p1", PREFIX, program_id="p"))  # no pin asked for at finish
+            await engine.generate(token_request("p1", PREFIX, program_id="p"))  # no pin asked for at finish
             pinned = await engine.set_pin("p", 30.0) if pin else False
             during = await engine.pin_stats()
             await _others_fill_the_cache(engine)
-            turn = await engine.generate(req("p2", (*PREFIX, 7, 8, 9), program_id="p"))
+            turn = await engine.generate(token_request("p2", (*PREFIX, 7, 8, 9), program_id="p"))
             return turn.cached_tokens, pinned, during, await engine.pin_stats()
 
     cached, pinned, during, after = run_virtual(lambda: main(True))
@@ -60,7 +54,7 @@ def test_set_pin_moves_a_live_pins_expiry_and_release_lets_go(profile: CostProfi
     async def main() -> tuple[bool, bool, PinStats, bool, bool, PinStats]:
         async with SimEngine(profile, kv_blocks=64) as engine:
             unknown = await engine.set_pin("nobody", 5.0)
-            await engine.generate(req("p1", PREFIX, program_id="p", pin_ttl_s=1.0))
+            await engine.generate(token_request("p1", PREFIX, program_id="p", pin_ttl_s=1.0))
             extended = await engine.set_pin("p", 100.0)
             await asyncio.sleep(50)  # past the first expiry, before the second
             alive = await engine.pin_stats()
@@ -78,7 +72,7 @@ def test_set_pin_moves_a_live_pins_expiry_and_release_lets_go(profile: CostProfi
 def test_a_zero_ttl_releases_and_load_reports_pinned_blocks(profile: CostProfile) -> None:
     async def main() -> tuple[int | None, int | None, bool, int | None]:
         async with SimEngine(profile, kv_blocks=64) as engine:
-            await engine.generate(req("p1", PREFIX, program_id="p", pin_ttl_s=10.0))
+            await engine.generate(token_request("p1", PREFIX, program_id="p", pin_ttl_s=10.0))
             load = engine.load()
             gone = await engine.set_pin("p", 0)
             assert load.block_size == 128 and load.kv_tokens == 64 * 128
@@ -123,31 +117,19 @@ class PinDuringToolsPolicy(VLLMPolicy):
 
 
 def _agent_trace() -> list[TraceProgram]:
-    programs = []
-    for p in range(6):
-        calls = [
-            TraceCall(
-                id=f"c{i}", new_tokens=300, output_tokens=8, tool="bash" if i < 2 else None, tool_s=1.0 if i < 2 else 0
-            )
-            for i in range(3)
-        ]
-        programs.append(TraceProgram(id=f"p{p}", arrival_s=0.2 * p, calls=calls))
-    return programs
+    return [program(f"p{p}", [("bash", 1.0), ("bash", 1.0), None], arrival_s=0.2 * p) for p in range(6)]
 
 
 def test_one_policy_object_drives_simulated_engines_through_the_runtime(profile: CostProfile) -> None:
-    async def main(policy: VLLMPolicy) -> dict[str, int]:
+    def totals_of(policy: VLLMPolicy) -> dict[str, int]:
         # A cache small enough that other programs' prompts evict an unpinned one.
         engines = [SimEngine(profile, name=f"sim-{i}", kv_blocks=40) for i in range(2)]
-        async with Runtime(list(engines), policy=policy) as rt:
-            run = await replay_trace(_agent_trace(), rt, vocabulary=Vocabulary(32000, frozenset({0, 1, 2})))
-        assert all(p.error is None for p in run.programs)
-        return run.totals
+        return replay(policy, _agent_trace(), engines).totals  # every program finished without an error
 
     policy = PinDuringToolsPolicy()
-    totals = run_virtual(lambda: main(policy))
+    totals = totals_of(policy)
     assert policy.pinned and all(policy.pinned)
     assert totals["pins"] == len(policy.pinned) == 12  # two tool pauses in each of six programs
     assert totals["pin_hits"] == 12 and totals["pins_expired"] == 0
-    baseline = run_virtual(lambda: main(VLLMPolicy()))
+    baseline = totals_of(VLLMPolicy())
     assert baseline["pins"] == 0

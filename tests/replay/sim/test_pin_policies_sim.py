@@ -8,34 +8,16 @@ than plain vLLM.  Counts only, never timings.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import pytest
 
-from runtime import (
-    AgentrtPolicy,
-    ContinuumPolicy,
-    Policy,
-    Runtime,
-    VLLMPolicy,
-)
+from runtime import AgentrtPolicy, ContinuumPolicy, Policy, VLLMPolicy
 from runtime._policies._ttl import HoldCost
-from runtime.replay import (
-    CostProfile,
-    ReplayRun,
-    SimEngine,
-    TraceCall,
-    TraceProgram,
-    Vocabulary,
-    generate_workload,
-    replay_trace,
-    run_virtual,
-)
+from runtime.replay import CostProfile, ReplayRun, SimEngine, TraceProgram, generate_workload
 
+from ._builders import program, replay_then
 from ._recording import RecordingRoutes
-
-VOCABULARY = Vocabulary(32000, frozenset({0, 1, 2}))
 
 
 class PinLogEngine(SimEngine):
@@ -57,41 +39,24 @@ class PinLogEngine(SimEngine):
 class RecordingContinuum(RecordingRoutes, ContinuumPolicy):
     name = "test-sim-recording-continuum"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.routes = []
-
-
-def _program(
-    pid: str, tools: Sequence[tuple[str, float] | None], *, arrival_s: float = 0.0, new_tokens: int = 300
-) -> TraceProgram:
-    calls = [
-        TraceCall(id=f"c{i}", new_tokens=new_tokens, output_tokens=8, tool=t[0] if t else None, tool_s=t[1] if t else 0)
-        for i, t in enumerate(tools)
-    ]
-    return TraceProgram(id=pid, arrival_s=arrival_s, calls=calls)
-
 
 def _replay(
     policy: Policy, programs: list[TraceProgram], profile: CostProfile, *, engines: int = 2, kv_blocks: int = 400
 ) -> tuple[ReplayRun, list[PinLogEngine], list[tuple[int, int]]]:
+    """The run, the engines, and each engine's (pinned programs, pinned blocks) once the programs ended."""
     sims = [PinLogEngine(profile, name=f"sim-{i}", kv_blocks=kv_blocks) for i in range(engines)]
 
-    async def main() -> tuple[ReplayRun, list[tuple[int, int]]]:
-        async with Runtime(list(sims), policy=policy) as rt:
-            run = await replay_trace(programs, rt, vocabulary=VOCABULARY)
-            live = [((s := await e.pin_stats()).pinned_programs, s.pinned_blocks) for e in sims]
-        return run, live
+    async def live() -> list[tuple[int, int]]:
+        return [((s := await e.pin_stats()).pinned_programs, s.pinned_blocks) for e in sims]
 
-    run, live = run_virtual(main)
-    assert all(p.error is None for p in run.programs)
-    return run, sims, live
+    run, left = replay_then(policy, programs, sims, live)
+    return run, sims, left
 
 
 def test_continuum_pins_2s_for_short_tools_and_releases_for_long_ones(profile: CostProfile) -> None:
     policy = RecordingContinuum()
-    program = _program("p", [("slow", 10.0), ("slow", 10.0), ("fast", 0.5), ("fast", 0.5), None])
-    _, sims, live = _replay(policy, [program], profile, engines=1)
+    p = program("p", [("slow", 10.0), ("slow", 10.0), ("fast", 0.5), ("fast", 0.5), None])
+    _, sims, live = _replay(policy, [p], profile, engines=1)
     # Cold start: a tool never seen gets 2 s; once `slow` is known to take 10 s, its pin is released;
     # the last turn's pin is released when the program ends.
     assert sims[0].log == [
@@ -107,7 +72,7 @@ def test_continuum_pins_2s_for_short_tools_and_releases_for_long_ones(profile: C
 
 def test_the_next_turn_follows_the_pin_and_pinned_turns_come_first(profile: CostProfile) -> None:
     policy = RecordingContinuum()
-    programs = [_program(f"p{i}", [("fast", 0.5)] * 4 + [None], arrival_s=0.1 * i) for i in range(4)]
+    programs = [program(f"p{i}", [("fast", 0.5)] * 4 + [None], arrival_s=0.1 * i) for i in range(4)]
     run, sims, live = _replay(policy, programs, profile)
     for i, result in enumerate(run.programs):
         assert len({c.engine for c in result.calls}) == 1, f"program {i} moved between engines"
@@ -124,8 +89,8 @@ def test_the_next_turn_follows_the_pin_and_pinned_turns_come_first(profile: Cost
 def test_agentrt_pins_by_the_tools_durations_and_leaves_nothing_behind(profile: CostProfile) -> None:
     # Holding a pin costs 1 s per second (the engine has headroom throughout).
     policy = AgentrtPolicy(hold=HoldCost(idle=1.0), retention=False)  # the pin rule alone
-    program = _program("p", [("slow", 30.0), ("slow", 30.0), ("fast", 0.5), ("fast", 0.5), None], new_tokens=3000)
-    _, sims, live = _replay(policy, [program], profile, engines=1)
+    p = program("p", [("slow", 30.0), ("slow", 30.0), ("fast", 0.5), ("fast", 0.5), None], new_tokens=3000)
+    _, sims, live = _replay(policy, [p], profile, engines=1)
     log = sims[0].log
     # No observation at all: the default pin.  `slow` seen once at 30 s:
     # holding that long costs more than re-prefilling 6,000 tokens (under a second).

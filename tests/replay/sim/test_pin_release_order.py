@@ -11,11 +11,11 @@ import random
 
 import pytest
 
-from runtime import GenerateRequest, SamplingOptions, TokenPrompt
 from runtime.replay import CostProfile, SimEngine, run_virtual
 from runtime.replay._sim._kv import BlockManager
 from runtime.replay._sim._scheduler import Scheduler
 
+from ._builders import token_request
 from ._drive import request, run
 
 
@@ -124,18 +124,14 @@ def test_a_valued_pin_outlasts_the_latest_programs_zero_valued_one(profile: Cost
     assert sched.kv.has_pin("B") and not sched.kv.has_pin("A")
 
 
-def _req(rid: str, prompt: range, **metadata: str | float) -> GenerateRequest:
-    return GenerateRequest(rid, TokenPrompt(tuple(prompt)), SamplingOptions(max_tokens=1, ignore_eos=True), 0, metadata)
-
-
 def test_engine_set_pin_value_decides_what_pressure_releases(profile: CostProfile) -> None:
     async def main(value_a: float | None, value_b: float | None) -> tuple[bool, bool]:
         async with SimEngine(profile, kv_blocks=10) as engine:
-            await engine.generate(_req("a", range(300), program_id="A", pin_ttl_s=1.0))
-            await engine.generate(_req("b", range(1000, 1300), program_id="B", pin_ttl_s=1.0))
+            await engine.generate(token_request("a", range(300), program_id="A", pin_ttl_s=1.0))
+            await engine.generate(token_request("b", range(1000, 1300), program_id="B", pin_ttl_s=1.0))
             assert await engine.set_pin("A", 100.0, value=value_a)
             assert await engine.set_pin("B", 100.0, value=value_b)
-            await engine.generate(_req("c", range(5000, 5600)))
+            await engine.generate(token_request("c", range(5000, 5600)))
             kv = engine.scheduler.kv
             assert (await engine.pin_stats()).pins_released_pressure == 1
             return kv.has_pin("A"), kv.has_pin("B")

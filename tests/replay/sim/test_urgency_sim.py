@@ -19,46 +19,18 @@ from runtime import (
     Policy,
     Runtime,
 )
-from runtime.replay import (
-    CostProfile,
-    ReplayRun,
-    SimEngine,
-    TraceCall,
-    TraceProgram,
-    Vocabulary,
-    replay_trace,
-    run_virtual,
-)
+from runtime.replay import CostProfile, ReplayRun, SimEngine, TraceCall, TraceProgram, run_virtual
 from workflows import Context, workflow
 
+from ._builders import chain, replay
 from ._recording import RecordingRoutes
-
-VOCABULARY = Vocabulary(32000, frozenset({0, 1, 2}))
 
 
 def _replay(
     policy: Policy, programs: list[TraceProgram], profile: CostProfile, *, engines: int = 2, max_num_seqs: int = 256
-) -> tuple[ReplayRun, list[SimEngine]]:
+) -> ReplayRun:
     sims = [SimEngine(profile, name=f"sim-{i}", max_num_seqs=max_num_seqs) for i in range(engines)]
-
-    async def main() -> ReplayRun:
-        async with Runtime(list(sims), policy=policy) as rt:
-            return await replay_trace(programs, rt, vocabulary=VOCABULARY)
-
-    run = run_virtual(main)
-    assert all(p.error is None for p in run.programs), [p.error for p in run.programs]
-    return run, sims
-
-
-def _chain(pid: str, turns: int, *, arrival_s: float = 0.0, slo_s: float | None = None, new: int = 200) -> TraceProgram:
-    def call(i: int) -> TraceCall:
-        last = i == turns - 1
-        return TraceCall(
-            id=f"c{i}", new_tokens=new, output_tokens=16, tool=None if last else "t", tool_s=0.0 if last else 0.2
-        )
-
-    calls = [call(i) for i in range(turns)]
-    return TraceProgram(id=pid, arrival_s=arrival_s, slo_s=slo_s, calls=calls)
+    return replay(policy, programs, sims)
 
 
 @workflow
@@ -96,34 +68,22 @@ def test_the_admission_queue_releases_calls_in_urgency_order(profile: CostProfil
 class RecordingHexgen(RecordingRoutes, HexgenPolicy):
     name = "test-recording-hexgen"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.routes = []
-
 
 class RecordingAutellix(RecordingRoutes, AutellixPolicy):
     name = "test-recording-autellix"
-
-    def __init__(self, **kwargs: float) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.routes = []
 
 
 class RecordingAgentrt(RecordingRoutes, AgentrtPolicy):
     name = "test-recording-agentrt"
 
-    def __init__(self, **kwargs: float) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.routes = []
-
 
 def test_hexgen_ranks_by_deadline_and_balances_work(profile: CostProfile) -> None:
     policy = RecordingHexgen()
     programs = [
-        _chain("loose", 1, slo_s=1000.0),
-        _chain("tight", 1, slo_s=10.0),
-        _chain("none", 1),
-        *[_chain(f"x{i}", 1, arrival_s=1.0 + 0.01 * i, new=2000) for i in range(6)],
+        chain("loose", 1, slo_s=1000.0),
+        chain("tight", 1, slo_s=10.0),
+        chain("none", 1),
+        *[chain(f"x{i}", 1, arrival_s=1.0 + 0.01 * i, new_tokens=2000) for i in range(6)],
     ]
     _replay(policy, programs, profile)
     priority = {pid: p for pid, p, _ in policy.routes}
@@ -137,7 +97,7 @@ def test_hexgen_ranks_by_deadline_and_balances_work(profile: CostProfile) -> Non
 def test_autellix_queues_by_attained_service_and_keeps_long_prompts_local(profile: CostProfile) -> None:
     # Long prompts (over 1000 tokens here) follow their program's engine.
     policy = RecordingAutellix(quantum_s=0.05, locality_tokens=1000)
-    programs = [_chain(f"p{i}", 5, arrival_s=0.01 * i, new=600) for i in range(4)]
+    programs = [chain(f"p{i}", 5, arrival_s=0.01 * i, new_tokens=600) for i in range(4)]
     _replay(policy, programs, profile)
     for i in range(4):
         mine = [(p, e) for pid, p, e in policy.routes if pid == f"p{i}"]
@@ -150,8 +110,8 @@ def test_autellix_queues_by_attained_service_and_keeps_long_prompts_local(profil
 
 def test_agentrt_sends_each_turn_to_the_engine_holding_its_context(profile: CostProfile) -> None:
     policy = RecordingAgentrt()
-    programs = [_chain(f"p{i}", 6, arrival_s=0.05 * i, new=400) for i in range(8)]
-    run, _ = _replay(policy, programs, profile, engines=4)
+    programs = [chain(f"p{i}", 6, arrival_s=0.05 * i, new_tokens=400) for i in range(8)]
+    run = _replay(policy, programs, profile, engines=4)
     for result in run.programs:
         assert len({c.engine for c in result.calls}) == 1, f"{result.id} moved between engines"
         # Every turn after the first found its context cached (all but its new tokens and a partial block).
@@ -170,7 +130,7 @@ def test_agentrt_parallel_branches_follow_their_own_contexts(profile: CostProfil
                 TraceCall(id=f"b{b}.{k}", after=[f"b{b}.{k - 1}"], new_tokens=50, output_tokens=8, tool="t", tool_s=0.1)
             )
     program = TraceProgram(id="fan", arrival_s=0.0, calls=calls)
-    run, _ = _replay(AgentrtPolicy(), [program], profile, engines=4)
+    run = _replay(AgentrtPolicy(), [program], profile, engines=4)
     by_id = {c.id: c for c in run.programs[0].calls}
     for b in range(4):
         assert by_id[f"b{b}.1"].engine == by_id[f"b{b}.0"].engine == by_id[f"b{b}.2"].engine
@@ -204,9 +164,9 @@ def test_nothing_starves_under_a_stream_of_urgent_programs(profile: CostProfile,
     (``hexgen`` serves programs without a deadline after all those with one,
     as HEXGEN-TEXT2SQL does: it is not in this test.)
     """
-    long = _chain("long", 8, new=300)
-    stream = [_chain(f"u{i}", 1, arrival_s=0.5 + 0.15 * i, slo_s=2.0, new=1500) for i in range(600)]
-    run, _ = _replay(
+    long = chain("long", 8, new_tokens=300)
+    stream = [chain(f"u{i}", 1, arrival_s=0.5 + 0.15 * i, slo_s=2.0, new_tokens=1500) for i in range(600)]
+    run = _replay(
         {"agentrt": AgentrtPolicy(), "autellix": AutellixPolicy()}[policy_name],
         [long, *stream],
         profile,
