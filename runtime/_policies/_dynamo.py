@@ -278,9 +278,9 @@ class DynamoPolicy(Policy):
                 cached = engine.cached_prefix(tokens)
                 block_size = engine.load().block_size or cached.block_size
                 overlap = cached.blocks
-                keys = keys_by_size.get(block_size)
-                if keys is None:
-                    keys = keys_by_size[block_size] = block_keys(tokens, block_size)
+                if block_size not in keys_by_size:
+                    keys_by_size[block_size] = block_keys(tokens, block_size)
+                keys = keys_by_size[block_size]
             new_tokens = max(0, isl - overlap * block_size)
             logit = dynamo_logit(
                 sequences.prefill_tokens + new_tokens,
