@@ -118,6 +118,7 @@ POLICY_ROWS: tuple[dict[str, Any], ...] = (
     {"label": "vllm", "policy": "vllm"},
     {"label": "llm-d", "policy": "llm-d"},
     {"label": "llm-d+cpu-offload", "policy": "llm-d", "engine": {"host_tier": "lru"}},
+    {"label": "dynamo", "policy": "dynamo"},
     {"label": "continuum", "policy": "continuum"},
     {"label": "autellix", "policy": "autellix"},
     {"label": "agentrt", "policy": "agentrt", "engine": {"host_tier": "directed"}},

@@ -12,13 +12,16 @@ workflows (:mod:`._profiles`), with the arithmetic of :mod:`._urgency` and
 the engine choices of :mod:`._placement`.  ``llm-d`` (:mod:`._llmd`)
 reproduces llm-d's precise prefix-cache-aware routing (scorers over the
 engines' cache contents, queues and KV usage), the baseline a vLLM user
-would deploy instead.
+would deploy instead; ``dynamo`` (:mod:`._dynamo`) NVIDIA Dynamo's KV router
+(the lowest cost of prefill blocks plus the blocks of calls routed and not
+finished).
 """
 
 from ._agentrt import AgentrtPolicy
 from ._autellix import AutellixPolicy
 from ._base import PREFIX_KEY_TOKENS, CallFinished, CallInfo, Policy, PolicyHost, Route, ToolFinished, ToolStarted
 from ._continuum import ContinuumPolicy
+from ._dynamo import DynamoPolicy
 from ._hexgen import HexgenPolicy
 from ._llmd import LlmdPolicy
 from ._pinning import PinningPolicy
@@ -32,6 +35,7 @@ __all__ = [
     "CallFinished",
     "CallInfo",
     "ContinuumPolicy",
+    "DynamoPolicy",
     "HexgenPolicy",
     "LlmdPolicy",
     "PinningPolicy",

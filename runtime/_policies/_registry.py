@@ -6,6 +6,7 @@ from ._agentrt import AgentrtPolicy
 from ._autellix import AutellixPolicy
 from ._base import Policy
 from ._continuum import ContinuumPolicy
+from ._dynamo import DynamoPolicy
 from ._hexgen import HexgenPolicy
 from ._llmd import LlmdPolicy
 from ._vllm import VLLMPolicy
@@ -45,3 +46,4 @@ register_policy(HexgenPolicy)
 register_policy(AutellixPolicy)
 register_policy(AgentrtPolicy)
 register_policy(LlmdPolicy)
+register_policy(DynamoPolicy)
