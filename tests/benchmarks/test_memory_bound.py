@@ -49,6 +49,15 @@ def test_a_row_the_code_cannot_run_stops_the_benchmark_naming_it(row: dict[str, 
     assert said in str(stopped.value)
 
 
+def test_the_real_check_takes_a_trace_kind_and_a_seed_not_a_tuning_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    args = memory_bound.parse_args(["--real", "--real-trace", "agent", "--real-seed", "202"])
+    assert (args.real_trace, args.real_seed) == ("agent", 202)
+    assert memory_bound.parse_args(["--real"]).real_seed == memory_bound.REAL_SEED
+    with pytest.raises(SystemExit):
+        memory_bound.parse_args(["--real", "--real-seed", str(memory_bound.REAL_TUNING_SEEDS[0])])
+    assert "is a tuning seed" in capsys.readouterr().err
+
+
 def test_a_policy_capacity_is_interpolated_at_the_first_crossing_of_the_bound() -> None:
     found = memory_bound.policy_capacity([(1.0, 100.0), (2.0, 150.0), (3.0, 250.0), (4.0, 190.0)], 200.0)
     assert found["capacity"] == pytest.approx(2.5)
