@@ -182,6 +182,15 @@ class MemoryLedger:
         """Whether a call of the program is held waiting for memory."""
         return program_id in self._claims
 
+    def running_tokens(self, engine: Engine) -> int:
+        """The context tokens of the programs with a call running on ``engine``, as far as the ledger knows."""
+        return sum(r.tokens for r in self._residents.values() if r.engine is engine and r.active)
+
+    def context_tokens(self, program_id: str) -> int:
+        """The program's context on its engine in tokens (0: none known)."""
+        resident = self._residents.get(program_id)
+        return 0 if resident is None else resident.tokens
+
     def active_on(self, engine: Engine) -> int:
         """Programs with a call running on ``engine``, as far as the ledger knows."""
         return sum(1 for r in self._residents.values() if r.engine is engine and r.active)
