@@ -384,13 +384,12 @@ class AgentrtPolicy(PinningPolicy):
     def _memory_placement(self, call: CallInfo, pool: Sequence[Engine], pins: ProgramPins) -> Engine | None:
         """Where ``call`` fits beside the programs counted on each engine; None: hold it (it claims an engine).
 
-        Among the engines it fits, the lowest placement cost (Dynamo's KV
-        router's, in tokens): the prompt tokens it would prefill there plus
-        the tokens of the calls running there.  A call continuing a context
-        so stays where the context is unless that engine's running work
-        outweighs computing the context again elsewhere.  Where it fits
-        nowhere it waits for its context's engine (a new program: the one
-        with the most room).  Engines that do not say their KV size are
+        A call continuing a context goes where the context is if it fits
+        there.  Otherwise, among the engines it fits, the lowest placement
+        cost (Dynamo's KV router's, in tokens): the prompt tokens it would
+        prefill there plus the tokens of the calls running there.  Where it
+        fits nowhere it waits for its context's engine (a new program: the
+        one with the most room).  Engines that do not say their KV size are
         placed on as without memory-aware admission.
         """
         if all(e.load().kv_tokens is None for e in pool):
@@ -401,10 +400,14 @@ class AgentrtPolicy(PinningPolicy):
         key = self.urgency_key(call)
         demand = self.call_demand(call)
         home = self.contexts.holder(program_id, call.prompt, pool)
+        if home is not None and memory.fits(home, program_id, demand, now, key):
+            return home
         fitting = [e for e in pool if memory.fits(e, program_id, demand, now, key)]
         if fitting:
-            # Dynamo's cost rather than "the context's engine, else the most room": on the coding tuning
-            # traces mean JCT 596/658/709 s -> 558/614/672 s (seeds 101/121/111, 8 engines; docs/memory_bound.md).
+            # Dynamo's cost rather than the most room, and moving rather than holding a continuing call: on
+            # the coding tuning traces mean JCT 596/658 s -> 581/621 s (seeds 101/121, 8 engines). Dynamo's cost
+            # for continuing calls that fit at home too (moving them off busy engines) gave 553/603 s there but
+            # lost 4% on the agent trace (161 s against 155 s, seed 111; docs/memory_bound.md).
             return min(fitting, key=lambda e: (self._placement_cost(call, e, home), -self._room(e, now)))
         target = home if home is not None else max(pool, key=lambda e: self._room(e, now))
         memory.claim(program_id, target, demand, key)
