@@ -82,7 +82,6 @@ Deviations, all written here and in docs/scheduling.md:
 
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from collections import Counter
@@ -91,8 +90,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from .._engines import ChatPrompt, Engine
-from .._errors import EngineCapabilityError
 from ._base import CallFinished, CallInfo, Policy, PolicyHost, Route
+from ._placement import hash_home, require_cache_reports
 
 __all__ = [
     "DEFAULT_DYNAMO_OVERLAP_SCORE_WEIGHT",
@@ -152,10 +151,6 @@ def block_keys(token_ids: Sequence[int], block_size: int) -> list[int]:
         previous = hash((previous, tuple(token_ids[start : start + block_size])))
         keys.append(previous)
     return keys
-
-
-def _rendezvous(key: str, name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{key}\0{name}".encode(), digest_size=8).digest(), "big")
 
 
 @dataclass(slots=True)
@@ -232,13 +227,7 @@ class DynamoPolicy(Policy):
 
     def bind(self, host: PolicyHost) -> None:
         """Refuse a runtime whose engines cannot report their cached prefixes."""
-        blind = [e for e in host.engines if not e.reports_cached_prefix]
-        if blind:
-            names = ", ".join(f"{e.name} ({type(e).__name__})" for e in blind)
-            raise EngineCapabilityError(
-                f"policy {self.name!r} routes by the engines' prefix-cache contents, which these engines "
-                f"cannot report: {names}; use engines with reports_cached_prefix (the simulator)"
-            )
+        require_cache_reports(self.name, host.engines)
         super().bind(host)
 
     def active_blocks(self, engine: str) -> int:
@@ -261,7 +250,7 @@ class DynamoPolicy(Policy):
         home: Engine | None = None
         if chat:
             self.chat_fallbacks += 1
-            home = max(engines, key=lambda e: _rendezvous(call.prefix_key, e.name))
+            home = hash_home(call.prefix_key, engines)
         isl = call.prompt_tokens
         keys_by_size: dict[int, list[int]] = {}
         out: list[tuple[float, _Booking]] = []

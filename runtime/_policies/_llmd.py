@@ -62,14 +62,13 @@ Deviations, all written here and in docs/scheduling.md:
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Sequence
 from typing import ClassVar
 
 from .._engines import ChatPrompt, Engine
-from .._errors import EngineCapabilityError
 from ._base import CallInfo, Policy, PolicyHost, Route
+from ._placement import hash_home, require_cache_reports
 
 __all__ = [
     "DEFAULT_LLMD_KV_WEIGHT",
@@ -99,10 +98,6 @@ def queue_scores(waiting: Sequence[int]) -> list[float]:
 def kv_utilization_score(kv_usage: float) -> float:
     """llm-d's kv-cache-utilization-scorer: ``1 - kv_usage`` (a fraction), clamped to [0, 1]."""
     return _clamp(1.0 - kv_usage)
-
-
-def _rendezvous(key: str, name: str) -> int:
-    return int.from_bytes(hashlib.blake2b(f"{key}\0{name}".encode(), digest_size=8).digest(), "big")
 
 
 def _clamp(score: float) -> float:
@@ -142,13 +137,7 @@ class LlmdPolicy(Policy):
 
     def bind(self, host: PolicyHost) -> None:
         """Refuse a runtime whose engines cannot report their cached prefixes."""
-        blind = [e for e in host.engines if not e.reports_cached_prefix]
-        if blind:
-            names = ", ".join(f"{e.name} ({type(e).__name__})" for e in blind)
-            raise EngineCapabilityError(
-                f"policy {self.name!r} routes by the engines' prefix-cache contents, which these engines "
-                f"cannot report: {names}; use engines with reports_cached_prefix (the simulator)"
-            )
+        require_cache_reports(self.name, host.engines)
         super().bind(host)
 
     def scores(self, call: CallInfo, engines: Sequence[Engine]) -> list[float]:
@@ -165,7 +154,7 @@ class LlmdPolicy(Policy):
         prompt = call.prompt
         if isinstance(prompt, ChatPrompt):
             self.chat_fallbacks += 1
-            home = max(engines, key=lambda e: _rendezvous(call.prefix_key, e.name))
+            home = hash_home(call.prefix_key, engines)
             return [1.0 if e is home else 0.0 for e in engines]
         tokens = prompt.token_ids
         return [_clamp(e.cached_prefix(tokens).ratio) for e in engines]

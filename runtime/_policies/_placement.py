@@ -24,8 +24,18 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 
 from .._engines import Engine, EngineLoad
+from .._errors import EngineCapabilityError
 
-__all__ = ["PrefixHomes", "has_batch_room", "has_headroom", "least_loaded", "load_key", "waiting_estimate"]
+__all__ = [
+    "PrefixHomes",
+    "has_batch_room",
+    "has_headroom",
+    "hash_home",
+    "least_loaded",
+    "load_key",
+    "require_cache_reports",
+    "waiting_estimate",
+]
 
 # Prefix keys whose rankings are kept (LRU): apps and agents, not programs.
 _RANKINGS = 4096
@@ -114,6 +124,26 @@ class PrefixHomes:
             self._rankings.move_to_end(cache_key)
         by_name = {e.name: e for e in engines}
         return [by_name[name] for name in ranking]
+
+
+def hash_home(key: str, engines: Sequence[Engine]) -> Engine:
+    """The engine among ``engines`` that ``key`` hashes highest to: the first of :meth:`PrefixHomes.candidates`."""
+    return max(engines, key=lambda e: _score(key, e.name))
+
+
+def require_cache_reports(policy: str, engines: Sequence[Engine]) -> None:
+    """Refuse, at bind, engines that cannot report their cached prefixes to a policy that routes by them.
+
+    Raises :class:`~runtime.EngineCapabilityError` naming them: scoring such
+    an engine's cache as empty would route by a guess.
+    """
+    blind = [e for e in engines if not e.reports_cached_prefix]
+    if blind:
+        names = ", ".join(f"{e.name} ({type(e).__name__})" for e in blind)
+        raise EngineCapabilityError(
+            f"policy {policy!r} routes by the engines' prefix-cache contents, which these engines "
+            f"cannot report: {names}; use engines with reports_cached_prefix (the simulator)"
+        )
 
 
 def _score(key: str, name: str) -> int:
