@@ -11,23 +11,16 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Sequence
-from typing import Any
 
 import pytest
 
 from runtime import (
-    CachedPrefix,
     CallFinished,
     CallInfo,
     ChatPrompt,
     DynamoPolicy,
     EngineCapabilityError,
-    Node,
-    NodeKind,
-    Program,
     Runtime,
-    SamplingOptions,
     TokenPrompt,
     get_policy,
     policy_names,
@@ -36,35 +29,9 @@ from runtime._cli._main import _parser
 from runtime._policies._dynamo import block_keys, dynamo_logit, softmax_pick
 from runtime.testing import ScriptedEngine
 
+from ._cache_routing import FixedEngine, call_info
+
 BS = 16
-
-
-class FixedEngine(ScriptedEngine):
-    """A scripted engine that reports fixed figures: its cached blocks of any prompt, and its block size."""
-
-    def __init__(self, name: str, *, cached_blocks: int, block_size: int = BS) -> None:
-        super().__init__(name)
-        self._started = True
-        self.cached_blocks = cached_blocks
-        self.block_size = block_size
-
-    @property
-    def reports_cached_prefix(self) -> bool:
-        return True
-
-    def _cached_prefix(self, token_ids: Sequence[int]) -> CachedPrefix:
-        full = len(token_ids) // self.block_size
-        return CachedPrefix(min(self.cached_blocks, full), full, self.block_size)
-
-    def _load_figures(self) -> dict[str, Any]:
-        return {"waiting": 0, "running": 0, "kv_usage": 0.0, "block_size": self.block_size}
-
-
-def _call(prompt: TokenPrompt | ChatPrompt, pid: str = "w") -> CallInfo:
-    program = Program(pid, {}, deadline_s=None, priority=3)
-    node: Node = program.add_node(NodeKind.LLM, "llm", parent=None, after=())
-    sampling = SamplingOptions(max_tokens=8)
-    return CallInfo(program, node, prompt, sampling, stage=None, requested_priority=2, arrived_s=0.0)
 
 
 def _tokens(first: int, blocks: int, extra: int = 0) -> TokenPrompt:
@@ -106,14 +73,14 @@ def test_costs_against_hand_computed_values() -> None:
     b = FixedEngine("b", cached_blocks=2)
     c = FixedEngine("c", cached_blocks=0)
     policy = DynamoPolicy()
-    call = _call(_tokens(0, 8, extra=5))  # 133 tokens: 8 full blocks and 5 tokens
+    call = call_info(_tokens(0, 8, extra=5))  # 133 tokens: 8 full blocks and 5 tokens
     # a: (133 - 96) / 16 + 8 = 10.3125;  b: (133 - 32) / 16 + 8 = 14.3125;  c: 133 / 16 + 8 = 16.3125
     assert policy.logits(call, [a, b, c]) == pytest.approx([10.3125, 14.3125, 16.3125])
     route = policy.route(call, [a, b, c])
     assert route.engine is a and route.priority == 0  # the caller's priority 2 is not used: vLLM's FCFS
     assert policy.active_blocks("a") == 8 and policy.pending_prefill_tokens("a") == 37
     # A second call of other tokens now sees a's books: a = 133/16 + 8 + 8 + 37/16, the others as before.
-    other = _call(_tokens(10_000, 8, extra=5), pid="x")
+    other = call_info(_tokens(10_000, 8, extra=5), program_id="x")
     a.cached_blocks = b.cached_blocks = 0
     assert policy.logits(other, [a, b, c]) == pytest.approx([(133 + 37) / 16 + 16, 133 / 16 + 8, 133 / 16 + 8])
 
@@ -123,16 +90,16 @@ def test_an_engine_with_many_active_blocks_loses_a_cached_prefix() -> None:
     home = FixedEngine("home", cached_blocks=10)  # holds 10 leading blocks of any prompt
     other = FixedEngine("other", cached_blocks=0)
     policy = DynamoPolicy()
-    turn = _call(_tokens(0, 10))
+    turn = call_info(_tokens(0, 10))
     assert policy.logits(turn, [home, other]) == pytest.approx([10.0, 20.0])  # 0 + 10 against 10 + 10
     assert policy.route(turn, [home, other]).engine is home
     asyncio_run_finished(policy, turn)
     # Three calls of other programs run on home (the only candidate they were offered).
     for i in range(3):
-        assert policy.route(_call(_tokens(100_000 * (i + 1), 10), pid=f"b{i}"), [home]).engine is home
+        assert policy.route(call_info(_tokens(100_000 * (i + 1), 10), program_id=f"b{i}"), [home]).engine is home
     assert policy.active_blocks("home") == 30 and policy.pending_prefill_tokens("home") == 0
     # The next turn: home 0 prefill + 30 active + 10 new = 40; other 10 prefill + 10 new = 20.
-    nxt = _call(_tokens(0, 10), pid="w2")
+    nxt = call_info(_tokens(0, 10), program_id="w2")
     assert policy.logits(nxt, [home, other]) == pytest.approx([40.0, 20.0])
     assert policy.route(nxt, [home, other]).engine is other
     # A larger overlap weight makes the cache worth more: 2 x 10 + 10 = 30 against 40 for home, still other.
@@ -144,11 +111,11 @@ def asyncio_run_finished(policy: DynamoPolicy, call: CallInfo, engine: str | Non
     asyncio.run(policy.on_call_finished(CallFinished(call, engine, None, "done")))
 
 
-def test_shared_blocks_count_once_and_leave_with_their_last_call() -> None:
+def test_shared_blocks_count_once_and_leave_with_their_lastcall_info() -> None:
     engine = FixedEngine("e", cached_blocks=0)
     policy = DynamoPolicy()
-    first = _call(_tokens(0, 6))
-    second = _call(TokenPrompt(_tokens(0, 4).token_ids + tuple(range(900, 900 + 3 * BS))), pid="y")
+    first = call_info(_tokens(0, 6))
+    second = call_info(TokenPrompt(_tokens(0, 4).token_ids + tuple(range(900, 900 + 3 * BS))), program_id="y")
     policy.route(first, [engine])
     # The second call shares 4 leading blocks with the first: only its 3 others are new.
     assert policy.logits(second, [engine]) == pytest.approx([(6 * BS + 7 * BS) / BS + 6 + 3])
@@ -165,7 +132,7 @@ def test_shared_blocks_count_once_and_leave_with_their_last_call() -> None:
 def test_a_call_routed_again_leaves_its_first_engine() -> None:
     a, b = FixedEngine("a", cached_blocks=0), FixedEngine("b", cached_blocks=0)
     policy = DynamoPolicy()
-    call = _call(_tokens(0, 5))
+    call = call_info(_tokens(0, 5))
     first = policy.route(call, [a, b]).engine.name
     again = policy.route(call, [e for e in (a, b) if e.name != first]).engine.name
     assert policy.active_blocks(first) == 0 and policy.active_blocks(again) == 5
@@ -178,7 +145,7 @@ def test_ties_are_broken_at_random_but_repeatably() -> None:
         policy = DynamoPolicy(seed=seed)
         out = []
         for i in range(40):
-            call = _call(_tokens(0, 4), pid=f"p{i}")
+            call = call_info(_tokens(0, 4), program_id=f"p{i}")
             out.append(policy.route(call, engines).engine.name)
             asyncio_run_finished(policy, call)  # books empty again: every pick is a four-way tie
         return out
@@ -191,11 +158,11 @@ def test_a_positive_temperature_samples_and_zero_is_the_argmin() -> None:
     cached = FixedEngine("cached", cached_blocks=10)
     cold = FixedEngine("cold", cached_blocks=0)
     argmin = DynamoPolicy()
-    assert {argmin.route(_call(_tokens(0, 10), pid=f"p{i}"), [cached, cold]).engine.name for i in range(20)} == {
-        "cached"
-    }
+    calls = [call_info(_tokens(0, 10), program_id=f"p{i}") for i in range(20)]
+    chosen = {argmin.route(call, [cached, cold]).engine.name for call in calls}
+    assert chosen == {"cached"}
     hot = DynamoPolicy(temperature=5.0, seed=3)
-    names = [hot.route(_call(_tokens(0, 10), pid=f"p{i}"), [cached, cold]).engine.name for i in range(60)]
+    names = [hot.route(call_info(_tokens(0, 10), program_id=f"p{i}"), [cached, cold]).engine.name for i in range(60)]
     assert set(names) == {"cached", "cold"}
     with pytest.raises(ValueError, match="temperature"):
         DynamoPolicy(temperature=-1.0)
@@ -207,7 +174,7 @@ def test_a_chat_prompt_counts_its_prefix_keys_hash_home_as_cached() -> None:
     system = {"role": "system", "content": "you are an agent " * 40}
     homes = set()
     for i in range(5):
-        call = _call(ChatPrompt.of([system, {"role": "user", "content": str(i)}]), pid=f"p{i}")
+        call = call_info(ChatPrompt.of([system, {"role": "user", "content": str(i)}]), program_id=f"p{i}")
         homes.add(policy.route(call, engines).engine.name)
         asyncio_run_finished(policy, call)
     assert len(homes) == 1  # one system message, one home

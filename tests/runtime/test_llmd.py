@@ -8,22 +8,14 @@ drive real simulated engines.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import pytest
 
 from runtime import (
     CachedPrefix,
-    CallInfo,
     ChatPrompt,
     EngineCapabilityError,
     LlmdPolicy,
-    Node,
-    NodeKind,
-    Program,
     Runtime,
-    SamplingOptions,
     TokenPrompt,
     get_policy,
     policy_names,
@@ -32,35 +24,7 @@ from runtime._cli._main import _parser
 from runtime._policies._llmd import kv_utilization_score, queue_scores
 from runtime.testing import ScriptedEngine
 
-
-class FixedEngine(ScriptedEngine):
-    """A scripted engine that reports fixed figures: its waiting queue, KV usage and cached blocks of any prompt."""
-
-    def __init__(self, name: str, *, waiting: int, kv_usage: float, cached_blocks: int, block_size: int = 16) -> None:
-        super().__init__(name)
-        self._started = True
-        self.waiting = waiting
-        self.kv_usage = kv_usage
-        self.cached_blocks = cached_blocks
-        self.block_size = block_size
-
-    @property
-    def reports_cached_prefix(self) -> bool:
-        return True
-
-    def _cached_prefix(self, token_ids: Sequence[int]) -> CachedPrefix:
-        full = len(token_ids) // self.block_size
-        return CachedPrefix(min(self.cached_blocks, full), full, self.block_size)
-
-    def _load_figures(self) -> dict[str, Any]:
-        return {"waiting": self.waiting, "running": 1, "kv_usage": self.kv_usage}
-
-
-def _call(prompt: TokenPrompt | ChatPrompt) -> CallInfo:
-    program = Program("w", {}, deadline_s=None, priority=3)
-    node: Node = program.add_node(NodeKind.LLM, "llm", parent=None, after=())
-    sampling = SamplingOptions(max_tokens=8)
-    return CallInfo(program, node, prompt, sampling, stage=None, requested_priority=2, arrived_s=0.0)
+from ._cache_routing import FixedEngine, call_info
 
 
 def test_queue_scorer_is_min_max_normalised_and_neutral_when_equal() -> None:
@@ -87,7 +51,7 @@ def test_weighted_sum_against_hand_computed_values() -> None:
     b = FixedEngine("b", waiting=0, kv_usage=0.1, cached_blocks=2)
     c = FixedEngine("c", waiting=4, kv_usage=0.9, cached_blocks=0)
     policy = LlmdPolicy()
-    call = _call(TokenPrompt(tuple(range(8 * 16 + 5))))  # 8 full blocks and a partial one
+    call = call_info(TokenPrompt(tuple(range(8 * 16 + 5))))  # 8 full blocks and a partial one
     # a: 2 x 6/8 + 0.5 + (4-2)/4 = 2.5;  b: 2 x 2/8 + 0.9 + 1 = 2.4;  c: 0 + 0.1 + 0 = 0.1
     assert policy.scores(call, [a, b, c]) == pytest.approx([2.5, 2.4, 0.1])
     route = policy.route(call, [a, b, c])
@@ -97,7 +61,7 @@ def test_weighted_sum_against_hand_computed_values() -> None:
 
 
 def test_equal_prefixes_go_to_the_less_loaded_engine() -> None:
-    call = _call(TokenPrompt(tuple(range(160))))
+    call = call_info(TokenPrompt(tuple(range(160))))
     busy = FixedEngine("busy", waiting=3, kv_usage=0.2, cached_blocks=10)
     idle = FixedEngine("idle", waiting=1, kv_usage=0.2, cached_blocks=10)
     assert LlmdPolicy().route(call, [busy, idle]).engine is idle
@@ -106,7 +70,7 @@ def test_equal_prefixes_go_to_the_less_loaded_engine() -> None:
 
 
 def test_ties_are_broken_at_random_but_repeatably() -> None:
-    call = _call(TokenPrompt(tuple(range(160))))
+    call = call_info(TokenPrompt(tuple(range(160))))
     engines = [FixedEngine(f"e{i}", waiting=0, kv_usage=0.0, cached_blocks=0) for i in range(4)]
 
     def picks(seed: int) -> list[str]:
@@ -122,7 +86,7 @@ def test_a_chat_prompt_scores_its_prefix_keys_hash_home_and_is_counted() -> None
     policy = LlmdPolicy()
     system = {"role": "system", "content": "you are an agent"}
     prompts = [ChatPrompt.of([system, {"role": "user", "content": str(i)}]) for i in range(5)]
-    homes = {policy.route(_call(prompt), engines).engine.name for prompt in prompts}
+    homes = {policy.route(call_info(prompt), engines).engine.name for prompt in prompts}
     assert len(homes) == 1  # one system message, one home
     assert policy.chat_fallbacks == 5
 
