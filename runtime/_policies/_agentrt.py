@@ -416,7 +416,8 @@ class AgentrtPolicy(PinningPolicy):
     def _placement_cost(self, call: CallInfo, engine: Engine, home: Engine | None) -> int:
         """Tokens ``call`` would prefill on ``engine`` plus the tokens of the calls running there."""
         if engine.reports_cached_prefix and call.prompt_tokens_exact:
-            cached = self._cached_blocks(call, engine) * (engine.load().block_size or 1)
+            prefix = engine.cached_prefix(call.prompt.token_ids)  # type: ignore[union-attr]
+            cached = prefix.blocks * prefix.block_size
         else:  # the engine cannot say: the context the ledger places there, if the call continues it
             cached = self.memory.context_tokens(call.program.id) if engine is home else 0
         return max(0, call.prompt_tokens - cached) + self.memory.running_tokens(engine)
@@ -424,12 +425,6 @@ class AgentrtPolicy(PinningPolicy):
     def _room(self, engine: Engine, now: float) -> int:
         free = self.memory.free(engine, now)
         return 0 if free is None else free
-
-    @staticmethod
-    def _cached_blocks(call: CallInfo, engine: Engine) -> int:
-        if not engine.reports_cached_prefix or not call.prompt_tokens_exact:
-            return 0
-        return engine.cached_prefix(call.prompt.token_ids).blocks  # type: ignore[union-attr]
 
     def _has_headroom(self, engine: Engine, limit: int) -> bool:
         book = self.book

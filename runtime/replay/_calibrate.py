@@ -99,9 +99,10 @@ def calibration_engine(
 ) -> InProcessEngine:
     """The in-process engine ``agentrt calibrate`` measures, not started.
 
-    Its context limit is :data:`REPLAY_MAX_MODEL_LEN`, or the model's own
-    where that is smaller, or what ``kv_blocks`` blocks hold less one; ``dtype`` is the number format (``"auto"``: the
-    faster one for this machine, see :func:`runtime.resolve_dtype`).
+    Its context limit is :data:`REPLAY_MAX_MODEL_LEN`, or the model's own,
+    or what ``kv_blocks`` blocks hold less one, whichever is smallest;
+    ``dtype`` is the number format (``"auto"``: the faster one for this
+    machine, see :func:`runtime.resolve_dtype`).
     """
     limits = [REPLAY_MAX_MODEL_LEN]  # long: the prefill curve then reaches the contexts replays use
     model_limit = model_context_limit(model_dir)
