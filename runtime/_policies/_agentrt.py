@@ -39,7 +39,12 @@ drops back while it waits.  ``max_waiting=None`` turns the gate off.
 
 **Dispatch.**  A call that continues the context its program's live pin
 holds goes to the pin's engine (:class:`PinningPolicy`,
-:meth:`AgentrtPolicy.follows_pin`).  Any other call, among the engines
+:meth:`AgentrtPolicy.follows_pin`).  With ``memory_admission``, on engines
+that state their KV size, admission chooses the engine: among those the
+call fits, the lowest placement cost (Dynamo's KV router's: tokens to
+prefill there plus tokens running there), a call continuing a context
+staying on its engine unless it costs more than ``move_factor`` times the
+best there.  Otherwise any other call, among the engines
 with headroom, goes to the engine holding the context it continues
 (:class:`._contexts.ContextIndex`) unless that engine has more than
 ``affinity_slack`` calls in flight beyond the least loaded one; else to the
@@ -94,6 +99,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from .._engines import METADATA_PREEMPT_RANK, Completion, Engine
 from .._program import Program
@@ -114,6 +120,7 @@ __all__ = [
     "DEFAULT_MARGIN_S",
     "DEFAULT_MAX_KV_USAGE",
     "DEFAULT_MAX_WAITING",
+    "DEFAULT_MOVE_FACTOR",
     "DEFAULT_PIN_BONUS_S",
     "DEFAULT_PREEMPT_BAND_S",
     "DEFAULT_PREFIX_SLACK",
@@ -158,6 +165,9 @@ DEFAULT_HOPELESS_FACTOR = 1.0
 #: Program-aware preemption: programs whose urgency keys fall in one band of this many seconds are equally
 #: urgent, and among them the one with the least context (the least to compute again) is preempted first.
 DEFAULT_PREEMPT_BAND_S = 60.0
+#: Memory-aware admission: a call that fits where its context is moves to another engine it fits only when
+#: its placement cost at home is more than this many times the other's (1: Dynamo's rule; inf: never moves).
+DEFAULT_MOVE_FACTOR = 2.0
 #: Retention by value: an idle program's blocks are kept (as a pin, released by value under pressure) until
 #: this quantile of its tool's observed durations has passed.
 DEFAULT_RETENTION_QUANTILE = 0.9
@@ -214,7 +224,7 @@ class AgentrtPolicy(PinningPolicy):
 
     name = "agentrt"
     #: Held calls are offered again on every call's and program's end, and at least this often (seconds).
-    recheck_s = 1.0
+    recheck_s: ClassVar[float | None] = 1.0
 
     def __init__(
         self,
@@ -246,6 +256,7 @@ class AgentrtPolicy(PinningPolicy):
         growth_share: float = DEFAULT_GROWTH_SHARE,
         horizon_s: float | None = DEFAULT_HORIZON_S,
         preempt_band_s: float = DEFAULT_PREEMPT_BAND_S,
+        move_factor: float = DEFAULT_MOVE_FACTOR,
         retention_quantile: float = DEFAULT_RETENTION_QUANTILE,
         retention_horizon_s: float = DEFAULT_RETENTION_HORIZON_S,
     ) -> None:
@@ -265,6 +276,9 @@ class AgentrtPolicy(PinningPolicy):
         self.batch_room = batch_room
         if not preempt_band_s > 0 or not 0 < retention_quantile <= 1:
             raise ValueError("preempt_band_s must be > 0 and retention_quantile in (0, 1]")
+        if not move_factor >= 1:
+            raise ValueError(f"move_factor must be >= 1, got {move_factor}")
+        self.move_factor = move_factor
         #: The switches of the memory-bound parts (docs/scheduling.md): each can be turned off for an ablation.
         self.memory_admission = memory_admission
         self.retention = retention
@@ -384,12 +398,13 @@ class AgentrtPolicy(PinningPolicy):
     def _memory_placement(self, call: CallInfo, pool: Sequence[Engine], pins: ProgramPins) -> Engine | None:
         """Where ``call`` fits beside the programs counted on each engine; None: hold it (it claims an engine).
 
-        A call continuing a context goes where the context is if it fits
-        there.  Otherwise, among the engines it fits, the lowest placement
-        cost (Dynamo's KV router's, in tokens): the prompt tokens it would
-        prefill there plus the tokens of the calls running there.  Where it
-        fits nowhere it waits for its context's engine (a new program: the
-        one with the most room).  Engines that do not say their KV size are
+        Among the engines it fits, the lowest placement cost (Dynamo's KV
+        router's, in tokens): the prompt tokens it would prefill there plus
+        the tokens of the calls running there; but a call continuing a
+        context stays where the context is, if it fits there, unless its cost
+        there is more than ``move_factor`` times the best.  Where it fits
+        nowhere it waits for its context's engine (a new program: the one
+        with the most room).  Engines that do not say their KV size are
         placed on as without memory-aware admission.
         """
         if all(e.load().kv_tokens is None for e in pool):
@@ -400,15 +415,18 @@ class AgentrtPolicy(PinningPolicy):
         key = self.urgency_key(call)
         demand = self.call_demand(call)
         home = self.contexts.holder(program_id, call.prompt, pool)
-        if home is not None and memory.fits(home, program_id, demand, now, key):
-            return home
         fitting = [e for e in pool if memory.fits(e, program_id, demand, now, key)]
         if fitting:
-            # Dynamo's cost rather than the most room, and moving rather than holding a continuing call: on
-            # the coding tuning traces mean JCT 596/658 s -> 581/621 s (seeds 101/121, 8 engines). Dynamo's cost
-            # for continuing calls that fit at home too (moving them off busy engines) gave 553/603 s there but
-            # lost 4% on the agent trace (161 s against 155 s, seed 111; docs/memory_bound.md).
-            return min(fitting, key=lambda e: (self._placement_cost(call, e, home), -self._room(e, now)))
+            # Dynamo's cost rather than the most room, and moving rather than holding a continuing call that
+            # does not fit at home: on the coding tuning traces mean JCT 596/658 s -> 581/621 s (seeds 101/121,
+            # 8 engines). Moving one that fits at home only when home costs over twice the best: 581/637/679/621 s
+            # -> 562/641/669/609 s (coding seeds 101 x2, 111, 121) and 155 s (P95 436 -> 419 s) on the agent
+            # trace; Dynamo's own rule (factor 1) 553/617/665/603 s but 161 s there (docs/memory_bound.md).
+            costs = {e: self._placement_cost(call, e, home) for e in fitting}
+            best = min(fitting, key=lambda e: (costs[e], -self._room(e, now)))
+            if home in costs and best is not home and costs[home] <= self.move_factor * costs[best]:
+                return home
+            return best
         target = home if home is not None else max(pool, key=lambda e: self._room(e, now))
         memory.claim(program_id, target, demand, key)
         return None
@@ -520,8 +538,13 @@ class AgentrtPolicy(PinningPolicy):
                 pins.engine = None
                 pins.pin_until = 0.0
                 pins.pause_until = now
-            return
-        await super().on_tool_started(event)
+        else:
+            await super().on_tool_started(event)
+        if self.memory.has_claims:
+            # A program away past its horizon stops counting now, not at the next call's end: a call held for
+            # its memory would otherwise wait for the next release (on simulated copies of the real CPU
+            # engine's tuning traces, mean JCT 53/52/58 s -> 51/50/56 s, seeds 31-33).
+            self.host.wake()
 
     async def on_tool_finished(self, event: ToolFinished) -> None:
         self.memory.back(event.program.id)

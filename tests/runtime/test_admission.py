@@ -142,3 +142,54 @@ def test_an_engine_with_batch_room_for_every_waiting_call_needs_no_gate() -> Non
     assert not has_batch_room(load(kv_usage=0.95))  # they would wait for blocks
     assert has_batch_room(load(kv_usage=0.95, pinned_blocks=50, kv_blocks=100))  # pins give way
     assert not has_batch_room(load(max_num_seqs=None))  # an engine that does not say
+
+
+class _Host:
+    """The runtime as a policy sees it, at time 0."""
+
+    def __init__(self, engines: list[Any]) -> None:
+        self.engines = engines
+
+    def engine(self, name: str) -> Any:
+        return next(e for e in self.engines if e.name == name)
+
+    def wake(self) -> None:
+        pass
+
+    def now(self) -> float:
+        return 0.0
+
+
+@pytest.mark.parametrize("move_factor", [1.0, 2.0])
+def test_a_continuing_call_leaves_its_engine_only_when_it_costs_more_than_move_factor_times_the_best(
+    move_factor: float,
+) -> None:
+    from runtime import AgentrtPolicy, Completion, TokenPrompt
+    from runtime._policies._pinning import ProgramPins
+
+    from ._cache_routing import FixedEngine, call_info
+
+    class RoomyEngine(FixedEngine):
+        def _load_figures(self) -> dict[str, Any]:
+            return {**super()._load_figures(), "kv_blocks": 100_000}
+
+    home = RoomyEngine("home", cached_blocks=8)  # 128 of the prompt's 160 tokens cached
+    other = RoomyEngine("other", cached_blocks=0)
+    engines = [home, other]
+    policy = AgentrtPolicy(move_factor=move_factor)
+    policy.bind(_Host(engines))
+    prompt = TokenPrompt(tuple(range(3, 163)))
+    earlier = TokenPrompt(prompt.token_ids[:150])
+    call = call_info(prompt)
+    reply = Completion("r", "home", "m", "", (), "stop", 150, 0, 0, None, 0.1)
+    policy.contexts.remember(call.program.id, earlier, reply, home)  # the call continues a context on `home`
+    # Placement cost in tokens: prompt tokens to prefill there + tokens of the calls running there.
+    # `other`: 160 + 0.  `home`: 32 + the running tokens placed below.
+    stays = round(move_factor * 160) - 32
+    policy.memory.placed("busy", "wf", home, stays)
+    assert policy._placement_cost(call, home, home) == 32 + stays
+    assert policy._memory_placement(call, engines, ProgramPins(0)) is home
+    policy.memory.placed("busier", "wf", home, 1)
+    assert policy._memory_placement(call, engines, ProgramPins(0)) is other
+    with pytest.raises(ValueError, match="move_factor"):
+        AgentrtPolicy(move_factor=0.5)

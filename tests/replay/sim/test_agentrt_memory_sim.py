@@ -91,6 +91,27 @@ def test_memory_aware_admission_holds_a_newcomer_until_the_returning_program_is_
         assert (finish["newcomer"] > finish["returning"]) is waited
 
 
+def test_a_call_held_for_memory_is_admitted_when_the_program_it_waits_for_leaves_for_a_long_tool() -> None:
+    profile = CostProfile.model_validate(profile_data())
+    engine = SimEngine(profile, name="sim-0", kv_blocks=60)  # 7,680 tokens: not both programs at once
+
+    class EventsOnly(AgentrtPolicy):
+        recheck_s = None  # held calls offered again on events only: the tool's start must be one
+
+    policy = EventsOnly(retention=False, horizon_s=30.0)
+    for _ in range(3):
+        policy.durations.observe("build", 100.0)  # back far beyond the 30 s horizon: its memory is free meanwhile
+        policy.observe_tool("build", 100.0)
+    busy = program("busy", [("build", 100.0), None], new_tokens=3500, output_tokens=200)  # ~2 s of decode
+    newcomer = program("newcomer", [None], arrival_s=0.5, new_tokens=5000)
+    run = replay(policy, [busy, newcomer], [engine])
+    finish = {p.id: p.finish_s for p in run.programs}
+    assert finish["newcomer"] is not None and finish["busy"] is not None
+    # Held while `busy` ran (both do not fit), then run during its build, not after its last turn.
+    assert finish["newcomer"] < finish["busy"]
+    assert policy.memory.tracked_programs == 0
+
+
 def test_requests_carry_a_preemption_rank_least_urgent_band_first_then_least_context() -> None:
     profile = CostProfile.model_validate(profile_data())
     engine = RankLogEngine(profile, name="sim-0", kv_blocks=400)
