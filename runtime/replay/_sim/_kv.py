@@ -35,6 +35,7 @@ __all__ = ["BlockManager", "ChainHashCache", "Pin", "PrefixMemo", "chain_hashes"
 
 # Prefix-cache walks look this many hashes up at once (in C, with map).
 _WALK_CHUNK = 256
+_FIRST_CHUNK = 16
 # Evicted hashes kept for PrefixMemo checks; older memos are checked in full.
 _EVICTION_LOG = 1 << 16
 # Block lists shorter than this are handled in Python: numpy costs a few microseconds a call.
@@ -133,6 +134,10 @@ class PrefixMemo:
     evictions: int = 0
     #: The sequence's hashes as a set, built when first needed to test evictions against.
     watched: set[int] | None = None
+    #: ``blocks`` (or its first part) as an index array, for :meth:`BlockManager.evictable_among`.
+    index: np.ndarray | None = None
+    #: The sequence's hashes as an array, built when first needed to check the blocks still hold them.
+    hashes: np.ndarray | None = None
 
 
 @dataclass(slots=True)
@@ -263,23 +268,31 @@ class BlockManager:
                     # sequence's; else (or if the log no longer reaches back)
                     # keep the part of the memo whose blocks still hold their hashes.
                     if since < 0 or not memo.watched.isdisjoint(self._evicted[since:]):
-                        idx = np.array(hit, dtype=np.int64)
-                        want = np.array(hashes[: len(hit)], dtype=np.int64)
+                        idx = memo.index
+                        if idx is None or idx.size != len(hit):
+                            idx = memo.index = np.array(hit, dtype=np.int64)
+                        if memo.hashes is None:
+                            memo.hashes = np.array(hashes, dtype=np.int64)
+                        want = memo.hashes[: len(hit)]
                         held = self._hashed[idx] & (self._hash[idx] == want)
                         if not held.all():
                             del hit[int(np.argmin(held)) :]
+                            memo.index = None
             if len(hit) > limit:  # pragma: no cover - num_tokens only grows
                 return hit[:limit]
-        # Look the hashes up a chunk at a time in C, stopping at the first miss.
+        # Look the hashes up a chunk at a time in C, stopping at the first
+        # miss; a small first chunk, as a resumed walk usually stops at once.
         i = len(hit)
         get = cached.get
+        chunk = _FIRST_CHUNK
         while i < limit:
-            found = list(map(get, hashes[i : min(i + _WALK_CHUNK, limit)]))
+            found = list(map(get, hashes[i : min(i + chunk, limit)]))
             if None in found:
                 hit += cast("list[int]", found[: found.index(None)])
                 break
             hit += cast("list[int]", found)
             i += len(found)
+            chunk = _WALK_CHUNK
         return hit
 
     def cached_blocks(self, hashes: Sequence[int]) -> int:
@@ -293,18 +306,35 @@ class BlockManager:
         get = self.cached.get
         i = 0
         n = len(hashes)
+        chunk = _FIRST_CHUNK
         while i < n:
-            found = list(map(get, hashes[i : min(i + _WALK_CHUNK, n)]))
+            found = list(map(get, hashes[i : min(i + chunk, n)]))
             if None in found:
                 return i + found.index(None)
             i += len(found)
+            chunk = _WALK_CHUNK
         return n
 
-    def evictable_among(self, blocks: Sequence[int]) -> int:
-        """How many of ``blocks`` are free (counted in :attr:`num_free`) and would stop being so if reused."""
+    def evictable_among(self, blocks: Sequence[int], memo: PrefixMemo | None = None) -> int:
+        """How many of ``blocks`` are free (counted in :attr:`num_free`) and would stop being so if reused.
+
+        With ``memo`` (whose :attr:`~PrefixMemo.blocks` ``blocks`` must be, as
+        :meth:`cached_prefix` returned them), the blocks' index array is kept
+        in it: a waiting request is checked every step, and converting its
+        thousands of block ids anew each time dominated the simulator.
+        """
         if not blocks:
             return 0
-        return int(np.count_nonzero(self.ref[np.array(blocks, dtype=np.int64)] == 0))
+        if memo is None or memo.blocks is not blocks:
+            return int(np.count_nonzero(self.ref[np.array(blocks, dtype=np.int64)] == 0))
+        index = memo.index
+        # The memo's blocks only grow at the end; a cut drops the array (see cached_prefix).
+        if index is None or index.size > len(blocks):
+            index = np.array(blocks, dtype=np.int64)
+        elif index.size < len(blocks):
+            index = np.concatenate((index, np.array(blocks[index.size :], dtype=np.int64)))
+        memo.index = index
+        return int(np.count_nonzero(self.ref[index] == 0))
 
     def register(self, block: int, block_hash: int) -> None:
         """Record that ``block`` now holds the full block ``block_hash``; first computed copy wins."""

@@ -554,11 +554,11 @@ class Scheduler:
         total = req.num_tokens
         budget = self.max_num_batched_tokens
         reserve = min(-(-budget // bs) + 1, kv.blocks_for(total) - k)
-        reused = kv.evictable_among(hit)
+        reused = kv.evictable_among(hit, req.prefix)
         room = kv.num_free - reused
         if room < m + reserve and not self.continuum and kv.num_pins:
             kv.release_pins_under_pressure(m + reserve + reused)
-            reused = kv.evictable_among(hit)
+            reused = kv.evictable_among(hit, req.prefix)
             room = kv.num_free - reused
         m = min(m, room - reserve)
         if m <= 0:
@@ -905,7 +905,7 @@ class Scheduler:
             free = kv.num_free
             if self.continuum:
                 # Hard pins: no pin is given up for a waiting request, unless nothing runs.
-                fits = free - len(hit) >= need or (free >= need and free - kv.evictable_among(hit) >= need)
+                fits = free - len(hit) >= need or (free >= need and free - kv.evictable_among(hit, req.prefix) >= need)
                 if not fits:
                     if not self.running:
                         kv.release_latest_pin()
@@ -915,11 +915,11 @@ class Scheduler:
                 # thousands of blocks: skip it when the bounds 0 <= reused <=
                 # len(hit) already decide (the pins are only released when the
                 # exact check fails, and there are none to release).
-                reused = kv.evictable_among(hit)
+                reused = kv.evictable_among(hit, req.prefix)
                 if free - reused < need:
                     kv.release_pins_under_pressure(need + reused)
                     # Releasing pins may have dropped some of the hit blocks to the free LRU.
-                    reused = kv.evictable_among(hit)
+                    reused = kv.evictable_among(hit, req.prefix)
                     if kv.num_free - reused < need:
                         return
             elif free < need:

@@ -76,7 +76,10 @@ def test_memoised_walks_match_fresh_walks_under_random_churn() -> None:
     for _ in range(400):
         i = rng.randrange(len(seqs))
         seq = seqs[i]
-        assert kv.cached_prefix(seq, 4 * len(seq) + 1, memos[i]) == kv.cached_prefix(seq, 4 * len(seq) + 1)
+        memo_hit = kv.cached_prefix(seq, 4 * len(seq) + 1, memos[i])
+        assert memo_hit == kv.cached_prefix(seq, 4 * len(seq) + 1)
+        # The memo keeps the blocks' index array across walks that grow or cut them.
+        assert kv.evictable_among(memo_hit, memos[i]) == sum(1 for b in memo_hit if kv.ref[b] == 0)
         action = rng.random()
         if action < 0.4:
             hit = kv.cached_prefix(seq, 4 * len(seq) + 1)
