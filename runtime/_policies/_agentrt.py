@@ -106,7 +106,7 @@ from .._program import Program
 from ._base import CallFinished, CallInfo, Route, ToolFinished, ToolStarted
 from ._contexts import ContextIndex
 from ._host_tier import DEFAULT_LEAD_S, DEFAULT_MIN_AWAY_S, HostTier
-from ._memory import DEFAULT_FILL, DEFAULT_GROWTH_SHARE, DEFAULT_HORIZON_S, MemoryLedger
+from ._memory import DEFAULT_FILL, DEFAULT_GROWTH_RELOAD_S, DEFAULT_GROWTH_SHARE, DEFAULT_HORIZON_S, MemoryLedger
 from ._pinning import DEFAULT_PROVISIONAL_TTL_S, PinChoice, PinningPolicy, ProgramPins
 from ._placement import PrefixHomes, has_batch_room, load_key
 from ._progress import ProgramBook
@@ -196,6 +196,11 @@ class _PrefillFit:
         self._nn += float(tokens) * tokens
         self._nt += tokens * seconds
 
+    @property
+    def known(self) -> bool:
+        """Whether a prefill has been measured."""
+        return self._nn > 0
+
     def seconds(self, tokens: int) -> float:
         return tokens * self._nt / self._nn if self._nn > 0 else 0.0
 
@@ -254,6 +259,7 @@ class AgentrtPolicy(PinningPolicy):
         prefetch_lead_s: float = DEFAULT_LEAD_S,
         fill: float = DEFAULT_FILL,
         growth_share: float = DEFAULT_GROWTH_SHARE,
+        growth_reload_s: float = DEFAULT_GROWTH_RELOAD_S,
         horizon_s: float | None = DEFAULT_HORIZON_S,
         preempt_band_s: float = DEFAULT_PREEMPT_BAND_S,
         move_factor: float = DEFAULT_MOVE_FACTOR,
@@ -289,7 +295,13 @@ class AgentrtPolicy(PinningPolicy):
         self.retention_quantile = retention_quantile
         self.retention_horizon_s = retention_horizon_s
         #: Where live programs' contexts are and the KV they will need (memory-aware admission).
-        self.memory = MemoryLedger(fill=fill, growth_share=growth_share, horizon_s=horizon_s, reload_s=self.reload_s)
+        self.memory = MemoryLedger(
+            fill=fill,
+            growth_share=growth_share,
+            growth_reload_s=growth_reload_s,
+            horizon_s=horizon_s,
+            reload_s=self._known_reload_s,
+        )
         # The engine memory-aware admission chose for the call being routed (admit, then pick_engine).
         self._placement: tuple[CallInfo, Engine] | None = None
         #: Live programs, workflow profiles and the work routed to each engine.
@@ -331,11 +343,15 @@ class AgentrtPolicy(PinningPolicy):
 
     def reload_s(self, engine: Engine, tokens: int) -> float:
         """Seconds ``engine`` needs to prefill ``tokens`` tokens again: its calibration, else the policy's fit."""
+        return self._known_reload_s(engine, tokens) or 0.0
+
+    def _known_reload_s(self, engine: Engine, tokens: int) -> float | None:
+        """:meth:`reload_s`, None while neither a calibration nor a measured prefill prices it."""
         cost = engine.prefill_cost_s(tokens)
         if cost is not None:
             return cost
         fit = self._fits.get(engine.name)
-        return 0.0 if fit is None else fit.seconds(tokens)
+        return None if fit is None or not fit.known else fit.seconds(tokens)
 
     # -- urgency -----------------------------------------------------------------------
 
@@ -390,10 +406,10 @@ class AgentrtPolicy(PinningPolicy):
         self._placement = None if engine is None else (call, engine)
         return engine is not None
 
-    def call_demand(self, call: CallInfo) -> int:
-        """KV tokens to reserve for ``call``'s program if it runs now: its prompt, output budget and growth."""
+    def call_demand(self, call: CallInfo, engine: Engine | None = None) -> int:
+        """KV tokens to reserve for ``call``'s program if it runs now (on ``engine``): prompt, output budget, growth."""
         tokens = call.prompt_tokens + call.sampling.max_tokens
-        return self.memory.demand(call.program.workflow, tokens)
+        return self.memory.demand(call.program.workflow, tokens, engine)
 
     def _memory_placement(self, call: CallInfo, pool: Sequence[Engine], pins: ProgramPins) -> Engine | None:
         """Where ``call`` fits beside the programs counted on each engine; None: hold it (it claims an engine).
@@ -413,9 +429,8 @@ class AgentrtPolicy(PinningPolicy):
         program_id = call.program.id
         now = self.host.now()
         key = self.urgency_key(call)
-        demand = self.call_demand(call)
         home = self.contexts.holder(program_id, call.prompt, pool)
-        fitting = [e for e in pool if memory.fits(e, program_id, demand, now, key)]
+        fitting = [e for e in pool if memory.fits(e, program_id, self.call_demand(call, e), now, key)]
         if fitting:
             # Dynamo's cost rather than the most room, and moving rather than holding a continuing call that
             # does not fit at home: on the coding tuning traces mean JCT 596/658 s -> 581/621 s (seeds 101/121,
@@ -428,7 +443,7 @@ class AgentrtPolicy(PinningPolicy):
                 return home
             return best
         target = home if home is not None else max(pool, key=lambda e: self._room(e, now))
-        memory.claim(program_id, target, demand, key)
+        memory.claim(program_id, target, self.call_demand(call, target), key)
         return None
 
     def _placement_cost(self, call: CallInfo, engine: Engine, home: Engine | None) -> int:

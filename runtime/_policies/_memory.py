@@ -12,7 +12,12 @@ program, the engine its context lives on and what it will need there:
   to grow by before it ends (the workflow's typical peak context, learned
   from finished programs, less ``tokens``): a program admitted on a few
   thousand tokens will need a hundred thousand later, and admitting it
-  where that will not fit is thrashing deferred;
+  where that will not fit is thrashing deferred.  The growth is reserved
+  only on an engine that would take at least ``growth_reload_s`` to
+  prefill the expected peak again (or that cannot say): where a context
+  reloads in a fraction of a second, a program preempted later for
+  another's growth loses less than a newcomer held now for memory that
+  stays unused;
 - whether it *counts*: a program counts against its engine while one of its
   calls runs, between its calls, and while it is in a tool whose predicted
   return is nearer (before or after) than its *horizon*: the seconds its
@@ -48,7 +53,7 @@ from dataclasses import dataclass
 
 from .._engines import Engine
 
-__all__ = ["DEFAULT_FILL", "DEFAULT_GROWTH_SHARE", "DEFAULT_HORIZON_S", "MemoryLedger"]
+__all__ = ["DEFAULT_FILL", "DEFAULT_GROWTH_RELOAD_S", "DEFAULT_GROWTH_SHARE", "DEFAULT_HORIZON_S", "MemoryLedger"]
 
 #: Share of an engine's KV tokens the ledger lets programs claim (the rest absorbs block rounding and decode).
 DEFAULT_FILL = 0.95
@@ -58,6 +63,11 @@ DEFAULT_FILL = 0.95
 #: engine's regime (simulated, 6 traces) 44.0 / 43.7 / 42.8 s, P95 103 / 101 / 96 s; real, seed 35, 64.5 / 64.3 /
 #: 62.1 s, P95 153 / 145 / 137 s.
 DEFAULT_GROWTH_SHARE = 0.5
+#: Growth is reserved only on engines that would take at least this many seconds to prefill the program's expected
+#: peak context again.  It splits the regimes on the tuning traces (see DEFAULT_GROWTH_SHARE): simulated H100s
+#: reload a coding program's peak in tens of seconds, where reserving did better; the real CPU engine in a tenth
+#: of a second, where reserving nothing did.
+DEFAULT_GROWTH_RELOAD_S = 1.0
 #: A program in a tool counts against its engine while it is expected back within this many seconds; None:
 #: within the time its engine would take to prefill its context again.  A fixed 30 s did 1.5-10% better than 0
 #: on the simulator's coding traces and cost 3x in mean JCT on a real CPU engine whose cache holds a few short
@@ -95,16 +105,20 @@ class MemoryLedger:
         fill: float = DEFAULT_FILL,
         growth_share: float = DEFAULT_GROWTH_SHARE,
         horizon_s: float | None = DEFAULT_HORIZON_S,
-        reload_s: Callable[[Engine, int], float] | None = None,
+        growth_reload_s: float = DEFAULT_GROWTH_RELOAD_S,
+        reload_s: Callable[[Engine, int], float | None] | None = None,
     ) -> None:
         if not 0 < fill <= 1:
             raise ValueError(f"fill must be in (0, 1], got {fill}")
-        if growth_share < 0 or (horizon_s is not None and horizon_s < 0):
-            raise ValueError("growth_share and horizon_s must be >= 0")
+        if growth_share < 0 or growth_reload_s < 0 or (horizon_s is not None and horizon_s < 0):
+            raise ValueError("growth_share, growth_reload_s and horizon_s must be >= 0")
         self.fill = fill
         self.growth_share = growth_share
+        #: Growth is reserved on an engine only if prefilling the expected peak there takes at least this long
+        #: (seconds; ``reload_s(engine, tokens)``, None: not known, reserved).
+        self.growth_reload_s = growth_reload_s
         #: Fixed seconds a program in a tool counts around its expected return; None: its reload time
-        #: (``reload_s(engine, tokens)``; without ``reload_s``, 0).
+        #: (``reload_s(engine, tokens)``; without it or where it is None, 0).
         self.horizon_s = horizon_s
         self._reload_s = reload_s
         self._residents: dict[str, _Resident] = {}
@@ -122,10 +136,19 @@ class MemoryLedger:
         """The workflow's typical peak context in tokens (0 before one of its programs finished)."""
         return round(self._peaks.get(workflow, 0.0))
 
-    def demand(self, workflow: str, tokens: int) -> int:
-        """KV tokens to reserve for a program of ``workflow`` whose context is ``tokens`` now."""
-        growth = max(0, self.expected_peak(workflow) - tokens)
-        return tokens + round(self.growth_share * growth)
+    def demand(self, workflow: str, tokens: int, engine: Engine | None = None) -> int:
+        """KV tokens to reserve for a program of ``workflow`` whose context is ``tokens`` now (on ``engine``).
+
+        Its expected growth is left out on an engine that reloads the expected peak in under ``growth_reload_s``.
+        """
+        peak = self.expected_peak(workflow)
+        if peak <= tokens or not self.growth_share:
+            return tokens
+        if engine is not None and self._reload_s is not None and self.growth_reload_s > 0:
+            reload = self._reload_s(engine, peak)
+            if reload is not None and reload < self.growth_reload_s:
+                return tokens
+        return tokens + round(self.growth_share * (peak - tokens))
 
     def counted(self, engine: Engine, now: float, *, exclude: str | None = None, key: float | None = None) -> int:
         """The demand counted against ``engine`` now, ``exclude``'s left out.
@@ -144,7 +167,7 @@ class MemoryLedger:
             if key is not None and program_id in claims:
                 continue  # counted below, as its claim, or not at all
             if self._counts(r, now):
-                total += self.demand(r.workflow, r.tokens)
+                total += self.demand(r.workflow, r.tokens, engine)
         if key is not None:
             for program_id, claim in claims.items():
                 if claim.engine is engine and claim.key < key and program_id != exclude:
@@ -155,7 +178,7 @@ class MemoryLedger:
         """Seconds around its expected return a program of ``tokens`` tokens on ``engine`` counts while away."""
         if self.horizon_s is not None:
             return self.horizon_s
-        return 0.0 if self._reload_s is None else self._reload_s(engine, tokens)
+        return (None if self._reload_s is None else self._reload_s(engine, tokens)) or 0.0
 
     def _counts(self, r: _Resident, now: float) -> bool:
         if r.active or r.back_at is None:

@@ -92,6 +92,31 @@ def test_demand_reserves_the_workflows_expected_growth() -> None:
     assert ledger.counted(engine, 0.0) == 0  # a finished program holds nothing
 
 
+def test_growth_is_reserved_only_where_the_expected_peak_is_slow_to_reload() -> None:
+    fast, slow, unpriced = SizedEngine("fast", 100_000), SizedEngine("slow", 100_000), SizedEngine("unpriced", 100_000)
+    seconds_per_token = {"fast": 0.0001, "slow": 0.001, "unpriced": None}  # the 4,100-token peak: 0.41 s, 4.1 s
+
+    def reload_s(engine: Any, tokens: int) -> float | None:
+        rate = seconds_per_token[engine.name]
+        return None if rate is None else rate * tokens
+
+    ledger = MemoryLedger(growth_share=0.5, growth_reload_s=1.0, reload_s=reload_s)
+    ledger.placed("a", "wf", slow, 100)
+    ledger.finished("a", slow, 4_100)
+    ledger.program_finished("a")
+    assert ledger.demand("wf", 100, slow) == 100 + 2_000
+    assert ledger.demand("wf", 100, unpriced) == 100 + 2_000  # not known: reserved
+    assert ledger.demand("wf", 100, fast) == 100  # a preemption later costs 0.41 s: nothing held back for it
+    assert ledger.demand("wf", 100) == 100 + 2_000  # no engine named
+    # Residents are counted with their own engine's rule.
+    ledger.placed("b", "wf", fast, 100)
+    ledger.placed("c", "wf", slow, 100)
+    assert ledger.counted(fast, 0.0) == 100 and ledger.counted(slow, 0.0) == 2_100
+    assert MemoryLedger(growth_share=0.5, growth_reload_s=0.0, reload_s=reload_s).growth_reload_s == 0.0
+    with pytest.raises(ValueError, match="growth_reload_s"):
+        MemoryLedger(growth_reload_s=-1.0)
+
+
 def test_an_engine_that_does_not_say_its_size_always_fits() -> None:
     engine = SizedEngine("e", None)
     ledger = MemoryLedger()
