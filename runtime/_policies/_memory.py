@@ -48,8 +48,9 @@ counts only against calls keyed after it.  Times are the runtime clock's, second
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .._engines import Engine
 
@@ -90,6 +91,24 @@ class _Resident:
 
 
 @dataclass(slots=True, eq=False)
+class _Total:
+    """An engine's counted demand as computed at ``since``, valid until ``until`` or the next event on the engine.
+
+    A program away in a tool starts or stops counting at a known time (its
+    expected return less or plus its horizon), so between events the total
+    changes only then: held calls are offered again on every event, each
+    checked against every engine, and summing every program each time cost
+    O(held x engines x programs) per event.
+    """
+
+    since: float
+    until: float
+    value: int
+    #: Each counting program's part of ``value``.
+    parts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True, eq=False)
 class _Claim:
     engine: Engine
     demand: int
@@ -122,6 +141,9 @@ class MemoryLedger:
         self.horizon_s = horizon_s
         self._reload_s = reload_s
         self._residents: dict[str, _Resident] = {}
+        # The same residents by engine, and each engine's counted total (dropped on every event there).
+        self._on: dict[Engine, dict[str, _Resident]] = {}
+        self._totals: dict[Engine, _Total] = {}
         self._claims: dict[str, _Claim] = {}
         self._peaks: dict[str, float] = {}
 
@@ -159,19 +181,34 @@ class MemoryLedger:
         urgent call (held programs waiting on each other's memory would
         otherwise wait for ever).
         """
-        total = 0
-        claims = self._claims
-        for program_id, r in self._residents.items():
-            if r.engine is not engine or program_id == exclude:
-                continue
-            if key is not None and program_id in claims:
-                continue  # counted below, as its claim, or not at all
-            if self._counts(r, now):
-                total += self.demand(r.workflow, r.tokens, engine)
+        counted = self._total(engine, now)
+        parts = counted.parts
+        total = counted.value
+        if exclude is not None:
+            total -= parts.get(exclude, 0)
         if key is not None:
-            for program_id, claim in claims.items():
-                if claim.engine is engine and claim.key < key and program_id != exclude:
+            for program_id, claim in self._claims.items():
+                if program_id == exclude:
+                    continue
+                total -= parts.get(program_id, 0)  # counted as its claim, or not at all
+                if claim.engine is engine and claim.key < key:
                     total += claim.demand
+        return total
+
+    def _total(self, engine: Engine, now: float) -> _Total:
+        """The demand of every program counting against ``engine`` at ``now`` (cached while it cannot change)."""
+        total = self._totals.get(engine)
+        if total is not None and total.since <= now < total.until:
+            return total
+        total = _Total(now, math.inf, 0)
+        for program_id, r in self._on.get(engine, {}).items():
+            counts, until = self._counting(r, now)
+            total.until = min(total.until, until)
+            if counts:
+                part = self.demand(r.workflow, r.tokens, engine)
+                total.parts[program_id] = part
+                total.value += part
+        self._totals[engine] = total
         return total
 
     def horizon(self, engine: Engine, tokens: int) -> float:
@@ -180,11 +217,16 @@ class MemoryLedger:
             return self.horizon_s
         return (None if self._reload_s is None else self._reload_s(engine, tokens)) or 0.0
 
-    def _counts(self, r: _Resident, now: float) -> bool:
+    def _counting(self, r: _Resident, now: float) -> tuple[bool, float]:
+        """Whether the program counts at ``now``, and a time before which that stays so."""
         if r.active or r.back_at is None:
-            return True
-        # Long overdue: the tool runs far past its prediction, so it is no longer expected back soon.
-        return abs(r.back_at - now) <= self.horizon(r.engine, r.tokens)
+            return True, math.inf
+        horizon = self.horizon(r.engine, r.tokens)
+        if now < r.back_at - horizon:
+            return False, r.back_at - horizon
+        if now <= r.back_at + horizon:
+            return True, r.back_at + horizon
+        return False, math.inf  # long overdue: the tool runs far past its prediction, no longer expected back soon
 
     def free(self, engine: Engine, now: float, *, exclude: str | None = None, key: float | None = None) -> int | None:
         """Tokens of ``engine``'s cache not counted (None when the engine does not say its size)."""
@@ -216,7 +258,7 @@ class MemoryLedger:
 
     def running_tokens(self, engine: Engine) -> int:
         """The context tokens of the programs with a call running on ``engine``, as far as the ledger knows."""
-        return sum(r.tokens for r in self._residents.values() if r.engine is engine and r.active)
+        return sum(r.tokens for r in self._on.get(engine, {}).values() if r.active)
 
     def context_tokens(self, program_id: str) -> int:
         """The program's context on its engine in tokens (0: none known)."""
@@ -225,7 +267,7 @@ class MemoryLedger:
 
     def active_on(self, engine: Engine) -> int:
         """Programs with a call running on ``engine``, as far as the ledger knows."""
-        return sum(1 for r in self._residents.values() if r.engine is engine and r.active)
+        return sum(1 for r in self._on.get(engine, {}).values() if r.active)
 
     # -- events ------------------------------------------------------------------------
 
@@ -235,10 +277,11 @@ class MemoryLedger:
         r = self._residents.get(program_id)
         if r is None:
             r = self._residents[program_id] = _Resident(engine, workflow)
+            self._on.setdefault(engine, {})[program_id] = r
         elif r.engine is not engine and r.active:
             # A parallel call elsewhere: the newest context wins, as in ContextIndex.
             r.active = 0
-        r.engine = engine
+        self._move(program_id, r, engine)
         r.active += 1
         r.tokens = max(tokens, r.tokens if r.active > 1 else 0)
         r.back_at = None
@@ -249,9 +292,10 @@ class MemoryLedger:
         r = self._residents.get(program_id)
         if r is None:
             return
+        self._totals.pop(r.engine, None)
         r.active = max(0, r.active - 1)
         if engine is not None and context_tokens is not None:
-            r.engine = engine
+            self._move(program_id, r, engine)
             r.tokens = context_tokens
             r.peak = max(r.peak, context_tokens)
         r.back_at = None
@@ -260,12 +304,14 @@ class MemoryLedger:
         """The program went idle (a tool) and is expected back at ``back_at``; the latest estimate in a pause wins."""
         r = self._residents.get(program_id)
         if r is not None and not r.active:
+            self._totals.pop(r.engine, None)
             r.back_at = back_at if r.back_at is None else max(r.back_at, back_at)
 
     def back(self, program_id: str) -> None:
         """The program's tool returned: it is about to call again."""
         r = self._residents.get(program_id)
         if r is not None:
+            self._totals.pop(r.engine, None)
             r.back_at = None
 
     def claim(self, program_id: str, engine: Engine, demand: int, key: float) -> None:
@@ -276,10 +322,24 @@ class MemoryLedger:
         """The program ended: its peak teaches its workflow's estimate; its memory and claims go."""
         self._claims.pop(program_id, None)
         r = self._residents.pop(program_id, None)
-        if r is None or r.peak <= 0:
+        if r is None:
+            return
+        del self._on[r.engine][program_id]
+        self._totals.pop(r.engine, None)
+        if r.peak <= 0:
             return
         old = self._peaks.get(r.workflow)
         self._peaks[r.workflow] = r.peak if old is None else old + _PEAK_ALPHA * (r.peak - old)
+        self._totals.clear()  # every program of the workflow now demands another growth
+
+    def _move(self, program_id: str, r: _Resident, engine: Engine) -> None:
+        """Place ``r`` on ``engine`` (it may be there already); both engines' totals are dropped."""
+        self._totals.pop(r.engine, None)
+        self._totals.pop(engine, None)
+        if r.engine is not engine:
+            del self._on[r.engine][program_id]
+            self._on.setdefault(engine, {})[program_id] = r
+            r.engine = engine
 
     @property
     def tracked_programs(self) -> int:

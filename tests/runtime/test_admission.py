@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
 import pytest
@@ -218,3 +219,54 @@ def test_a_continuing_call_leaves_its_engine_only_when_it_costs_more_than_move_f
     assert policy._memory_placement(call, engines, ProgramPins(0)) is other
     with pytest.raises(ValueError, match="move_factor"):
         AgentrtPolicy(move_factor=0.5)
+
+
+def _counted_by_hand(ledger: MemoryLedger, engine: Any, now: float, exclude: str | None, key: float | None) -> int:
+    """The ledger's rule summed over every program, as the docstring states it."""
+    total = 0
+    for program_id, r in ledger._residents.items():
+        if r.engine is not engine or program_id == exclude or (key is not None and ledger.claimed(program_id)):
+            continue
+        away = not r.active and r.back_at is not None
+        if not away or abs(r.back_at - now) <= ledger.horizon(engine, r.tokens):  # type: ignore[operator]
+            total += ledger.demand(r.workflow, r.tokens, engine)
+    if key is not None:
+        for program_id, claim in ledger._claims.items():
+            if claim.engine is engine and claim.key < key and program_id != exclude:
+                total += claim.demand
+    return total
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_cached_totals_match_a_sum_over_every_program_through_random_events(seed: int) -> None:
+    rng = random.Random(seed)
+    engines = [SizedEngine(f"e{i}", 50_000) for i in range(3)]
+    rate = {e.name: 0.0002 * (i + 1) for i, e in enumerate(engines)}  # peaks reload in 0.2-3 s: some reserve growth
+    ledger = MemoryLedger(growth_share=0.5, reload_s=lambda e, tokens: rate[e.name] * tokens)
+    programs = [f"p{i}" for i in range(12)]
+    now = 0.0
+    for _ in range(2_000):
+        now += rng.choice((0.0, 0.0, 0.05, 0.5, 3.0))
+        p, e = rng.choice(programs), rng.choice(engines)
+        event = rng.randrange(7)
+        if event == 0:
+            ledger.placed(p, rng.choice(("wf", "other")), e, rng.randrange(100, 8_000))
+        elif event == 1:
+            ledger.finished(p, rng.choice((e, None)), rng.randrange(100, 9_000))
+        elif event == 2:
+            ledger.away_until(p, now + rng.choice((0.1, 1.0, 5.0, 30.0)))
+        elif event == 3:
+            ledger.back(p)
+        elif event == 4 and p in ledger._residents:
+            ledger.claim(p, e, rng.randrange(100, 9_000), key=rng.uniform(0, 100))
+        elif event == 5 and rng.random() < 0.3:
+            ledger.program_finished(p)
+        for engine in engines:
+            exclude = rng.choice((None, p))
+            key = rng.choice((None, rng.uniform(0, 100)))
+            assert ledger.counted(engine, now, exclude=exclude, key=key) == _counted_by_hand(
+                ledger, engine, now, exclude, key
+            )
+        assert {e: ledger.running_tokens(e) for e in engines} == {
+            e: sum(r.tokens for r in ledger._residents.values() if r.engine is e and r.active) for e in engines
+        }
