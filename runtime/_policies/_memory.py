@@ -48,6 +48,8 @@ counts only against calls keyed after it.  Times are the runtime clock's, second
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,6 +108,17 @@ class _Total:
     value: int
     #: Each counting program's part of ``value``.
     parts: dict[str, int] = field(default_factory=dict)
+    #: The parts of the programs with a claim, for the claims of :attr:`MemoryLedger._claim_epoch` (-1: not yet).
+    claimed: int = 0
+    claimed_epoch: int = -1
+
+
+@dataclass(slots=True, eq=False)
+class _ClaimIndex:
+    """The claims on one engine by key, with running sums of their demands, to sum those keyed before a key at once."""
+
+    keys: list[float]
+    sums: list[int]
 
 
 @dataclass(slots=True, eq=False)
@@ -145,6 +158,11 @@ class MemoryLedger:
         self._on: dict[Engine, dict[str, _Resident]] = {}
         self._totals: dict[Engine, _Total] = {}
         self._claims: dict[str, _Claim] = {}
+        # Per engine its claims, and their index by key (dropped when they change).
+        self._claims_on: dict[Engine, dict[str, _Claim]] = {}
+        self._claim_index: dict[Engine, _ClaimIndex] = {}
+        # Bumped whenever a program gains or loses its claim.
+        self._claim_epoch = 0
         self._peaks: dict[str, float] = {}
 
     # -- reading ---------------------------------------------------------------------
@@ -182,18 +200,35 @@ class MemoryLedger:
         otherwise wait for ever).
         """
         counted = self._total(engine, now)
-        parts = counted.parts
         total = counted.value
-        if exclude is not None:
-            total -= parts.get(exclude, 0)
-        if key is not None:
-            for program_id, claim in self._claims.items():
-                if program_id == exclude:
-                    continue
-                total -= parts.get(program_id, 0)  # counted as its claim, or not at all
-                if claim.engine is engine and claim.key < key:
-                    total += claim.demand
+        claims = self._claims
+        if key is None:
+            return total if exclude is None else total - counted.parts.get(exclude, 0)
+        # Programs with a claim count as their claim, or not at all.
+        if counted.claimed_epoch != self._claim_epoch:
+            parts = counted.parts
+            if len(parts) <= len(claims):
+                counted.claimed = sum(part for program_id, part in parts.items() if program_id in claims)
+            else:
+                counted.claimed = sum(parts.get(program_id, 0) for program_id in claims)
+            counted.claimed_epoch = self._claim_epoch
+        total -= counted.claimed
+        own = claims.get(exclude) if exclude is not None else None
+        if exclude is not None and own is None:
+            total -= counted.parts.get(exclude, 0)
+        total += self._claimed_before(engine, key)
+        if own is not None and own.engine is engine and own.key < key:
+            total -= own.demand
         return total
+
+    def _claimed_before(self, engine: Engine, key: float) -> int:
+        """The demand of the claims on ``engine`` keyed before ``key``."""
+        index = self._claim_index.get(engine)
+        if index is None:
+            ordered = sorted((c.key, c.demand) for c in self._claims_on.get(engine, {}).values())
+            index = _ClaimIndex([k for k, _ in ordered], [0, *itertools.accumulate(d for _, d in ordered)])
+            self._claim_index[engine] = index
+        return index.sums[bisect.bisect_left(index.keys, key)]
 
     def _total(self, engine: Engine, now: float) -> _Total:
         """The demand of every program counting against ``engine`` at ``now`` (cached while it cannot change)."""
@@ -273,7 +308,7 @@ class MemoryLedger:
 
     def placed(self, program_id: str, workflow: str, engine: Engine, tokens: int) -> None:
         """A call of ``tokens`` tokens (prompt and output budget) of the program was sent to ``engine``."""
-        self._claims.pop(program_id, None)
+        self._drop_claim(program_id)
         r = self._residents.get(program_id)
         if r is None:
             r = self._residents[program_id] = _Resident(engine, workflow)
@@ -316,11 +351,18 @@ class MemoryLedger:
 
     def claim(self, program_id: str, engine: Engine, demand: int, key: float) -> None:
         """A call of the program, keyed ``key``, waits for ``demand`` tokens on ``engine``."""
-        self._claims[program_id] = _Claim(engine, demand, key)
+        old = self._claims.get(program_id)
+        if old is not None and old.engine is engine and old.demand == demand and old.key == key:
+            return  # offered again and held again as it was
+        self._drop_claim(program_id)
+        claim = self._claims[program_id] = _Claim(engine, demand, key)
+        self._claims_on.setdefault(engine, {})[program_id] = claim
+        self._claim_index.pop(engine, None)
+        self._claim_epoch += 1
 
     def program_finished(self, program_id: str) -> None:
         """The program ended: its peak teaches its workflow's estimate; its memory and claims go."""
-        self._claims.pop(program_id, None)
+        self._drop_claim(program_id)
         r = self._residents.pop(program_id, None)
         if r is None:
             return
@@ -331,6 +373,13 @@ class MemoryLedger:
         old = self._peaks.get(r.workflow)
         self._peaks[r.workflow] = r.peak if old is None else old + _PEAK_ALPHA * (r.peak - old)
         self._totals.clear()  # every program of the workflow now demands another growth
+
+    def _drop_claim(self, program_id: str) -> None:
+        claim = self._claims.pop(program_id, None)
+        if claim is not None:
+            del self._claims_on[claim.engine][program_id]
+            self._claim_index.pop(claim.engine, None)
+            self._claim_epoch += 1
 
     def _move(self, program_id: str, r: _Resident, engine: Engine) -> None:
         """Place ``r`` on ``engine`` (it may be there already); both engines' totals are dropped."""
