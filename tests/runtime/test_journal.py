@@ -159,9 +159,15 @@ async def test_a_failed_fan_out_resumes_where_it_stopped(journal: Journal) -> No
     assert all(s.run == 1 for s in steps_after if s.key in steps_before)
     # (Siblings cut off by the failure, if any were still running, finish in run 2 as well.)
     assert {s.key for s in steps_after if s.run == 2} >= {"g1.1-0/2", "g1.1-0"}
-    # Each charge happened once (branch 1's was replayed), and its key is the one a rerun would pass.
-    assert sorted(e[1] for e in EFFECTS) == [1, 2, 3]
-    assert {e[2] for e in EFFECTS if e[1] == 2} == {f"{handle.id}/g1.1-0/1"}
+    # A charge journaled before ran once (it was replayed). One that the failure cut off between the tool's
+    # effect and its journal entry (branch 1 is the slowest; how far it got depends on the machine) runs again,
+    # with the key a rerun passes, so the tool can tell the retry apart.
+    for amount in (1, 2, 3):
+        key = f"g1.{amount - 1}-0/1"
+        effects = [e for e in EFFECTS if e[1] == amount]
+        assert effects and {e[2] for e in effects} == {f"{handle.id}/{key}"}
+        if key in steps_before:
+            assert len(effects) == 1, f"charge {amount} was journaled, yet ran again"
 
 
 async def test_a_cancelled_program_resumes_and_its_done_work_is_not_redone(journal: Journal) -> None:
