@@ -140,6 +140,21 @@ class PrefixMemo:
     hashes: np.ndarray | None = None
 
 
+def _memo_index(memo: PrefixMemo) -> np.ndarray:
+    """``memo.blocks`` as an index array, kept in the memo and extended as the blocks grow.
+
+    The blocks only grow at the end; :meth:`BlockManager.cached_prefix` drops the array when it cuts them.
+    """
+    blocks = memo.blocks
+    index = memo.index
+    if index is None or index.size > len(blocks):
+        index = np.array(blocks, dtype=np.int64)
+    elif index.size < len(blocks):
+        index = np.concatenate((index, np.array(blocks[index.size :], dtype=np.int64)))
+    memo.index = index
+    return index
+
+
 @dataclass(slots=True)
 class Pin:
     """Blocks a finished request of ``program_id`` keeps referenced until ``expiry`` (seconds).
@@ -268,9 +283,7 @@ class BlockManager:
                     # sequence's; else (or if the log no longer reaches back)
                     # keep the part of the memo whose blocks still hold their hashes.
                     if since < 0 or not memo.watched.isdisjoint(self._evicted[since:]):
-                        idx = memo.index
-                        if idx is None or idx.size != len(hit):
-                            idx = memo.index = np.array(hit, dtype=np.int64)
+                        idx = _memo_index(memo)
                         if memo.hashes is None:
                             memo.hashes = np.array(hashes, dtype=np.int64)
                         want = memo.hashes[: len(hit)]
@@ -327,14 +340,7 @@ class BlockManager:
             return 0
         if memo is None or memo.blocks is not blocks:
             return int(np.count_nonzero(self.ref[np.array(blocks, dtype=np.int64)] == 0))
-        index = memo.index
-        # The memo's blocks only grow at the end; a cut drops the array (see cached_prefix).
-        if index is None or index.size > len(blocks):
-            index = np.array(blocks, dtype=np.int64)
-        elif index.size < len(blocks):
-            index = np.concatenate((index, np.array(blocks[index.size :], dtype=np.int64)))
-        memo.index = index
-        return int(np.count_nonzero(self.ref[index] == 0))
+        return int(np.count_nonzero(self.ref[_memo_index(memo)] == 0))
 
     def register(self, block: int, block_hash: int) -> None:
         """Record that ``block`` now holds the full block ``block_hash``; first computed copy wins."""
