@@ -29,6 +29,8 @@ backend, so callers only ever need to catch these.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "AgentRuntimeError",
     "EngineCapabilityError",
@@ -79,7 +81,22 @@ class EngineUnavailableError(EngineError):
 
 
 class EngineRequestError(EngineError):
-    """The engine rejected one request (invalid parameters, prompt too long...)."""
+    """The engine rejected one request (invalid parameters, prompt too long...).
+
+    ``param`` names the request field at fault when the engine says which
+    (``"max_tokens"``, ``"stop"``, ``"messages"`` ...), else ``None``.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled with its param (the journal stores failures)
+        return (_engine_request_error, (str(self), self.param))
+
+
+def _engine_request_error(message: str, param: str | None) -> EngineRequestError:
+    return EngineRequestError(message, param=param)
 
 
 class EngineClosedError(EngineError):

@@ -80,6 +80,16 @@ class Engine(ABC):
         return False
 
     @property
+    def max_model_len(self) -> int | None:
+        """The most tokens one request may hold (prompt and output), once the engine knows it; None if unknown.
+
+        No request holds more KV than this, whatever its prompt's estimated
+        length: a longer one is refused.  Memory-aware policies bound a
+        call's demand by it.
+        """
+        return None
+
+    @property
     def model_path(self) -> Path | None:
         """The served model's local directory (weights, tokenizer, chat template); None when there is no local copy.
 

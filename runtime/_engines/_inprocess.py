@@ -25,13 +25,13 @@ import tempfile
 import threading
 from collections.abc import AsyncGenerator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 
 from .._clock import now
-from .._errors import EngineRequestError, EngineStartError, EngineUnavailableError
+from .._errors import EngineError, EngineRequestError, EngineStartError, EngineUnavailableError
 from .._models import resolve_model
 from ._base import Engine
 from ._dtype import engine_build, resolve_dtype
@@ -107,6 +107,12 @@ def _shut_down_already(timeout: float | None = None) -> None:
 
 
 _engine_counter = 0
+
+
+def _param_of(exc: BaseException) -> str | None:
+    """The request field vLLM blames (``VLLMValidationError.parameter``), if it says."""
+    param = getattr(exc, "parameter", None)
+    return param if isinstance(param, str) else None
 
 
 def _next_name() -> str:
@@ -217,6 +223,13 @@ class InProcessEngine(PinControlled, Engine):
         # The chat template's tools, read once from the engine's tokenizer (the model does not change).
         self._tool_template: NativeTools | None = None
         self._tool_template_read = False
+
+    @property
+    def max_model_len(self) -> int | None:
+        if self._llm is not None:
+            return int(self._llm.model_config.max_model_len)
+        configured = self._args.get("max_model_len")
+        return configured if isinstance(configured, int) else None
 
     @property
     def model_path(self) -> Path:
@@ -338,32 +351,56 @@ class InProcessEngine(PinControlled, Engine):
             raise EngineUnavailableError(f"engine {self.name}: its vLLM engine core died ({self._llm.dead_error})")
         return self._llm
 
-    def _prompt_ids(self, llm: AsyncLLM, request: GenerateRequest) -> list[int]:
-        if not isinstance(request.prompt, ChatPrompt):
-            return list(request.prompt.token_ids)
-        tokenizer = llm.get_tokenizer()
+    def _chat_prompt_ids(self, tokenizer: Any, prompt: ChatPrompt, max_model_len: int) -> list[int]:
+        """The chat prompt rendered by the model's template and tokenized.  Blocking: run in a worker thread.
+
+        A text longer than any ``max_model_len`` tokens could spell is refused
+        before it is tokenized (vLLM's server does the same), so an oversized
+        prompt costs a template rendering, not seconds of tokenizing.
+        """
         # Tools only when there are some: a template given tools=[] may still
         # render its tools preamble, and the JSON path's prompts must not change.
-        tools = {"tools": [dict(t) for t in request.prompt.tools]} if request.prompt.tools else {}
+        tools = {"tools": [dict(t) for t in prompt.tools]} if prompt.tools else {}
         try:
-            ids = tokenizer.apply_chat_template(
-                [dict(m) for m in request.prompt.messages], add_generation_prompt=True, tokenize=True, **tools
+            text = tokenizer.apply_chat_template(
+                [dict(m) for m in prompt.messages], add_generation_prompt=True, tokenize=False, **tools
             )
         except Exception as exc:
-            raise EngineRequestError(f"cannot render chat messages with {self.model}'s template: {exc}") from exc
-        # transformers 5 returns a BatchEncoding-like mapping; 4.x a list.
-        if isinstance(ids, Mapping):
-            ids = cast(Any, ids)["input_ids"]
-        return [int(i) for i in ids]
+            raise EngineRequestError(
+                f"cannot render chat messages with {self.model}'s template: {exc}", param="messages"
+            ) from exc
+        max_chars = max_model_len * int(getattr(tokenizer, "max_chars_per_token", 0) or 0)
+        if max_chars and len(text) > max_chars:
+            raise EngineRequestError(
+                f"This model's maximum context length is {max_model_len} tokens. However, your prompt contains "
+                f"{len(text)} characters (more than {max_chars} characters, which is the upper bound for "
+                f"{max_model_len} input tokens). Please reduce the length of the input prompt.",
+                param="messages",
+            )
+        # What apply_chat_template(tokenize=True) does: the rendered text carries its special tokens.
+        return [int(i) for i in tokenizer.encode(text, add_special_tokens=False)]
 
     async def _stream(self, request: GenerateRequest) -> AsyncGenerator[TokenDelta | Completion, None]:
         from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind, SamplingParams, StructuredOutputsParams
-        from vllm.v1.engine.exceptions import EngineDeadError
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
         llm = self._require_llm()
-        prompt_ids = self._prompt_ids(llm, request)
         opts = request.sampling
+        max_model_len = int(llm.model_config.max_model_len)
+        if opts.max_tokens > max_model_len:  # vLLM's server refuses it; AsyncLLM alone would cut the reply short
+            raise EngineRequestError(
+                f"max_tokens={opts.max_tokens} cannot be greater than max_model_len={max_model_len}. "
+                "Please request fewer output tokens.",
+                param="max_tokens",
+            )
+        if isinstance(request.prompt, ChatPrompt):
+            # Rendering and tokenizing a long context takes milliseconds to seconds: off the event loop.
+            prompt_ids = await anyio.to_thread.run_sync(
+                self._chat_prompt_ids, llm.get_tokenizer(), request.prompt, max_model_len
+            )
+        else:
+            prompt_ids = list(request.prompt.token_ids)
         try:
             params = SamplingParams(
                 max_tokens=opts.max_tokens,
@@ -385,8 +422,8 @@ class InProcessEngine(PinControlled, Engine):
                 extra_args=dict(request.metadata) or None,
                 output_kind=RequestOutputKind.DELTA,
             )
-        except (ValueError, TypeError) as exc:
-            raise EngineRequestError(f"invalid sampling options: {exc}") from exc
+        except (ValueError, TypeError, VLLMClientError) as exc:
+            raise EngineRequestError(f"invalid sampling options: {exc}", param=_param_of(exc)) from exc
 
         started = now()
         ttft: float | None = None
@@ -427,7 +464,18 @@ class InProcessEngine(PinControlled, Engine):
         except EngineDeadError as exc:
             raise EngineUnavailableError(f"engine {self.name} died: {exc}") from exc
         except (VLLMClientError, ValueError) as exc:
-            raise EngineRequestError(f"engine {self.name} rejected request {request.request_id!r}: {exc}") from exc
+            raise EngineRequestError(
+                f"engine {self.name} rejected request {request.request_id!r}: {exc}", param=_param_of(exc)
+            ) from exc
+        except EngineGenerateError as exc:
+            # vLLM wraps what went wrong inside generate(); a value it could not take is the request's fault.
+            cause = exc.__cause__
+            if isinstance(cause, ValueError | TypeError | OverflowError | VLLMClientError):
+                raise EngineRequestError(
+                    f"engine {self.name} rejected request {request.request_id!r}: {type(cause).__name__}: {cause}",
+                    param=_param_of(cause),
+                ) from exc
+            raise EngineError(f"engine {self.name} failed request {request.request_id!r}: {cause!r}") from exc
 
     async def tool_template(self) -> NativeTools | None:
         """What the engine's own tokenizer's chat template does with tools (see :meth:`Engine.tool_template`)."""

@@ -80,15 +80,16 @@ def map_exceptions(what: str) -> Iterator[None]:
         raise EngineError(f"{what}: {type(exc).__name__}: {exc}") from exc
 
 
-def error_from_status(status: int, message: str) -> EngineError:
+def error_from_status(status: int, message: str, param: str | None = None) -> EngineError:
     """The exception for an HTTP error status (or an error event in a stream).
 
     400/422 mean the server rejected this request (bad parameters, prompt too
     long): retrying elsewhere will not help.  5xx mean the server is failing.
+    ``param`` is the request field the server blamed.
     """
     text = f"server answered {status}: {message}"
     if status in (400, 422):
-        return EngineRequestError(text)
+        return EngineRequestError(text, param=param)
     if 500 <= status <= 599:
         return EngineUnavailableError(text)
     return EngineError(text)
@@ -96,17 +97,23 @@ def error_from_status(status: int, message: str) -> EngineError:
 
 def _error_message(body: str) -> str:
     """The human part of an error body (vLLM sends ``{"error": {"message": ...}}``)."""
+    return _error_fields(body)[0]
+
+
+def _error_fields(body: str) -> tuple[str, str | None]:
+    """An error body's message and the request field it blames (vLLM: ``{"error": {"message", "param"}}``)."""
     try:
         payload = json.loads(body)
     except ValueError:
-        return body.strip()[:2000]
+        return body.strip()[:2000], None
     if isinstance(payload, dict):
         error = payload.get("error", payload)
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            return str(error["message"])
+            param = error.get("param")
+            return str(error["message"]), param if isinstance(param, str) else None
         if isinstance(payload.get("detail"), str):  # FastAPI's own errors
-            return str(payload["detail"])
-    return body.strip()[:2000]
+            return str(payload["detail"]), None
+    return body.strip()[:2000], None
 
 
 async def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
@@ -114,7 +121,7 @@ async def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None
         return
     with map_exceptions(what):
         body = await response.text(errors="replace")
-    raise error_from_status(response.status, _error_message(body))
+    raise error_from_status(response.status, *_error_fields(body))
 
 
 # -- server-sent events ------------------------------------------------------
@@ -234,7 +241,10 @@ class _StreamState:
         if "error" in chunk:
             error = chunk["error"]
             if isinstance(error, Mapping):
-                raise error_from_status(int(error.get("code") or 500), str(error.get("message")))
+                param = error.get("param")
+                raise error_from_status(
+                    int(error.get("code") or 500), str(error.get("message")), param if isinstance(param, str) else None
+                )
             raise EngineError(f"server reported an error mid-stream: {error}")
         if chunk.get("prompt_token_ids") is not None:  # chat: top level of the first chunk
             self.prompt_token_ids = list(chunk["prompt_token_ids"])
@@ -379,6 +389,7 @@ class RemoteEngine(PinControlled, Engine):
         self.base_url = base_url.rstrip("/").removesuffix("/v1")
         super().__init__(name or f"remote@{urlsplit(self.base_url).netloc}", model or "")
         self._requested_model = model
+        self._max_model_len: int | None = None
         self._api_key = api_key
         self._connect_timeout_s = connect_timeout_s
         self._session: aiohttp.ClientSession | None = None
@@ -441,7 +452,8 @@ class RemoteEngine(PinControlled, Engine):
             payload = await self._get_json("/v1/models")
         except EngineError as exc:
             raise EngineStartError(f"{self.name}: cannot list models at {self.base_url}: {exc}") from exc
-        served = [str(m.get("id")) for m in payload.get("data") or () if isinstance(m, Mapping)]
+        cards = [m for m in payload.get("data") or () if isinstance(m, Mapping)]
+        served = [str(m.get("id")) for m in cards]
         if self._requested_model is None:
             if not served:
                 raise EngineStartError(f"{self.name}: {self.base_url} serves no model")
@@ -450,6 +462,14 @@ class RemoteEngine(PinControlled, Engine):
             raise EngineStartError(
                 f"{self.name}: model {self._requested_model!r} is not served at {self.base_url}; served: {served}"
             )
+        # vLLM's model card says its context length; other servers may not.
+        length = next((m.get("max_model_len") for m in cards if str(m.get("id")) == self.model), None)
+        if isinstance(length, int) and length > 0:
+            self._max_model_len = length
+
+    @property
+    def max_model_len(self) -> int | None:
+        return self._max_model_len
 
     # -- the chat template's tools ------------------------------------------
 

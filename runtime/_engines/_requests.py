@@ -94,6 +94,10 @@ class TokenPrompt:
 Prompt: TypeAlias = ChatPrompt | TokenPrompt
 
 
+#: The range of a sampling seed (vLLM's: a signed 64-bit integer).
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
 @dataclass(frozen=True, slots=True)
 class SamplingOptions:
     """How to sample one completion.
@@ -123,6 +127,10 @@ class SamplingOptions:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.seed is not None and not INT64_MIN <= self.seed <= INT64_MAX:
+            raise ValueError(f"seed must fit in a signed 64-bit integer, got {self.seed}")
+        if any(not s for s in self.stop):
+            raise ValueError("stop cannot contain an empty string")
 
 
 @dataclass(frozen=True, slots=True)

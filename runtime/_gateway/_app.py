@@ -28,7 +28,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Self, TypeVar
 
 import anyio
 from aiohttp import web
@@ -45,6 +45,7 @@ from ._protocol import (
     ChatRequest,
     CompletionRequest,
     OpenAIError,
+    SessionFields,
     chat_chunk,
     chat_response,
     completion_chunk,
@@ -72,10 +73,13 @@ DEFAULT_IDLE_TIMEOUT_S = 300.0
 DEFAULT_MAX_TOKENS = 1024
 #: The largest request body accepted (bytes): long agent contexts are a few MB of JSON at most.
 MAX_BODY_BYTES = 64 * 1024 * 1024
+#: Bodies larger than this (bytes) are decoded and validated in a worker thread, off the event loop.
+OFF_LOOP_BODY_BYTES = 256 * 1024
 
 _CONTEXT_TOO_LONG = ("maximum model length", "max_model_len", "maximum context length", "too long")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+M = TypeVar("M", ChatRequest, CompletionRequest)
 
 #: The request's tenant, set once its key is checked.
 _TENANT = web.RequestKey("agentrt_tenant", Tenant)
@@ -101,9 +105,11 @@ def _as_openai_error(exc: BaseException) -> OpenAIError:
         return exc
     message = str(exc)
     if isinstance(exc, EngineRequestError):
+        if exc.param not in (None, "messages", "input_text", "input_tokens"):
+            return OpenAIError(400, message, param=exc.param)
         if any(marker in message.lower() for marker in _CONTEXT_TOO_LONG):
             return OpenAIError(400, message, code="context_length_exceeded", param="messages")
-        return OpenAIError(400, message)
+        return OpenAIError(400, message, param=exc.param)
     if isinstance(exc, ValueError):  # the runtime refused the call's options
         return OpenAIError(400, message)
     if isinstance(exc, NoEngineError | EngineUnavailableError):
@@ -114,6 +120,13 @@ def _as_openai_error(exc: BaseException) -> OpenAIError:
         return OpenAIError(503, message, type="server_error", code="unavailable")
     logger.error("gateway request failed", exc_info=exc)
     return OpenAIError(500, f"internal error: {type(exc).__name__}: {message}", type="server_error")
+
+
+async def _parse(raw: bytes, model: type[M]) -> tuple[M, SessionFields]:
+    """:func:`parse_body`, in a worker thread when the body is large (a long context's JSON takes milliseconds)."""
+    if len(raw) <= OFF_LOOP_BODY_BYTES:
+        return parse_body(raw, model)
+    return await anyio.to_thread.run_sync(parse_body, raw, model)
 
 
 def _load_encoder(path: str | Path) -> Callable[[str], list[int]] | None:
@@ -319,7 +332,7 @@ class Gateway:
         return _json({"object": "list", "data": [card]})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
-        body, fields = parse_body(await request.read(), ChatRequest)
+        body, fields = await _parse(await request.read(), ChatRequest)
         self._check_model(body.model)
         body.refuse_unsupported()
         body.check_messages()
@@ -340,7 +353,7 @@ class Gateway:
         )
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
-        body, fields = parse_body(await request.read(), CompletionRequest)
+        body, fields = await _parse(await request.read(), CompletionRequest)
         self._check_model(body.model)
         body.refuse_unsupported()
         ref = session_ref(request.headers, fields)

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from .._engines._requests import INT64_MAX, INT64_MIN
+
 __all__ = [
     "ChatRequest",
     "CompletionRequest",
@@ -97,7 +99,7 @@ class _Sampling(BaseModel):
     stream_options: dict[str, Any] | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=INT64_MIN, le=INT64_MAX)
     stop: str | list[str] | None = None
     n: int | None = None
     logprobs: bool | int | None = None
@@ -126,8 +128,8 @@ class _Sampling(BaseModel):
                 raise OpenAIError(400, f"{name} is not supported by agentrt serve; leave it unset or 0", param=name)
         if self.logit_bias:
             raise OpenAIError(400, "logit_bias is not supported by agentrt serve", param="logit_bias")
-        if len(self.stop_sequences()) > 4:
-            raise OpenAIError(400, "at most 4 stop sequences", param="stop")
+        if any(not s for s in self.stop_sequences()):
+            raise OpenAIError(400, "stop cannot contain an empty string", param="stop")
 
 
 class ChatRequest(_Sampling):
@@ -260,10 +262,14 @@ def parse_body(raw: bytes, model: type[M]) -> tuple[M, SessionFields]:
         data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise OpenAIError(400, f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:  # the decoder's own guard against a stack overflow
+        raise OpenAIError(400, "the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
     try:
         return model.model_validate(data), SessionFields.model_validate(data)
+    except RecursionError:
+        raise OpenAIError(400, "the request body is nested too deeply") from None
     except pydantic.ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or None

@@ -408,8 +408,7 @@ class AgentrtPolicy(PinningPolicy):
 
     def call_demand(self, call: CallInfo, engine: Engine | None = None) -> int:
         """KV tokens to reserve for ``call``'s program if it runs now (on ``engine``): prompt, output budget, growth."""
-        tokens = call.prompt_tokens + call.sampling.max_tokens
-        return self.memory.demand(call.program.workflow, tokens, engine)
+        return self.memory.demand(call.program.workflow, _call_tokens(call, engine), engine)
 
     def _memory_placement(self, call: CallInfo, pool: Sequence[Engine], pins: ProgramPins) -> Engine | None:
         """Where ``call`` fits beside the programs counted on each engine; None: hold it (it claims an engine).
@@ -453,7 +452,7 @@ class AgentrtPolicy(PinningPolicy):
             cached = prefix.blocks * prefix.block_size
         else:  # the engine cannot say: the context the ledger places there, if the call continues it
             cached = self.memory.context_tokens(call.program.id) if engine is home else 0
-        return max(0, call.prompt_tokens - cached) + self.memory.running_tokens(engine)
+        return max(0, _call_tokens(call, engine, output=False) - cached) + self.memory.running_tokens(engine)
 
     def _room(self, engine: Engine, now: float) -> int:
         free = self.memory.free(engine, now)
@@ -473,7 +472,7 @@ class AgentrtPolicy(PinningPolicy):
             return None
         self.book.routed(call, route.engine, self.book.expected_call_s(call))
         program = call.program
-        self.memory.placed(program.id, program.workflow, route.engine, call.prompt_tokens + call.sampling.max_tokens)
+        self.memory.placed(program.id, program.workflow, route.engine, _call_tokens(call, route.engine))
         if self.program_preemption and route.engine.supports_pins:
             rank = self.preempt_rank(call)
             return Route(route.engine, route.priority, {**route.metadata, METADATA_PREEMPT_RANK: rank})
@@ -637,3 +636,15 @@ class AgentrtPolicy(PinningPolicy):
                 if fit is None:
                     fit = self._fits[engine.name] = _PrefillFit()
                 fit.add(uncached, seconds)
+
+
+def _call_tokens(call: CallInfo, engine: Engine | None, *, output: bool = True) -> int:
+    """``call``'s prompt tokens (plus its output budget), at most what one request may hold on ``engine``.
+
+    A chat prompt's length is estimated from its characters; one far longer
+    than the engine's context is refused there, and must not count as
+    holding (or needing) memory others wait for meanwhile.
+    """
+    tokens = call.prompt_tokens + (call.sampling.max_tokens if output else 0)
+    limit = None if engine is None else engine.max_model_len
+    return tokens if limit is None else min(tokens, limit)

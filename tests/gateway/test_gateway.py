@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -305,6 +306,78 @@ async def test_a_context_that_is_too_long_is_refused(client: AsyncOpenAI, gatewa
             max_tokens=4,
         )
     assert caught.value.code == "context_length_exceeded"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param", "says"),
+    [
+        ({"max_tokens": 100_000}, "max_tokens", "cannot be greater than max_model_len=2048"),
+        ({"max_tokens": 10**30}, "max_tokens", "cannot be greater than max_model_len=2048"),
+        ({"max_completion_tokens": 4096}, "max_tokens", "cannot be greater than max_model_len=2048"),
+        ({"seed": 2**70}, "seed", "less than or equal to"),
+        ({"stop": [""]}, "stop", "stop cannot contain an empty string"),
+    ],
+)
+async def test_values_vllm_refuses_are_a_400_with_its_reason(
+    gateway: Gateway, fields: dict[str, object], param: str, says: str
+) -> None:
+    # Each of these was a 500 once (a client SDK retries a 5xx: the bad request ran three times).
+    body = {"model": gateway.model_name, "messages": _messages("x"), **fields}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gateway.url}/v1/chat/completions", json=body) as response:
+            error = (await response.json())["error"]
+        assert response.status == 400, error
+        assert error["param"] == param and says in error["message"], error
+        # The engine took no harm: the next request is answered.
+        body = {"model": gateway.model_name, "messages": _messages("x"), "max_tokens": 2}
+        async with http.post(f"{gateway.url}/v1/chat/completions", json=body) as response:
+            assert response.status == 200
+
+
+async def test_a_body_nested_too_deeply_is_a_400(gateway: Gateway) -> None:
+    raw = b'{"model": "m", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
+    async with aiohttp.ClientSession() as http, http.post(f"{gateway.url}/v1/chat/completions", data=raw) as response:
+        assert response.status == 400
+        assert "nested too deeply" in (await response.json())["error"]["message"]
+
+
+async def test_a_huge_prompt_holds_up_no_other_request(
+    gateway: Gateway, gw_runtime: Runtime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A 20 MB prompt: its body is decoded, and its chat template rendered, off the event loop.  The
+    # rendering is held (the real template, behind a gate) until /health and another client's chat
+    # are answered: were it on the loop, neither could be, the gate would time out, and the huge
+    # request would fail with that instead of the context-length error it gets.
+    tokenizer = _engine(gw_runtime).vllm.get_tokenizer()
+    render = tokenizer.apply_chat_template
+    rendering, others_answered = threading.Event(), threading.Event()
+
+    def gated_render(messages: list[dict[str, object]], *args: object, **kwargs: object) -> object:
+        if len(str(messages[-1].get("content"))) > 1_000_000:
+            rendering.set()
+            if not others_answered.wait(timeout=120):
+                raise RuntimeError("rendering held the event loop: nothing else was answered")
+        return render(messages, *args, **kwargs)
+
+    monkeypatch.setattr(tokenizer, "apply_chat_template", gated_render)
+    huge = {"model": gateway.model_name, "messages": [{"role": "user", "content": "word " * 4_000_000}]}
+    async with aiohttp.ClientSession() as http:
+
+        async def send_huge() -> None:
+            async with http.post(f"{gateway.url}/v1/chat/completions", json=huge) as response:
+                error = (await response.json())["error"]
+            assert response.status == 400 and error["code"] == "context_length_exceeded", error
+            assert "characters" in error["message"]  # refused by its length before it was tokenized
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(send_huge)
+            assert await anyio.to_thread.run_sync(rendering.wait, 120)
+            async with http.get(f"{gateway.url}/health") as response:
+                assert response.status == 200
+            small = {"model": gateway.model_name, "messages": _messages("Hi"), "max_tokens": 2}
+            async with http.post(f"{gateway.url}/v1/chat/completions", json=small) as response:
+                assert response.status == 200
+            others_answered.set()
 
 
 async def test_api_keys_authenticate_tenants(gw_runtime: Runtime) -> None:

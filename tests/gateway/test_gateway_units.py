@@ -122,6 +122,12 @@ def test_malformed_session_headers_are_refused(headers: dict[str, str]) -> None:
         (b'{"messages": [{"role": "user", "content": "x"}]}', "model"),
         (b'{"model": "m", "messages": []}', "messages"),
         (b'{"model": "m", "messages": [{"role": "user"}], "temperature": 7}', "temperature"),
+        # vLLM's range for a seed: a signed 64-bit integer.
+        (b'{"model": "m", "messages": [{"role": "user"}], "seed": 1180591620717411303424}', "seed"),
+        (b'{"model": "m", "messages": [{"role": "user"}], "seed": -9223372036854775809}', "seed"),
+        # Deeper than the JSON decoder's recursion guard: a 400, not a RecursionError.
+        (b'{"model": "m", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "nested too deeply"),
+        (b"[" * 50_000, "nested too deeply"),
     ],
 )
 def test_malformed_bodies_get_a_clear_400(raw: bytes, says: str) -> None:
@@ -144,6 +150,20 @@ def test_unsupported_options_are_refused_not_ignored(body: dict[str, object], pa
     with pytest.raises(OpenAIError) as caught:
         request.refuse_unsupported()
     assert caught.value.param == param
+
+
+@pytest.mark.parametrize("stop", ["", [""], ["end", ""]])
+def test_an_empty_stop_string_is_refused_as_vllm_refuses_it(stop: object) -> None:
+    request, _ = _fields(stop=stop)
+    with pytest.raises(OpenAIError, match="stop cannot contain an empty string") as caught:
+        request.refuse_unsupported()
+    assert caught.value.status == 400 and caught.value.param == "stop"
+
+
+def test_more_than_four_stop_strings_pass_as_on_vllm() -> None:
+    request, _ = _fields(stop=[f"s{i}" for i in range(8)], seed=2**63 - 1)
+    request.refuse_unsupported()
+    assert len(request.stop_sequences()) == 8
 
 
 def test_unknown_fields_are_ignored_and_known_defaults_accepted() -> None:

@@ -25,9 +25,10 @@ from tests.runtime._helpers import poll_until, wait_until_idle
 
 pytestmark = pytest.mark.engine
 
-#: Output tokens of a filler that must still be running when the priority test acts: minutes of
-#: decoding, however fast the machine (the test aborts the fillers when it is done).
-FILLER_TOKENS = 30000
+#: Output tokens of a filler that must still be running when the priority test acts: as many as the
+#: engine's context holds (``rt``'s max_model_len, 4,096, less the prompt), the longest decode it
+#: allows (the test aborts the fillers when it is done).
+FILLER_TOKENS = 4000
 
 HELLO = ChatPrompt.of([{"role": "user", "content": "Say hello."}])
 

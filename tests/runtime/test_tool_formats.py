@@ -258,6 +258,21 @@ def test_sampling_options_take_one_constraint() -> None:
         SamplingOptions(json_schema={"type": "object"}, structural_tag="{}")
 
 
+@pytest.mark.parametrize(
+    ("options", "says"),
+    [
+        ({"seed": 2**63}, "64-bit"),
+        ({"seed": -(2**63) - 1}, "64-bit"),
+        ({"stop": ("end", "")}, "empty string"),
+    ],
+)
+def test_sampling_options_refuse_what_vllm_refuses(options: dict[str, Any], says: str) -> None:
+    # Left to the engine, these fail inside vLLM's generate() or its engine core: as a server error, not the caller's.
+    with pytest.raises(ValueError, match=says):
+        SamplingOptions(**options)
+    SamplingOptions(seed=2**63 - 1, stop=("end",))
+
+
 # -- parsing ------------------------------------------------------------------------------------
 
 
