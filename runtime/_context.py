@@ -31,6 +31,7 @@ from workflows import (
     AgentResult,
     Context,
     LLMReply,
+    ReplyDelta,
     StepCall,
     StepFailed,
     TokenReply,
@@ -44,7 +45,7 @@ from workflows import (
 from ._backoff import Backoff
 from ._clock import now
 from ._dispatch import Dispatcher
-from ._engines import Completion, Prompt, SamplingOptions, TokenPrompt
+from ._engines import Completion, Prompt, SamplingOptions, TokenDelta, TokenPrompt
 from ._events import StepFinished, StepReplayed, StepStarted
 from ._journal import NOT_JOURNALED, Lookup, ProgramJournal
 from ._nodes import DagCursor, NodeScope, open_node
@@ -53,6 +54,7 @@ from ._program import Node, NodeKind, Program
 from ._tool_run import RuntimeToolRun
 from ._tools import (
     TOOL_FORMATS,
+    ReplyStream,
     ToolFormat,
     repeated_message,
     resolve_tool_format,
@@ -68,6 +70,33 @@ T = TypeVar("T")
 
 #: How long to wait before each retry of a failed step: 0.1 s, 0.2, 0.4 ... at most 2 s.
 _RETRY_BACKOFF = Backoff(first_s=0.1, max_s=2.0)
+
+
+def _pieces(
+    on_token: Callable[[str], None] | None,
+    on_delta: Callable[[ReplyDelta], None] | None,
+    reader: Callable[[], ReplyStream] | None,
+) -> Callable[[TokenDelta], None] | None:
+    """What the dispatcher calls with each streamed piece: ``on_token`` its text, ``on_delta`` the reply read."""
+    if on_delta is None or reader is None:
+        if on_token is None:
+            return None
+        text_only = on_token
+        return lambda piece: text_only(piece.text)
+    stream: ReplyStream | None = None
+    deltas = on_delta
+
+    def each(piece: TokenDelta) -> None:
+        nonlocal stream
+        if on_token is not None:
+            on_token(piece.text)
+        if stream is None:  # made on the first piece: the call has run, and its node has a key
+            stream = reader()
+        delta = stream.feed(piece.text, piece.token_ids)
+        if delta is not None:
+            deltas(delta)
+
+    return each
 
 
 def _call_key(call: ToolCall) -> tuple[str, str]:
@@ -158,6 +187,7 @@ class RuntimeContext(Context):
         tool_format: ToolFormat = "auto",
         tool_parser: str | None = None,
         on_token: Callable[[str], None] | None = None,
+        on_delta: Callable[[ReplyDelta], None] | None = None,
     ) -> LLMReply:
         if tools and json_schema is not None:
             raise ValueError("ctx.llm: pass either tools or json_schema, not both")
@@ -191,6 +221,7 @@ class RuntimeContext(Context):
             json_schema=prepared.json_schema,
             structural_tag=prepared.structural_tag,
         )
+        started: list[Node] = []  # the call's node, once it runs: its key names the calls' ids
         completion, node = await self._generate(
             prepared.prompt,
             sampling,
@@ -198,7 +229,8 @@ class RuntimeContext(Context):
             priority=priority,
             timeout_s=timeout_s,
             retries=retries,
-            on_token=on_token,
+            on_piece=_pieces(on_token, on_delta, lambda: calling.stream(lambda: f"call-{started[0].key}")),
+            on_node=started.append,
         )
         # Ids from the step key: the same on every run, so a resumed program's prompts
         # (which quote them in tool messages) match the journaled ones.
@@ -247,7 +279,13 @@ class RuntimeContext(Context):
         )
         prompt = TokenPrompt(tuple(prompt_token_ids))
         completion, node = await self._generate(
-            prompt, sampling, stage=stage, priority=priority, timeout_s=timeout_s, retries=retries, on_token=on_token
+            prompt,
+            sampling,
+            stage=stage,
+            priority=priority,
+            timeout_s=timeout_s,
+            retries=retries,
+            on_piece=_pieces(on_token, None, None),
         )
         return TokenReply(
             token_ids=completion.token_ids,
@@ -270,9 +308,13 @@ class RuntimeContext(Context):
         priority: int | None,
         timeout_s: float | None,
         retries: int | None,
-        on_token: Callable[[str], None] | None = None,
+        on_piece: Callable[[TokenDelta], None] | None = None,
+        on_node: Callable[[Node], None] | None = None,
     ) -> tuple[Completion, Node]:
-        """One LLM call as a node of the DAG, handed to the dispatcher; its usage is on the node."""
+        """One LLM call as a node of the DAG, handed to the dispatcher; its usage is on the node.
+
+        ``on_piece`` gets each piece the engine streams; ``on_node`` the call's node before it runs.
+        """
         program = self.program
         dispatcher = self._dispatcher
         with open_node(
@@ -283,6 +325,8 @@ class RuntimeContext(Context):
             failure="llm call failed",
         ) as scope:
             node = scope.node
+            if on_node is not None:
+                on_node(node)
             journaled = self._journaled(node, llm_call=(prompt, sampling))
             if journaled.found:
                 completion: Completion = journaled.value
@@ -304,7 +348,7 @@ class RuntimeContext(Context):
                 timeout_s=timeout_s,
                 retries=retries,
             )
-            completion = await dispatcher.generate(call, scope.span, on_token=on_token)
+            completion = await dispatcher.generate(call, scope.span, on_piece=on_piece)
             # The prompt's ids are the engine's rendering of the journaled prompt: not kept twice.
             await journaled.record(dataclasses.replace(completion, prompt_token_ids=None))
             return completion, node

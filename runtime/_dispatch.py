@@ -43,6 +43,7 @@ from ._engines import (
     Completion,
     Engine,
     GenerateRequest,
+    TokenDelta,
 )
 from ._errors import (
     EngineCapabilityError,
@@ -224,7 +225,7 @@ class Dispatcher:
     # -- LLM calls -------------------------------------------------------------
 
     async def generate(
-        self, call: CallInfo, span: Span, *, on_token: Callable[[str], None] | None = None
+        self, call: CallInfo, span: Span, *, on_piece: Callable[[TokenDelta], None] | None = None
     ) -> Completion:
         """Run ``call`` to completion on the engine the policy routes it to, retrying transient engine failures.
 
@@ -241,16 +242,16 @@ class Dispatcher:
         (:meth:`~Policy.on_call_finished` with an ``error``) and then of the
         call's end.  ``call.timeout_s`` (or the runtime's default) bounds all of
         it, admission hold and backoff included: on expiry the engine request
-        is aborted and :class:`TimeoutError` raised.  ``on_token`` gets each
-        piece of text streamed (an attempt that failed over included), as
-        the program's :class:`~runtime.TokenGenerated` event is emitted.
+        is aborted and :class:`TimeoutError` raised.  ``on_piece`` gets each
+        piece streamed (an attempt that failed over included), as the
+        program's :class:`~runtime.TokenGenerated` event is emitted.
         """
         program, node = call.program, call.node
         program.llm_calls += 1
         timeout_s = call.timeout_s if call.timeout_s is not None else self._timeout_s
         completion: Completion | None = None
         with anyio.CancelScope(deadline=math.inf if timeout_s is None else now() + timeout_s) as bound:
-            completion = await self._generate_with_retries(call, span, on_token)
+            completion = await self._generate_with_retries(call, span, on_piece)
         if completion is None:  # only the bound's expiry ends the block without a result
             assert bound.cancelled_caught
             raise TimeoutError(
@@ -262,7 +263,7 @@ class Dispatcher:
         return completion
 
     async def _generate_with_retries(
-        self, call: CallInfo, span: Span, on_token: Callable[[str], None] | None
+        self, call: CallInfo, span: Span, on_piece: Callable[[TokenDelta], None] | None
     ) -> Completion:
         program, node = call.program, call.node
         retries = call.retries if call.retries is not None else self._retries
@@ -327,7 +328,7 @@ class Dispatcher:
                     )
                 )
                 try:
-                    completion = await self._stream(program, node, engine, request, on_token)
+                    completion = await self._stream(program, node, engine, request, on_piece)
                 except (EngineUnavailableError, EngineClosedError) as exc:
                     # The engine died, restarts, or was closed under the call:
                     # transient for the call, which another engine (or this
@@ -443,7 +444,7 @@ class Dispatcher:
         node: Node,
         engine: Engine,
         request: GenerateRequest,
-        on_token: Callable[[str], None] | None,
+        on_piece: Callable[[TokenDelta], None] | None,
     ) -> Completion:
         async with aclosing(engine.stream(request)) as chunks:
             async for chunk in chunks:
@@ -470,8 +471,8 @@ class Dispatcher:
                 program.emit(
                     TokenGenerated(program_id=program.id, t=program.elapsed(), node_id=node.id, text=chunk.text)
                 )
-                if on_token is not None:
-                    on_token(chunk.text)
+                if on_piece is not None:
+                    on_piece(chunk)
                 # A stream read from a full buffer never suspends: let the program's readers and
                 # other tasks run between tokens, so that a cancel (say, on the first token) lands
                 # before the call ends, and one fast stream cannot starve the event loop.

@@ -26,7 +26,19 @@ from ._errors import (
     WorkflowError,
     WorkflowInputError,
 )
-from ._types import LLMReply, TokenReply, ToolCall, ToolChoice, ToolFormat, ToolLike, ToolMessage, ToolSpec, Usage
+from ._types import (
+    LLMReply,
+    ReplyDelta,
+    TokenReply,
+    ToolCall,
+    ToolCallDelta,
+    ToolChoice,
+    ToolFormat,
+    ToolLike,
+    ToolMessage,
+    ToolSpec,
+    Usage,
+)
 
 __all__ = [
     "Agent",
@@ -36,11 +48,13 @@ __all__ = [
     "Context",
     "ContextError",
     "LLMReply",
+    "ReplyDelta",
     "Step",
     "StepCall",
     "StepFailed",
     "TokenReply",
     "ToolCall",
+    "ToolCallDelta",
     "ToolChoice",
     "ToolFormat",
     "ToolLike",

@@ -11,7 +11,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._types import LLMReply, TokenReply, ToolCall, ToolChoice, ToolFormat, ToolLike, ToolMessage
+from ._types import LLMReply, ReplyDelta, TokenReply, ToolCall, ToolChoice, ToolFormat, ToolLike, ToolMessage
 
 if TYPE_CHECKING:
     from ._agent import Agent, AgentResult
@@ -56,6 +56,7 @@ class Context(ABC):
         tool_format: ToolFormat = "auto",
         tool_parser: str | None = None,
         on_token: Callable[[str], None] | None = None,
+        on_delta: Callable[[ReplyDelta], None] | None = None,
     ) -> LLMReply:
         """Run one LLM call on the program's behalf.
 
@@ -82,7 +83,13 @@ class Context(ABC):
         default to the runtime's settings.  ``on_token`` is called with each
         piece of text as the engine streams it (a reply replayed from a
         journal streams none); it runs in the calling task, must be quick,
-        and an exception it raises fails the call.
+        and an exception it raises fails the call.  ``on_delta`` is called,
+        the same way, with the reply read as it streams (:class:`ReplyDelta`):
+        answer text, and with tools each call's id and name as soon as the
+        model has written them, then its arguments piece by piece, never the
+        tool format's own syntax.  What it streams is what the model wrote; a
+        reply that does not parse in the end (``reply.tool_call_error``) may
+        have streamed part of a call.
         """
 
     @abstractmethod

@@ -95,6 +95,33 @@ class ToolCall:
 
 
 @dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """A piece of a tool call as the model writes it: an item of OpenAI's streamed ``delta.tool_calls``.
+
+    The first piece of call ``index`` carries its ``id`` and ``name`` (the
+    ids :attr:`LLMReply.tool_calls` will carry); later pieces add to its
+    ``arguments``, JSON text whose pieces, joined, are the call's arguments.
+    """
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyDelta:
+    """What the model added to its reply, read as it streams (``ctx.llm(on_delta=...)``).
+
+    ``text`` is answer text (with tools: the answer only, never the call
+    syntax of the tool format); ``tool_calls`` are pieces of the calls.
+    """
+
+    text: str = ""
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class LLMReply:
     """What ``ctx.llm(...)`` returns.
 

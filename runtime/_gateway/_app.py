@@ -36,6 +36,7 @@ from opentelemetry.trace import SpanKind
 
 import telemetry
 from telemetry import names
+from workflows import ReplyDelta
 
 from .._errors import EngineRequestError, EngineUnavailableError, NoEngineError, RuntimeStateError
 from .._tools import TOOL_FORMATS, ToolFormat
@@ -144,16 +145,16 @@ def _load_encoder(path: str | Path) -> Callable[[str], list[int]] | None:
     return encode
 
 
-class _TokenStream:
-    """A turn's text as it streams: the program's task sends, the handler receives."""
+class _ReplyPieces:
+    """A turn's reply as it streams: the program's task sends, the handler receives."""
 
     def __init__(self) -> None:
-        self.send, self.receive = anyio.create_memory_object_stream[str](math.inf)
+        self.send, self.receive = anyio.create_memory_object_stream[ReplyDelta](math.inf)
 
-    def put(self, text: str) -> None:
+    def put(self, delta: ReplyDelta) -> None:
         # A closed stream: the client left and nobody reads any more.
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-            self.send.send_nowait(text)
+            self.send.send_nowait(delta)
 
 
 class Gateway:
@@ -339,16 +340,12 @@ class Gateway:
         ref = session_ref(request.headers, fields)
         work = chat_work(body, default_max_tokens=self.default_max_tokens, tool_format=self.tool_format)
         answers = frozenset(str(m["tool_call_id"]) for m in body.messages if m.get("role") == "tool")
-        # Text streams token by token only when it is the reply itself: a tool call or a
-        # constrained JSON reply is sent whole, once parsed.
-        streams_text = body.stream and not body.tools and body.response_format is None
         return await self._serve(
             request,
             "chat",
             ref,
             Turn(work, answers=answers, expected_tool=ref.expected_tool, last=ref.last_turn or ref.key is None),
             stream=body.stream,
-            streams_text=streams_text,
             include_usage=body.include_usage,
         )
 
@@ -364,7 +361,6 @@ class Gateway:
             ref,
             Turn(work, expected_tool=ref.expected_tool, last=ref.last_turn or ref.key is None),
             stream=body.stream,
-            streams_text=body.stream,
             include_usage=body.include_usage,
         )
 
@@ -378,7 +374,6 @@ class Gateway:
         turn: Turn,
         *,
         stream: bool,
-        streams_text: bool,
         include_usage: bool,
     ) -> web.StreamResponse:
         tenant = request[_TENANT]
@@ -402,14 +397,14 @@ class Gateway:
                 if span is not None:
                     turn.span = span
                     span.set_attribute(names.GEN_AI_CONVERSATION_ID, session.program_id)
-                tokens = _TokenStream() if streams_text else None
-                if tokens is not None:
-                    turn.on_token = tokens.put
-                    turn.tokens_done = tokens.send.close
+                pieces = _ReplyPieces() if stream else None
+                if pieces is not None:
+                    turn.on_delta = pieces.put
+                    turn.tokens_done = pieces.send.close
                 session.submit(turn)
                 try:
-                    if stream:
-                        response = await self._stream(request, kind, session, turn, tokens, include_usage)
+                    if pieces is not None:
+                        response = await self._stream(request, kind, session, turn, pieces, include_usage)
                     else:
                         response = await self._answer(kind, session, turn)
                 except BaseException:
@@ -420,8 +415,8 @@ class Gateway:
                         self.metrics.disconnects.labels(self.metrics.policy).inc()
                     raise
                 finally:
-                    if tokens is not None:
-                        tokens.receive.close()
+                    if pieces is not None:
+                        pieces.receive.close()
                 if span is not None:
                     span.set_attribute(names.HTTP_RESPONSE_STATUS_CODE, response.status)
                 return response
@@ -476,7 +471,7 @@ class Gateway:
         kind: str,
         session: GatewaySession,
         turn: Turn,
-        tokens: _TokenStream | None,
+        pieces: _ReplyPieces,
         include_usage: bool,
     ) -> web.StreamResponse:
         response = web.StreamResponse(
@@ -497,14 +492,24 @@ class Gateway:
 
         if chat:
             await send(chat_chunk(response_id, model, created, delta={"role": "assistant", "content": ""}))
-        if tokens is not None:
-            async for text in tokens.receive:
-                if text:
-                    await send(
-                        chat_chunk(response_id, model, created, delta={"content": text})
-                        if chat
-                        else completion_chunk(response_id, model, created, text=text)
-                    )
+        streamed_text = False
+        started_calls: set[int] = set()  # the indices of the tool calls whose first piece was sent
+        async for piece in pieces.receive:
+            if not chat:
+                if piece.text:
+                    await send(completion_chunk(response_id, model, created, text=piece.text))
+                continue
+            streamed_text = streamed_text or bool(piece.text)
+            started_calls.update(c.index for c in piece.tool_calls if c.id is not None)
+            await send(
+                chat_chunk(
+                    response_id,
+                    model,
+                    created,
+                    delta={"content": piece.text} if piece.text else None,
+                    tool_call_pieces=piece.tool_calls,
+                )
+            )
         try:
             outcome = await turn.outcome()
         except Exception as exc:
@@ -515,17 +520,22 @@ class Gateway:
             return response
         self._charge(session.tenant, outcome.usage)
         if isinstance(outcome, ChatOutcome):
-            delta = {} if tokens is not None or not outcome.content else {"content": outcome.content}
-            await send(
-                chat_chunk(
-                    response_id,
-                    model,
-                    created,
-                    delta=delta,
-                    tool_calls=[(c.id, c.name, c.arguments) for c in outcome.tool_calls],
-                    finish_reason=outcome.finish_reason,
-                )
+            # What the stream could not read as it came (a reply replayed whole, a parser that lost the
+            # thread) goes in the last chunk: the answer if none streamed, calls whose start did not.
+            delta = {"content": outcome.content} if outcome.content and not streamed_text and not started_calls else {}
+            last = chat_chunk(
+                response_id,
+                model,
+                created,
+                delta=delta,
+                tool_calls=[
+                    (i, c.id, c.name, c.arguments) for i, c in enumerate(outcome.tool_calls) if i not in started_calls
+                ],
+                finish_reason=outcome.finish_reason,
             )
+            if outcome.tool_call_error:
+                last["agentrt"] = {"tool_call_error": outcome.tool_call_error}
+            await send(last)
         else:
             last = completion_chunk(response_id, model, created, finish_reason=outcome.finish_reason)
             if outcome.return_token_ids:  # the whole completion's ids, once, in the finishing chunk

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workflows import ToolCall, Usage
+from workflows import ReplyDelta, ToolCall, Usage
 
 from .._context import RuntimeContext
 from .._tools import ToolFormat
@@ -59,7 +59,7 @@ class CompletionOutcome:
 
 def chat_work(
     request: ChatRequest, *, default_max_tokens: int, tool_format: ToolFormat
-) -> Callable[[RuntimeContext, Callable[[str], None] | None], Awaitable[ChatOutcome]]:
+) -> Callable[[RuntimeContext, Callable[[ReplyDelta], None] | None], Awaitable[ChatOutcome]]:
     """The turn's work for a chat request already checked (:meth:`ChatRequest.check_messages` and the rest)."""
     tools = [ClientTool(t["name"], t["description"], t["parameters"]) for t in request.function_tools()]
     tool_choice = request.tool_choice_name([t.name for t in tools]) if tools else "auto"
@@ -76,7 +76,7 @@ def chat_work(
     # same as the turns before it, and so does its prefix in the engine's cache.
     show_tools = bool(tools) and not (json_schema is not None and tool_choice == "none")
 
-    async def work(ctx: RuntimeContext, on_token: Callable[[str], None] | None) -> ChatOutcome:
+    async def work(ctx: RuntimeContext, on_delta: Callable[[ReplyDelta], None] | None) -> ChatOutcome:
         # Without tools shown, tool_choice and the rest are not used; json_schema only goes without tools.
         reply = await ctx.llm(
             messages,
@@ -91,7 +91,7 @@ def chat_work(
             seed=request.seed,
             stop=stop,
             ignore_eos=request.ignore_eos,
-            on_token=on_token,
+            on_delta=on_delta,
         )
         if reply.tool_calls:
             return ChatOutcome(None, reply.tool_calls, "tool_calls", reply.usage, reply.engine, None)
@@ -109,7 +109,7 @@ def _openai_messages(messages: Sequence[Mapping[str, Any]]) -> list[dict[str, An
 
 def completion_work(
     request: CompletionRequest, *, encode: Callable[[str], list[int]] | None
-) -> Callable[[RuntimeContext, Callable[[str], None] | None], Awaitable[CompletionOutcome]]:
+) -> Callable[[RuntimeContext, Callable[[ReplyDelta], None] | None], Awaitable[CompletionOutcome]]:
     prompt = request.single_prompt()
     if isinstance(prompt, str):
         if encode is None:
@@ -128,7 +128,7 @@ def completion_work(
     top_p = 1.0 if request.top_p is None else request.top_p
     stop = request.stop_sequences()
 
-    async def work(ctx: RuntimeContext, on_token: Callable[[str], None] | None) -> CompletionOutcome:
+    async def work(ctx: RuntimeContext, on_delta: Callable[[ReplyDelta], None] | None) -> CompletionOutcome:
         reply = await ctx.llm_tokens(
             ids,
             max_tokens=request.max_tokens,
@@ -137,7 +137,7 @@ def completion_work(
             seed=request.seed,
             stop=stop,
             ignore_eos=request.ignore_eos,
-            on_token=on_token,
+            on_token=None if on_delta is None else lambda text: on_delta(ReplyDelta(text)),
         )
         return CompletionOutcome(
             reply.text,

@@ -20,6 +20,8 @@ from typing import Any, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
+from workflows import ToolCallDelta
+
 from .._engines._requests import INT64_MAX, INT64_MIN
 
 __all__ = [
@@ -322,18 +324,37 @@ def chat_chunk(
     *,
     delta: dict[str, Any] | None = None,
     finish_reason: str | None = None,
-    tool_calls: Sequence[tuple[str, str, Mapping[str, Any]]] = (),
+    tool_calls: Sequence[tuple[int, str, str, Mapping[str, Any]]] = (),
+    tool_call_pieces: Sequence[ToolCallDelta] = (),
     usage: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """One ``chat.completion.chunk``; with ``usage`` the final usage chunk (no choices)."""
+    """One ``chat.completion.chunk``; with ``usage`` the final usage chunk (no choices).
+
+    ``tool_calls`` are whole calls as (index, id, name, arguments);
+    ``tool_call_pieces`` pieces of calls as they stream: a call's first
+    piece carries its id, type and name, later ones its arguments' text.
+    """
     chunk: dict[str, Any] = {"id": response_id, "object": "chat.completion.chunk", "created": created, "model": model}
     if usage is not None:
         chunk["choices"] = []
         chunk["usage"] = usage
         return chunk
     body = dict(delta or {})
-    if tool_calls:
-        body["tool_calls"] = [{"index": i, **call} for i, call in enumerate(_tool_calls_body(tool_calls))]
+    items = [
+        {"index": index, **call}
+        for index, call in zip((c[0] for c in tool_calls), _tool_calls_body([c[1:] for c in tool_calls]), strict=True)
+    ]
+    for piece in tool_call_pieces:
+        item: dict[str, Any] = {"index": piece.index}
+        if piece.id is not None:
+            item.update(id=piece.id, type="function")
+        function: dict[str, Any] = {"arguments": piece.arguments}
+        if piece.name is not None:
+            function = {"name": piece.name, **function}
+        item["function"] = function
+        items.append(item)
+    if items:
+        body["tool_calls"] = items
     chunk["choices"] = [{"index": 0, "delta": body, "finish_reason": finish_reason, "logprobs": None}]
     return chunk
 

@@ -16,7 +16,7 @@ predicted time), and the next request's ``tool`` messages answering them
 finish them (:class:`~runtime.ToolFinished`, with the wall time the client
 took).  ``expected_tool`` does the same for a reply the gateway cannot
 parse (raw completions).  A streaming turn's text reaches its request
-through the ``on_token`` of its own LLM call.
+through the ``on_delta`` of its own LLM call.
 
 A session ends after a turn marked last, after ``idle_timeout_s`` seconds
 with no turn in flight, or when a client disconnects mid-request (the
@@ -38,7 +38,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 import telemetry
-from workflows import Context, ToolCall, Workflow, workflow
+from workflows import Context, ReplyDelta, ToolCall, Workflow, workflow
 
 from .._clock import now
 from .._context import RuntimeContext
@@ -57,8 +57,8 @@ __all__ = ["GatewaySession", "SessionTable", "Turn", "TurnCancelled", "TurnWork"
 
 logger = logging.getLogger("runtime.gateway")
 
-#: A turn's work: given the program's context and the turn's token sink (None: not streamed), its outcome.
-TurnWork = Callable[[RuntimeContext, Callable[[str], None] | None], Awaitable[Any]]
+#: A turn's work: given the program's context and the turn's reply sink (None: not streamed), its outcome.
+TurnWork = Callable[[RuntimeContext, Callable[[ReplyDelta], None] | None], Awaitable[Any]]
 
 
 class TurnCancelled(Exception):
@@ -69,9 +69,9 @@ class TurnCancelled(Exception):
 class Turn:
     """One request's LLM call, run by its session's program.
 
-    ``work`` gets the program's context and :attr:`on_token` and returns the
+    ``work`` gets the program's context and :attr:`on_delta` and returns the
     turn's outcome; ``answers`` are the tool-call ids the request's ``tool``
-    messages answer; ``on_token`` receives the call's text as it streams.
+    messages answer; ``on_delta`` receives the reply as it streams.
     """
 
     work: TurnWork
@@ -79,7 +79,7 @@ class Turn:
     expected_tool: str | None = None
     last: bool = False
     span: Span | None = None
-    on_token: Callable[[str], None] | None = None
+    on_delta: Callable[[ReplyDelta], None] | None = None
     #: Called once the turn has ended, before :attr:`done` is set (a streaming request's end of text).
     tokens_done: Callable[[], None] | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
@@ -194,7 +194,7 @@ class GatewaySession:
                 if turn._cancelled:
                     scope.cancel()
                 with telemetry.use_span(turn.span) if turn.span is not None else contextlib.nullcontext():
-                    turn.result = await turn.work(ctx, turn.on_token)
+                    turn.result = await turn.work(ctx, turn.on_delta)
             if scope.cancelled_caught:
                 turn.error = TurnCancelled("the request was cancelled")
             else:

@@ -24,8 +24,10 @@ from ._calling import PreparedChat, ToolCalling, ToolPath, tool_calling, tool_sp
 from ._json_protocol import ParsedReply
 from ._messages import repeated_message, tool_message
 from ._native import TOOL_FORMATS, NativeTools, ToolFormat, load_native_tools, native_tools_of, resolve_tool_format
+from ._streaming import ReplyStream
 
 __all__ = [
+    "ReplyStream",
     "TOOL_FORMATS",
     "NativeTools",
     "ParsedReply",

@@ -19,7 +19,7 @@ A call without tools (plain chat, or the caller's own ``json_schema``) is
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, TypeAlias
 
@@ -36,6 +36,7 @@ from ._native import (
     parse_native_reply,
     structural_tag,
 )
+from ._streaming import JsonProtocolStream, NativeStream, PlainStream, ReplyStream
 
 __all__ = [
     "JsonToolCalling",
@@ -107,6 +108,14 @@ class ToolCalling(ABC):
         reported in ``ParsedReply.error``.
         """
 
+    @abstractmethod
+    def stream(self, call_id_prefix: Callable[[], str]) -> ReplyStream:
+        """A reader of the reply as it streams; its tool calls' ids are :meth:`parse`'s (``{prefix}-{i}``).
+
+        ``call_id_prefix`` is asked when the first call is read (the call's
+        step key is known once it runs).
+        """
+
 
 @dataclass(frozen=True, slots=True)
 class PlainChat(ToolCalling):
@@ -121,6 +130,9 @@ class PlainChat(ToolCalling):
 
     def parse(self, raw: str, *, finish_reason: str | None, call_id_prefix: str) -> ParsedReply:
         return ParsedReply(raw, (), None)
+
+    def stream(self, call_id_prefix: Callable[[], str]) -> ReplyStream:
+        return PlainStream()
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +154,9 @@ class JsonToolCalling(ToolCalling):
 
     def parse(self, raw: str, *, finish_reason: str | None, call_id_prefix: str) -> ParsedReply:
         return parse_reply(raw, finish_reason=finish_reason, call_id_prefix=call_id_prefix)
+
+    def stream(self, call_id_prefix: Callable[[], str]) -> ReplyStream:
+        return JsonProtocolStream(lambda i: f"{call_id_prefix()}-{i}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +191,11 @@ class NativeToolCalling(ToolCalling):
         return parse_native_reply(
             self.native, raw, self.tools, self.tool_choice, finish_reason=finish_reason, call_id_prefix=call_id_prefix
         )
+
+    def stream(self, call_id_prefix: Callable[[], str]) -> ReplyStream:
+        if self.tool_choice == "none":  # the reply is not parsed for calls: its text is the answer
+            return PlainStream()
+        return NativeStream(self.native, self.tools, lambda i: f"{call_id_prefix()}-{i}")
 
 
 def tool_calling(

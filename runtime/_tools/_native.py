@@ -78,7 +78,7 @@ def resolve_tool_format(
     if tool_format not in TOOL_FORMATS:
         raise ValueError(f"tool_format must be one of {', '.join(TOOL_FORMATS)}, got {tool_format!r}")
     if tool_parser is not None:
-        _parser_class(tool_parser)  # an unknown name fails here, whatever the format
+        parser_class(tool_parser)  # an unknown name fails here, whatever the format
     if tool_format == "json":
         return None
     if native is None:
@@ -101,7 +101,8 @@ def resolve_tool_format(
     return NativeTools(native.model, parser, native.tokenizer)
 
 
-def _parser_class(name: str) -> Any:
+def parser_class(name: str) -> Any:
+    """The vLLM tool parser class registered as ``name``."""
     from vllm.tool_parsers import ToolParserManager
 
     try:
@@ -197,7 +198,7 @@ def structural_tag(
     named = _named_choice(tool_choice, tools)
     if tool_choice in ("auto", "none") or native.parser is None:
         return None
-    key = getattr(_parser_class(native.parser), "structural_tag_model", None)
+    key = getattr(parser_class(native.parser), "structural_tag_model", None)
     if key is None:
         return None
     from vllm.entrypoints.openai.chat_completion.protocol import (
@@ -293,7 +294,8 @@ def native_argument_chars(native: NativeTools, tools: Sequence[ToolSpec], max_to
 # -- parsing -------------------------------------------------------------------------
 
 
-def _request(tools: Sequence[ToolSpec], tool_choice: ToolChoice) -> Any:
+def tool_request(tools: Sequence[ToolSpec], tool_choice: ToolChoice) -> Any:
+    """vLLM's ``ChatCompletionRequest`` showing ``tools`` with ``tool_choice``: what its tool parsers read."""
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
 
     named = tool_choice not in ("auto", "required", "none")
@@ -309,7 +311,8 @@ def _request(tools: Sequence[ToolSpec], tool_choice: ToolChoice) -> Any:
 
 
 @contextlib.contextmanager
-def _quiet(logger_name: str) -> Iterator[None]:
+def quiet_logger(logger_name: str) -> Iterator[None]:
+    """The logger ``logger_name`` silenced meanwhile (vLLM's parsers log what they cannot parse)."""
     quieted = logging.getLogger(logger_name)
     was = quieted.disabled
     quieted.disabled = True
@@ -348,12 +351,12 @@ def parse_native_reply(
     if tool_choice == "none":
         return ParsedReply(raw, (), None)
     try:
-        parser_cls = _parser_class(native.parser)
-        parser = parser_cls(native.tokenizer, list(_request(tools, "auto").tools or ()))
+        parser_cls = parser_class(native.parser)
+        parser = parser_cls(native.tokenizer, list(tool_request(tools, "auto").tools or ()))
         # Parsers log a traceback for every call that does not parse; here that is
         # the model's output, reported in `error`, not a fault of the process.
-        with _quiet(parser_cls.__module__):
-            info = parser.extract_tool_calls(raw, _request(tools, tool_choice))
+        with quiet_logger(parser_cls.__module__):
+            info = parser.extract_tool_calls(raw, tool_request(tools, tool_choice))
     except Exception as exc:  # a parser's own failure is the model output's problem, not the caller's
         return ParsedReply(raw, (), f"the {native.parser} tool parser failed: {type(exc).__name__}: {exc}")
     marker = _call_marker(parser)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import anyio
@@ -150,6 +151,64 @@ async def test_tools_come_back_as_openai_tool_calls(client: AsyncOpenAI, gateway
             ]
         assert found and all(c["name"] == "get_weather" and c["id"] for c in found)
         assert all(isinstance(json.loads(c["arguments"])["city"], str) for c in found)
+
+
+async def test_with_tools_declared_the_answer_streams_token_by_token(client: AsyncOpenAI, gateway: Gateway) -> None:
+    # Agent frameworks send their tools on every request: the answer must still stream.
+    kwargs: dict[str, Any] = {
+        "model": gateway.model_name,
+        "messages": _messages("Say something."),
+        "tools": [WEATHER],
+        "tool_choice": "none",
+        "max_tokens": 24,
+        "temperature": 0,
+    }
+    whole = await client.chat.completions.create(**kwargs)
+    pieces: list[str] = []
+    async for chunk in await client.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            assert not choice.delta.tool_calls
+            if choice.delta.content:
+                pieces.append(choice.delta.content)
+    assert whole.choices[0].message.content and "".join(pieces) == whole.choices[0].message.content
+    assert len(pieces) > 1, pieces  # token by token, not one chunk at the end
+
+
+async def test_streamed_tool_calls_come_as_incremental_deltas_with_the_ids_of_the_reply(
+    client: AsyncOpenAI, gateway: Gateway
+) -> None:
+    kwargs: dict[str, Any] = {
+        "model": gateway.model_name,
+        "messages": _messages("What is the weather in Oslo?"),
+        "tools": [WEATHER],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+        "max_tokens": 64,
+        "temperature": 0,
+        "extra_body": {"program_id": "streamed-calls"},
+    }
+    starts, argument_pieces, finish = [], [], None
+    async for chunk in await client.chat.completions.create(stream=True, **kwargs):
+        for choice in chunk.choices:
+            finish = choice.finish_reason or finish
+            for call in choice.delta.tool_calls or ():
+                assert call.index == 0
+                if call.id is not None:
+                    starts.append((call.id, call.function.name if call.function else None))
+                if call.function and call.function.arguments:
+                    argument_pieces.append(call.function.arguments)
+    assert finish == "tool_calls"
+    assert len(starts) == 1 and starts[0][1] == "get_weather"
+    assert len(argument_pieces) > 1, argument_pieces  # the arguments as they are written
+    arguments = json.loads("".join(argument_pieces))
+    assert isinstance(arguments["city"], str)
+    # The same request, not streamed: the same call (greedy decoding).
+    kwargs["extra_body"] = {"program_id": "whole-calls"}
+    whole = (await client.chat.completions.create(**kwargs)).choices[0].message.tool_calls
+    assert whole is not None and len(whole) == 1
+    assert json.loads(whole[0].function.arguments) == arguments
+    # The streamed id is the one the session knows the call by: answering it reaches the client tool's node.
+    assert starts[0][0].startswith("call-")
 
 
 async def test_a_session_is_one_program_whose_client_tool_the_policy_hears_of(
