@@ -6,6 +6,7 @@ vLLM Hermes parser with the tiny tool model's tokenizer.
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from pathlib import Path
@@ -25,7 +26,7 @@ from .test_tool_formats import ADD, ECHO
 def _chunks(text: str, rng: random.Random) -> list[str]:
     cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randint(0, 12)))) if len(text) > 1 else []
     bounds = [0, *cuts, len(text)]
-    return [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
 
 
 def _read(stream: ReplyStream, pieces: list[str], encode: Any = None) -> tuple[str, dict[int, dict[str, Any]]]:
