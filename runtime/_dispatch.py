@@ -328,7 +328,7 @@ class Dispatcher:
                     )
                 )
                 try:
-                    completion = await self._stream(program, node, engine, request, on_piece)
+                    completion = await self._stream(program, node, engine, request, on_piece, call.prompt_tokens)
                 except (EngineUnavailableError, EngineClosedError) as exc:
                     # The engine died, restarts, or was closed under the call:
                     # transient for the call, which another engine (or this
@@ -445,39 +445,57 @@ class Dispatcher:
         engine: Engine,
         request: GenerateRequest,
         on_piece: Callable[[TokenDelta], None] | None,
+        prompt_tokens: int,
     ) -> Completion:
-        async with aclosing(engine.stream(request)) as chunks:
-            async for chunk in chunks:
-                if isinstance(chunk, Completion):
-                    node.usage = Usage(chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens)
-                    program.usage = program.usage + node.usage
-                    program.llm_service_s += max(0.0, chunk.e2e_s - (chunk.queued_s or 0.0))
-                    node.attributes.update(ttft_s=chunk.ttft_s, queued_s=chunk.queued_s, priority=request.priority)
+        generated = 0  # tokens streamed so far: what the call consumed if it is cancelled
+        try:
+            async with aclosing(engine.stream(request)) as chunks:
+                async for chunk in chunks:
+                    if isinstance(chunk, Completion):
+                        return self._finished(program, node, engine, request, chunk)
+                    generated += len(chunk.token_ids)
                     program.emit(
-                        LLMCallFinished(
-                            program_id=program.id,
-                            t=program.elapsed(),
-                            node_id=node.id,
-                            engine=engine.name,
-                            prompt_tokens=chunk.prompt_tokens,
-                            completion_tokens=chunk.completion_tokens,
-                            cached_tokens=chunk.cached_tokens,
-                            ttft_s=chunk.ttft_s,
-                            duration_s=chunk.e2e_s,
-                            finish_reason=chunk.finish_reason,
-                        )
+                        TokenGenerated(program_id=program.id, t=program.elapsed(), node_id=node.id, text=chunk.text)
                     )
-                    return chunk
-                program.emit(
-                    TokenGenerated(program_id=program.id, t=program.elapsed(), node_id=node.id, text=chunk.text)
-                )
-                if on_piece is not None:
-                    on_piece(chunk)
-                # A stream read from a full buffer never suspends: let the program's readers and
-                # other tasks run between tokens, so that a cancel (say, on the first token) lands
-                # before the call ends, and one fast stream cannot starve the event loop.
-                await anyio.lowlevel.checkpoint()
+                    if on_piece is not None:
+                        on_piece(chunk)
+                    # A stream read from a full buffer never suspends: let the program's readers and
+                    # other tasks run between tokens, so that a cancel (say, on the first token) lands
+                    # before the call ends, and one fast stream cannot starve the event loop.
+                    await anyio.lowlevel.checkpoint()
+        except anyio.get_cancelled_exc_class():
+            if generated:
+                # Cancelled mid-stream (a client that left): the engine did this work, and the program's
+                # usage says so (the prompt by its estimate), so that whoever bills the program can.
+                partial = Usage(prompt_tokens, generated, 0)
+                node.usage = partial
+                node.attributes["usage_partial"] = True
+                program.usage = program.usage + partial
+            raise
         raise EngineUnavailableError(f"engine {engine.name} ended request {request.request_id} without a result")
+
+    def _finished(
+        self, program: Program, node: Node, engine: Engine, request: GenerateRequest, chunk: Completion
+    ) -> Completion:
+        node.usage = Usage(chunk.prompt_tokens, chunk.completion_tokens, chunk.cached_tokens)
+        program.usage = program.usage + node.usage
+        program.llm_service_s += max(0.0, chunk.e2e_s - (chunk.queued_s or 0.0))
+        node.attributes.update(ttft_s=chunk.ttft_s, queued_s=chunk.queued_s, priority=request.priority)
+        program.emit(
+            LLMCallFinished(
+                program_id=program.id,
+                t=program.elapsed(),
+                node_id=node.id,
+                engine=engine.name,
+                prompt_tokens=chunk.prompt_tokens,
+                completion_tokens=chunk.completion_tokens,
+                cached_tokens=chunk.cached_tokens,
+                ttft_s=chunk.ttft_s,
+                duration_s=chunk.e2e_s,
+                finish_reason=chunk.finish_reason,
+            )
+        )
+        return chunk
 
     # -- tools and programs ------------------------------------------------------
 

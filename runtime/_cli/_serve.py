@@ -29,7 +29,7 @@ def _api_key(text: str) -> tuple[str, str | None]:
 
 def add_serve_command(sub: Any, default_model: str) -> None:
     """Add ``serve`` to the ``agentrt`` subcommands."""
-    from .._gateway import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_TOKENS
+    from .._gateway import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_TOKENS, DEFAULT_MIN_IDLE_TIMEOUT_S
 
     serve = sub.add_parser(
         "serve",
@@ -62,7 +62,17 @@ def add_serve_command(sub: Any, default_model: str) -> None:
         type=float,
         default=DEFAULT_IDLE_TIMEOUT_S,
         metavar="SECONDS",
-        help=f"a session with no request for this long ends (default {DEFAULT_IDLE_TIMEOUT_S:g})",
+        help=(
+            "the longest a session waits, idle, for its next request; each session's own timeout follows its "
+            f"client's tools and pauses (default {DEFAULT_IDLE_TIMEOUT_S:g})"
+        ),
+    )
+    serve.add_argument(
+        "--min-idle-timeout",
+        type=float,
+        default=DEFAULT_MIN_IDLE_TIMEOUT_S,
+        metavar="SECONDS",
+        help=f"the shortest a session waits, idle (default {DEFAULT_MIN_IDLE_TIMEOUT_S:g}; = --idle-timeout: fixed)",
     )
     serve.add_argument(
         "--default-max-tokens",
@@ -113,6 +123,7 @@ async def _serve(args: argparse.Namespace) -> int:
             api_keys=keys,
             max_in_flight=args.max_in_flight,
             idle_timeout_s=args.idle_timeout,
+            min_idle_timeout_s=args.min_idle_timeout,
             default_max_tokens=args.default_max_tokens,
             tool_format=args.tool_format,
             tokenizer=args.tokenizer,

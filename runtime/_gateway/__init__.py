@@ -15,10 +15,17 @@ from typing import TYPE_CHECKING
 from .._lazy import load_on_first_use
 
 if TYPE_CHECKING:
-    from ._app import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_TOKENS, Gateway
+    from ._app import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_TOKENS, DEFAULT_MIN_IDLE_TIMEOUT_S, Gateway
     from ._tenants import Tenant, load_api_keys
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT_S", "DEFAULT_MAX_TOKENS", "Gateway", "Tenant", "load_api_keys"]
+__all__ = [
+    "DEFAULT_IDLE_TIMEOUT_S",
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_MIN_IDLE_TIMEOUT_S",
+    "Gateway",
+    "Tenant",
+    "load_api_keys",
+]
 
 # The gateway loads on first use: importing `runtime` must not import the web server (aiohttp).
 __getattr__ = load_on_first_use(
@@ -26,6 +33,7 @@ __getattr__ = load_on_first_use(
     {
         "DEFAULT_IDLE_TIMEOUT_S": "._app",
         "DEFAULT_MAX_TOKENS": "._app",
+        "DEFAULT_MIN_IDLE_TIMEOUT_S": "._app",
         "Gateway": "._app",
         "Tenant": "._tenants",
         "load_api_keys": "._tenants",

@@ -36,7 +36,7 @@ from opentelemetry.trace import SpanKind
 
 import telemetry
 from telemetry import names
-from workflows import ReplyDelta
+from workflows import ReplyDelta, Usage
 
 from .._errors import EngineRequestError, EngineUnavailableError, NoEngineError, RuntimeStateError
 from .._tools import TOOL_FORMATS, ToolFormat
@@ -56,15 +56,13 @@ from ._protocol import (
     usage_body,
 )
 from ._session_keys import SessionRef, session_ref
-from ._sessions import GatewaySession, SessionTable, Turn, TurnCancelled
+from ._sessions import DEFAULT_MIN_IDLE_TIMEOUT_S, GatewaySession, SessionTable, Turn, TurnCancelled
 from ._tenants import FairAdmission, Tenant, TenantKeys
 
 if TYPE_CHECKING:
-    from workflows import Usage
-
     from .._runtime import Runtime
 
-__all__ = ["DEFAULT_IDLE_TIMEOUT_S", "DEFAULT_MAX_TOKENS", "Gateway"]
+__all__ = ["DEFAULT_IDLE_TIMEOUT_S", "DEFAULT_MAX_TOKENS", "DEFAULT_MIN_IDLE_TIMEOUT_S", "Gateway"]
 
 logger = logging.getLogger("runtime.gateway")
 
@@ -167,8 +165,11 @@ class Gateway:
     ``max_in_flight`` bounds the requests the gateway lets through to the
     engines at once (``None``: no bound); beyond it requests wait, fairly
     across tenants, at most ``max_queued`` per tenant (then 429).
-    ``idle_timeout_s`` ends a session with no request in flight for that
-    long.  ``default_max_tokens`` is a chat request's ``max_tokens`` when it
+    A session with no request in flight ends after a timeout it derives
+    from what it expects (its client's tools' durations, its own pauses:
+    see :func:`~runtime._gateway._sessions.idle_timeout_s`), at least
+    ``min_idle_timeout_s`` and at most ``idle_timeout_s`` seconds (equal:
+    a fixed timeout).  ``default_max_tokens`` is a chat request's ``max_tokens`` when it
     sets none.  ``tool_format`` is how tools reach the model ("auto": its
     chat template's native tool calls when it has them, else agentrt's
     structured-output protocol; see docs/tools.md).  ``tokenizer`` is a local
@@ -187,6 +188,7 @@ class Gateway:
         max_in_flight: int | None = None,
         max_queued: int = 1000,
         idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+        min_idle_timeout_s: float = DEFAULT_MIN_IDLE_TIMEOUT_S,
         default_max_tokens: int = DEFAULT_MAX_TOKENS,
         tool_format: ToolFormat = "auto",
         tokenizer: str | Path | None = None,
@@ -204,10 +206,14 @@ class Gateway:
         self._keys = TenantKeys(api_keys)
         self.admission = FairAdmission(max_in_flight, max_queued=max_queued)
         self.metrics = GatewayMetrics(runtime.policy.name)
+        m = self.metrics
         self.sessions = SessionTable(
             runtime,
             idle_timeout_s=idle_timeout_s,
-            on_ended=lambda reason: self.metrics.programs_ended.labels(reason, self.metrics.policy).inc(),
+            min_idle_timeout_s=min(min_idle_timeout_s, idle_timeout_s),
+            on_started=lambda session: m.programs_started.labels(session.tenant.name, m.policy).inc(),
+            on_ended=lambda session, reason: m.programs_ended.labels(session.tenant.name, reason, m.policy).inc(),
+            on_turn_end=self._bill,
         )
         self.default_max_tokens = default_max_tokens
         self.tool_format: ToolFormat = tool_format
@@ -421,7 +427,25 @@ class Gateway:
                     span.set_attribute(names.HTTP_RESPONSE_STATUS_CODE, response.status)
                 return response
 
-    def _charge(self, tenant: Tenant, usage: Usage) -> None:
+    def _bill(self, session: GatewaySession) -> None:
+        """Charge ``session``'s tenant what its program consumed since the last bill (at each turn's end).
+
+        From the program's usage, not the replies: a turn whose client left
+        is charged the tokens its call streamed before it was cancelled.
+        """
+        program = self.runtime.programs.get(session.program_id)
+        if program is None:
+            return
+        used, billed = program.usage, session.billed
+        usage = Usage(
+            used.prompt_tokens - billed.prompt_tokens,
+            used.completion_tokens - billed.completion_tokens,
+            used.cached_tokens - billed.cached_tokens,
+        )
+        session.billed = used
+        if usage.total_tokens <= 0:
+            return
+        tenant = session.tenant
         self.admission.charge(tenant, usage.prompt_tokens, usage.completion_tokens)
         m = self.metrics
         m.tokens.labels(tenant.name, "prompt", m.policy).inc(usage.prompt_tokens)
@@ -439,7 +463,6 @@ class Gateway:
             outcome = await turn.outcome()
         except Exception as exc:
             raise _as_openai_error(exc) from None
-        self._charge(session.tenant, outcome.usage)
         usage = usage_body(outcome.usage.prompt_tokens, outcome.usage.completion_tokens, outcome.usage.cached_tokens)
         if isinstance(outcome, ChatOutcome):
             body = chat_response(
@@ -518,7 +541,6 @@ class Gateway:
             await response.write(b"data: [DONE]\n\n")
             await response.write_eof()
             return response
-        self._charge(session.tenant, outcome.usage)
         if isinstance(outcome, ChatOutcome):
             # What the stream could not read as it came (a reply replayed whole, a parser that lost the
             # thread) goes in the last chunk: the answer if none streamed, calls whose start did not.

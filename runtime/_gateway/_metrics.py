@@ -104,10 +104,13 @@ class GatewayMetrics:
             "agentrt_gateway_queued", "Requests waiting for admission (fair queuing)", ["tenant", "policy"], registry=r
         )
         self.programs = Gauge("agentrt_gateway_programs", "Live gateway programs (sessions)", ["policy"], registry=r)
+        self.programs_started = Counter(
+            "agentrt_gateway_programs_started", "Gateway programs started, by tenant", ["tenant", "policy"], registry=r
+        )
         self.programs_ended = Counter(
             "agentrt_gateway_programs_ended",
-            "Gateway programs ended, by why (last turn, idle, client disconnected)",
-            ["reason", "policy"],
+            "Gateway programs ended, by tenant and why (last turn, idle, client disconnected)",
+            ["tenant", "reason", "policy"],
             registry=r,
         )
         self.disconnects = Counter(

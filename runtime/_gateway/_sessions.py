@@ -18,10 +18,15 @@ took).  ``expected_tool`` does the same for a reply the gateway cannot
 parse (raw completions).  A streaming turn's text reaches its request
 through the ``on_delta`` of its own LLM call.
 
-A session ends after a turn marked last, after ``idle_timeout_s`` seconds
-with no turn in flight, or when a client disconnects mid-request (the
+A session ends after a turn marked last, when it has been idle for longer
+than it has reason to wait, or when a client disconnects mid-request (the
 program ends, which releases its pin); the next request naming it starts a
-new program.
+new program.  Clients of agent frameworks never mark a last turn, so the
+idle timeout follows what the session expects (:func:`idle_timeout_s`):
+with the client's tools running, a multiple of their 95th-percentile
+duration as seen in this gateway; after an answer, a multiple of the
+longest pause the client has taken; always between ``min_idle_timeout_s``
+and ``idle_timeout_s``.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 import telemetry
-from workflows import Context, ReplyDelta, ToolCall, Workflow, workflow
+from toolbridge import DurationPredictor
+from workflows import Context, ReplyDelta, ToolCall, Usage, Workflow, workflow
 
 from .._clock import now
 from .._context import RuntimeContext
@@ -53,9 +59,54 @@ if TYPE_CHECKING:
 
     from .._runtime import Runtime
 
-__all__ = ["GatewaySession", "SessionTable", "Turn", "TurnCancelled", "TurnWork"]
+__all__ = [
+    "DEFAULT_MIN_IDLE_TIMEOUT_S",
+    "IDLE_GAP_FACTOR",
+    "GatewaySession",
+    "SessionTable",
+    "Turn",
+    "TurnCancelled",
+    "TurnWork",
+    "idle_timeout_s",
+]
 
 logger = logging.getLogger("runtime.gateway")
+
+#: The shortest idle timeout a session gets, seconds.
+DEFAULT_MIN_IDLE_TIMEOUT_S = 30.0
+#: A session waits this many times the gap it expects before it ends.
+IDLE_GAP_FACTOR = 4.0
+#: The quantile of a client tool's observed durations a session expects it to take.
+_TOOL_QUANTILE = 0.95
+
+
+def idle_timeout_s(
+    pending_tools: Iterable[str],
+    durations: DurationPredictor,
+    longest_gap_s: float | None,
+    *,
+    floor_s: float,
+    cap_s: float,
+) -> float:
+    """How long an idle session waits for its next request before it ends.
+
+    With client tools running (``pending_tools``), :data:`IDLE_GAP_FACTOR`
+    times the longest 95th-percentile duration of theirs seen; a tool never
+    seen waits ``cap_s``.  After an answer, the factor times the longest
+    gap the client has left between a reply and its next request
+    (``longest_gap_s``; none yet: ``floor_s``).  Always within
+    [``floor_s``, ``cap_s``].
+    """
+    floor_s = min(floor_s, cap_s)
+    tools = list(pending_tools)
+    if tools:
+        if any(durations.count(tool) == 0 for tool in tools):
+            return cap_s  # the pooled durations of other tools say nothing of a build or a human
+        expected = max(durations.quantile(tool, _TOOL_QUANTILE) or 0.0 for tool in tools)
+    else:
+        expected = longest_gap_s or 0.0
+    return min(cap_s, max(floor_s, IDLE_GAP_FACTOR * expected))
+
 
 #: A turn's work: given the program's context and the turn's reply sink (None: not streamed), its outcome.
 TurnWork = Callable[[RuntimeContext, Callable[[ReplyDelta], None] | None], Awaitable[Any]]
@@ -107,11 +158,28 @@ class Turn:
 class GatewaySession:
     """The turns of one session, served by its program (see the module docstring)."""
 
-    def __init__(self, program_id: str, tenant: Tenant, key: str | None, *, idle_timeout_s: float) -> None:
+    def __init__(
+        self,
+        program_id: str,
+        tenant: Tenant,
+        key: str | None,
+        *,
+        idle_timeout_s: float,
+        min_idle_timeout_s: float = DEFAULT_MIN_IDLE_TIMEOUT_S,
+        durations: DurationPredictor | None = None,
+    ) -> None:
         self.program_id = program_id
         self.tenant = tenant
         self.key = key
         self.idle_timeout_s = idle_timeout_s
+        self.min_idle_timeout_s = min_idle_timeout_s
+        #: The client tools' durations seen (shared by the sessions of one gateway).
+        self.durations = durations if durations is not None else DurationPredictor()
+        #: The longest gap the client left between a reply and its next request, seconds.
+        self.longest_gap_s: float | None = None
+        self._idle_since: float | None = None
+        #: The tokens of the program's calls already charged to its tenant.
+        self.billed = Usage()
         self.handle: ProgramHandle[Any] | None = None
         self.end_reason: str | None = None
         self._send: MemoryObjectSendStream[Turn]
@@ -120,9 +188,12 @@ class GatewaySession:
         self._in_flight = 0
         self._closing = False
         self._wait_scope: anyio.CancelScope | None = None
-        self._tools: dict[str, RuntimeToolRun] = {}
+        # The client tools running: by call id, their run, name and start.
+        self._tools: dict[str, tuple[RuntimeToolRun, str, float]] = {}
         self._hints = 0
         self._on_end: list[Callable[[GatewaySession], None]] = []
+        #: Called after each turn ends (answered, failed or cancelled).
+        self.on_turn_end: Callable[[GatewaySession], None] | None = None
 
     @property
     def accepting(self) -> bool:
@@ -132,6 +203,10 @@ class GatewaySession:
         """Queue ``turn`` for the program; a session that is closing refuses it (:class:`RuntimeStateError`)."""
         if self._closing:
             raise RuntimeStateError(f"gateway session {self.program_id} has ended")
+        if self._idle_since is not None and self._in_flight == 0:
+            gap = now() - self._idle_since
+            self.longest_gap_s = gap if self.longest_gap_s is None else max(self.longest_gap_s, gap)
+        self._idle_since = None
         self._in_flight += 1
         if turn.last:
             self._close("last turn")
@@ -171,7 +246,7 @@ class GatewaySession:
                     if self._closing and self._in_flight == 0:
                         break
                     idle = self._in_flight == 0
-                    deadline = now() + self.idle_timeout_s if idle else math.inf
+                    deadline = now() + self.idle_timeout() if idle else math.inf
                     with anyio.CancelScope(deadline=deadline) as self._wait_scope:
                         await anyio.sleep_forever()
                     self._wait_scope = None
@@ -185,6 +260,16 @@ class GatewaySession:
             for callback in self._on_end:
                 callback(self)
         return {"turns": turns, "ended": self.end_reason or "cancelled"}
+
+    def idle_timeout(self) -> float:
+        """Seconds the session waits, idle, for its next request (see :func:`idle_timeout_s`)."""
+        return idle_timeout_s(
+            (name for _, name, _ in self._tools.values()),
+            self.durations,
+            self.longest_gap_s,
+            floor_s=self.min_idle_timeout_s,
+            cap_s=self.idle_timeout_s,
+        )
 
     async def _run_turn(self, ctx: RuntimeContext, turn: Turn) -> None:
         try:
@@ -207,6 +292,10 @@ class GatewaySession:
             raise
         finally:
             self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle_since = now()
+            if self.on_turn_end is not None:
+                self.on_turn_end(self)
             if turn.tokens_done is not None:
                 turn.tokens_done()
             turn.done.set()
@@ -236,17 +325,19 @@ class GatewaySession:
         for call in calls:
             run = await ctx.start_tool(call)
             run.node.attributes["client_side"] = True
-            self._tools[call.id] = run
+            self._tools[call.id] = (run, call.name, now())
 
     async def _finish_answered(self, answers: Iterable[str]) -> None:
         # A hinted tool has no id the client could quote: the session's next request answers it.
         ids = [i for i in answers if i in self._tools] + [i for i in self._tools if i.startswith("hint-")]
         for call_id in ids:
-            await self._tools.pop(call_id).finish()  # its wall time: from the reply to this request
+            run, name, started = self._tools.pop(call_id)
+            self.durations.observe(name, max(0.0, now() - started))
+            await run.finish()  # its wall time: from the reply to this request
 
     async def _end_tools(self) -> None:
         tools, self._tools = self._tools, {}
-        for run in tools.values():
+        for run, _, _ in tools.values():
             await run.cancel("the session ended before the client answered")
 
 
@@ -276,13 +367,30 @@ class SessionTable:
     """
 
     def __init__(
-        self, runtime: Runtime, *, idle_timeout_s: float, on_ended: Callable[[str], None] | None = None
+        self,
+        runtime: Runtime,
+        *,
+        idle_timeout_s: float,
+        min_idle_timeout_s: float = DEFAULT_MIN_IDLE_TIMEOUT_S,
+        on_started: Callable[[GatewaySession], None] | None = None,
+        on_ended: Callable[[GatewaySession, str], None] | None = None,
+        on_turn_end: Callable[[GatewaySession], None] | None = None,
     ) -> None:
         if not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be > 0 seconds, got {idle_timeout_s}")
+        if not 0 < min_idle_timeout_s <= idle_timeout_s:
+            raise ValueError(
+                f"min_idle_timeout_s must be > 0 and at most idle_timeout_s ({idle_timeout_s}), "
+                f"got {min_idle_timeout_s}"
+            )
         self._runtime = runtime
+        self._on_started = on_started
         self._on_ended = on_ended
+        self._on_turn_end = on_turn_end
         self.idle_timeout_s = idle_timeout_s
+        self.min_idle_timeout_s = min_idle_timeout_s
+        #: The client tools' durations seen by this gateway's sessions.
+        self.durations = DurationPredictor()
         self._by_key: dict[tuple[str, str], GatewaySession] = {}
         # The live sessions by program id: the workflow's body finds its session here.
         self._live: dict[str, GatewaySession] = {}
@@ -315,7 +423,15 @@ class SessionTable:
 
     def _start(self, tenant: Tenant, ref: SessionRef) -> GatewaySession:
         program_id = self._program_id(tenant, ref.key)
-        session = GatewaySession(program_id, tenant, ref.key, idle_timeout_s=self.idle_timeout_s)
+        session = GatewaySession(
+            program_id,
+            tenant,
+            ref.key,
+            idle_timeout_s=self.idle_timeout_s,
+            min_idle_timeout_s=self.min_idle_timeout_s,
+            durations=self.durations,
+        )
+        session.on_turn_end = self._on_turn_end
         self._live[program_id] = session
         session._on_end.append(self._ended)
         try:
@@ -332,6 +448,8 @@ class SessionTable:
         if ref.key is not None:
             self._by_key[(tenant.name, ref.key)] = session
         self.started += 1
+        if self._on_started is not None:
+            self._on_started(session)
         return session
 
     def _ended(self, session: GatewaySession) -> None:
@@ -341,4 +459,4 @@ class SessionTable:
         reason = session.end_reason or "cancelled"
         self.ended[reason] = self.ended.get(reason, 0) + 1
         if self._on_ended is not None:
-            self._on_ended(reason)
+            self._on_ended(session, reason)

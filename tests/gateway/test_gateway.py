@@ -335,7 +335,8 @@ async def test_models_health_and_metrics(client: AsyncOpenAI, gateway: Gateway) 
     assert 'agentrt_gateway_tokens_total{kind="completion",policy="agentrt",tenant="anonymous"}' in text
     assert 'agentrt_engine_pins_total{engine="gw-0",policy="agentrt"}' in text
     assert 'agentrt_engine_cached_tokens_total{engine="gw-0",policy="agentrt"}' in text
-    assert 'agentrt_gateway_programs_ended_total{policy="agentrt",reason="last turn"}' in text
+    assert 'agentrt_gateway_programs_ended_total{policy="agentrt",reason="last turn",tenant="anonymous"}' in text
+    assert 'agentrt_gateway_programs_started_total{policy="agentrt",tenant="anonymous"}' in text
 
 
 async def test_bad_requests_get_openai_errors_and_change_nothing(
@@ -497,6 +498,68 @@ async def test_a_client_that_disconnects_aborts_its_engine_request(gateway: Gate
     assert not call.ok  # cut off, not finished: the engine request was aborted
     # The program ended with the client: no pin is left for it.
     assert (await engine.pin_stats()).pinned_programs == 0
+    # What it consumed before it left is the program's, and charged to its tenant.
+    assert call.attributes.get("usage_partial") and program.usage.completion_tokens >= deltas
+    assert program.usage.prompt_tokens > 0
+
+
+async def test_a_client_that_leaves_is_charged_the_tokens_it_consumed(gw_runtime: Runtime) -> None:
+    async with Gateway(gw_runtime, port=0, api_keys={"sk-leaver": Tenant("leaver")}) as gw:
+
+        def charged(kind: str) -> float:
+            labels = {"tenant": "leaver", "kind": kind, "policy": "agentrt"}
+            return gw.metrics.registry.get_sample_value("agentrt_gateway_tokens_total", labels) or 0.0
+
+        body = {
+            "model": gw.model_name,
+            "messages": _messages("Write a very long story."),
+            "max_tokens": 1500,
+            "ignore_eos": True,
+            "stream": True,
+            "session_id": "leaves-unbilled",
+        }
+        headers = {"Authorization": "Bearer sk-leaver"}
+        async with aiohttp.ClientSession(headers=headers) as http:
+            response = await http.post(f"{gw.url}/v1/chat/completions", json=body)
+            deltas = 0
+            async for line in response.content:
+                deltas += b'"content":"' in line and b'"content":""' not in line
+                if deltas >= 3:
+                    break
+            response.close()
+        program = gw_runtime.programs["leaver:leaves-unbilled"]
+
+        async def ended() -> bool:
+            return program.state.finished
+
+        await poll_until(ended, timeout_s=60)
+        assert charged("completion") == program.usage.completion_tokens >= deltas
+        assert charged("prompt") == program.usage.prompt_tokens > 0
+        ends = {"tenant": "leaver", "reason": "client disconnected", "policy": "agentrt"}
+        assert gw.metrics.registry.get_sample_value("agentrt_gateway_programs_ended_total", ends) == 1
+        starts = {"tenant": "leaver", "policy": "agentrt"}
+        assert gw.metrics.registry.get_sample_value("agentrt_gateway_programs_started_total", starts) == 1
+
+
+async def test_a_session_never_marked_last_ends_when_its_client_has_gone_quiet(gw_runtime: Runtime) -> None:
+    # Framework clients send no last-turn mark: after an answer, with no pause of the client's seen yet, the
+    # session waits min_idle_timeout_s, not the 300 s cap (the test would time out waiting for that).
+    async with Gateway(gw_runtime, port=0, idle_timeout_s=300, min_idle_timeout_s=0.5) as gw:
+        async with AsyncOpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0) as c:
+            await c.chat.completions.create(
+                model=gw.model_name,
+                messages=_messages("Hi"),  # type: ignore[arg-type]
+                max_tokens=2,
+                extra_body={"session_id": "goes-quiet"},
+            )
+        program = gw_runtime.programs["goes-quiet"]
+
+        async def ended() -> bool:
+            return program.state.finished
+
+        await poll_until(ended, timeout_s=60)
+        ends = {"tenant": "anonymous", "reason": "idle", "policy": "agentrt"}
+        assert gw.metrics.registry.get_sample_value("agentrt_gateway_programs_ended_total", ends) == 1
 
 
 #: Output tokens of each flood request: eight of them queue behind two in flight, for hundreds of engine steps.

@@ -10,7 +10,9 @@ import pytest
 
 from runtime._gateway._protocol import ChatRequest, CompletionRequest, OpenAIError, parse_body
 from runtime._gateway._session_keys import SESSION_SOURCES, session_ref
+from runtime._gateway._sessions import IDLE_GAP_FACTOR, idle_timeout_s
 from runtime._gateway._tenants import ANONYMOUS, FairAdmission, Tenant, TenantKeys, load_api_keys
+from toolbridge import DurationPredictor
 
 
 def _fields(**body: object) -> tuple[ChatRequest, object]:
@@ -298,3 +300,28 @@ async def test_an_idle_tenant_earns_no_credit() -> None:
             # Lifted to the smallest counter among the waiting: the busy tenant's, not zero.
             assert admission.counter("idle") == admission.counter("busy") == 1000
             tg.cancel_scope.cancel()
+
+
+# -- when an idle session ends ------------------------------------------------------
+
+
+def test_an_idle_session_waits_for_what_it_expects_within_its_bounds() -> None:
+    durations = DurationPredictor()
+    for wall_s in (1.0, 2.0, 3.0, 4.0, 20.0):
+        durations.observe("build", wall_s)
+    durations.observe("read", 0.01)
+
+    def timeout(tools: list[str], gap: float | None = None, floor: float = 5.0, cap: float = 300.0) -> float:
+        return idle_timeout_s(tools, durations, gap, floor_s=floor, cap_s=cap)
+
+    # A client tool running: the factor times its 95th-percentile duration (the slowest of several).
+    assert timeout(["build"]) == IDLE_GAP_FACTOR * 20.0
+    assert timeout(["read", "build"]) == IDLE_GAP_FACTOR * 20.0
+    assert timeout(["read"]) == 5.0  # never below the floor
+    assert timeout(["compile"]) == 300.0  # a tool never seen: as long as allowed
+    # After an answer: the client's own pace, or the floor before it has shown one.
+    assert timeout([], None) == 5.0
+    assert timeout([], 12.0) == IDLE_GAP_FACTOR * 12.0
+    assert timeout([], 1000.0) == 300.0
+    assert timeout([], 12.0, floor=300.0) == 300.0  # floor == cap: a fixed timeout
+    assert timeout(["build"], None, floor=500.0) == 300.0  # a floor above the cap is the cap
