@@ -56,7 +56,9 @@ the real check), never used for tuning.
 
 Resuming: every finished replay is appended to ``<stem>.jsonl``; with
 ``--resume`` the replays already there (same parameters) are reused, so a
-long run can be continued, or extended with other ``--policies``/``--loads``.
+long run can be continued, or extended with other ``--policies``/``--loads``;
+``--report-only`` runs nothing and reports what the JSONL holds (runs made
+apart, their JSONL lines put together).
 
 Usage::
 
@@ -421,9 +423,12 @@ def in_own_process(fn: Callable[[dict[str, Any]], dict[str, Any]], job: dict[str
 class Runner:
     """Runs jobs in spawned workers; appends every finished one to a JSONL; reuses those there with ``resume``."""
 
-    def __init__(self, jsonl: Path, *, workers: int, resume: bool) -> None:
+    def __init__(self, jsonl: Path, *, workers: int, resume: bool, report_only: bool = False) -> None:
         self.jsonl = jsonl
         self.workers = workers
+        #: Run nothing: report the replays the JSONL holds, leaving the others out.
+        self.report_only = report_only
+        resume = resume or report_only
         self.done: dict[str, dict[str, Any]] = {}
         if resume and jsonl.is_file():
             for line in jsonl.read_text().splitlines():
@@ -462,6 +467,9 @@ class Runner:
                 todo.append(job)
             else:
                 rows.append(row)
+        if todo and self.report_only:
+            print(f"  --report-only: {len(todo)} replay(s) not in the JSONL left out", flush=True)
+            return rows
         if todo and fn is real_replay:  # one at a time, each in a process of its own that may start engine processes
             for job in todo:
                 rows.append(self._record(job, in_own_process(fn, job)))
@@ -639,7 +647,10 @@ def sim_part(args: argparse.Namespace, rows: list[dict[str, Any]], runner: Runne
         report[trace] = {"mean_unloaded_s": unloaded, "light_rate": light_rate}
         base = {**common, "trace": trace, "seed": seed, "row": baseline}
         if trace in args.capacity:
-            light = runner.run([{**base, "part": "capacity", "load": "light", "rate": light_rate}])[0]
+            found = runner.run([{**base, "part": "capacity", "load": "light", "rate": light_rate}])
+            if not found:
+                raise SystemExit(f"--report-only: {BASELINE}'s light-load replay of {trace} is not in the JSONL")
+            light = found[0]
             report[trace]["capacity"] = {
                 "capacity": args.capacity[trace], "how": "--capacity", "light_rate": light_rate,
                 "light_p95_s": light["jct_p95_s"], "light_mean_s": light["jct_mean_s"],
@@ -1046,6 +1057,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--capacity", action="append", default=[], metavar="TRACE=RATE",
                         help="the baseline's capacity, programs/s: skips that trace's search")  # fmt: skip
     parser.add_argument("--resume", action="store_true", help="reuse finished replays from the JSONL")
+    parser.add_argument("--report-only", action="store_true",
+                        help="run nothing: report the replays in --out-dir's JSONL, leaving the rest out")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke: tiny traces and engines")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--real", action="store_true", help="also the real-engine ranking check")
@@ -1101,7 +1114,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     out: Path = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
     stem = "memory_bound_quick" if args.quick else "memory_bound"
-    runner = Runner(out / f"{stem}.jsonl", workers=args.workers, resume=args.resume)
+    runner = Runner(out / f"{stem}.jsonl", workers=args.workers, resume=args.resume, report_only=args.report_only)
     started = time.perf_counter()
     report: dict[str, Any] = {
         "benchmark": "memory_bound",

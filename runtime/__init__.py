@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 from ._engines import (
     DTYPE_BYTES,
+    EXTRA_SAMPLING_FIELDS,
     METADATA_NODE_ID,
     METADATA_PIN_MODE,
     METADATA_PIN_TTL_S,
@@ -124,6 +125,7 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_MODEL",
     "DTYPE_BYTES",
+    "EXTRA_SAMPLING_FIELDS",
     "KNOWN_MODELS",
     "METADATA_NODE_ID",
     "METADATA_PIN_MODE",

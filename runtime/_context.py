@@ -188,6 +188,7 @@ class RuntimeContext(Context):
         tool_parser: str | None = None,
         on_token: Callable[[str], None] | None = None,
         on_delta: Callable[[ReplyDelta], None] | None = None,
+        extra_sampling: Mapping[str, Any] | None = None,
     ) -> LLMReply:
         if tools and json_schema is not None:
             raise ValueError("ctx.llm: pass either tools or json_schema, not both")
@@ -220,6 +221,7 @@ class RuntimeContext(Context):
             ignore_eos=ignore_eos,
             json_schema=prepared.json_schema,
             structural_tag=prepared.structural_tag,
+            extra=dict(extra_sampling or {}),
         )
         started: list[Node] = []  # the call's node, once it runs: its key names the calls' ids
         completion, node = await self._generate(
@@ -266,6 +268,7 @@ class RuntimeContext(Context):
         timeout_s: float | None = None,
         retries: int | None = None,
         on_token: Callable[[str], None] | None = None,
+        extra_sampling: Mapping[str, Any] | None = None,
     ) -> TokenReply:
         if not prompt_token_ids:
             raise ValueError("ctx.llm_tokens: the prompt must not be empty")
@@ -276,6 +279,7 @@ class RuntimeContext(Context):
             seed=seed,
             stop=tuple(stop),
             ignore_eos=ignore_eos,
+            extra=dict(extra_sampling or {}),
         )
         prompt = TokenPrompt(tuple(prompt_token_ids))
         completion, node = await self._generate(

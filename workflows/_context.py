@@ -57,6 +57,7 @@ class Context(ABC):
         tool_parser: str | None = None,
         on_token: Callable[[str], None] | None = None,
         on_delta: Callable[[ReplyDelta], None] | None = None,
+        extra_sampling: Mapping[str, Any] | None = None,
     ) -> LLMReply:
         """Run one LLM call on the program's behalf.
 
@@ -89,7 +90,11 @@ class Context(ABC):
         model has written them, then its arguments piece by piece, never the
         tool format's own syntax.  What it streams is what the model wrote; a
         reply that does not parse in the end (``reply.tool_call_error``) may
-        have streamed part of a call.
+        have streamed part of a call.  ``extra_sampling`` passes further
+        vLLM sampling fields to the engine as they are (penalties, ``top_k``,
+        ``min_p``, ``min_tokens``, ``logit_bias`` by token id,
+        ``stop_token_ids`` ...; ``runtime.EXTRA_SAMPLING_FIELDS``), checked
+        there: a value vLLM refuses fails the call with its reason.
         """
 
     @abstractmethod
@@ -108,6 +113,7 @@ class Context(ABC):
         timeout_s: float | None = None,
         retries: int | None = None,
         on_token: Callable[[str], None] | None = None,
+        extra_sampling: Mapping[str, Any] | None = None,
     ) -> TokenReply:
         """Run one LLM call on a prompt given as token ids; the reply carries the generated ids and their text.
 

@@ -26,6 +26,7 @@ from .._lazy import load_on_first_use
 from ._base import Engine
 from ._dtype import DTYPE_BYTES, resolve_dtype
 from ._requests import (
+    EXTRA_SAMPLING_FIELDS,
     METADATA_NODE_ID,
     METADATA_PIN_MODE,
     METADATA_PIN_TTL_S,
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
     from ._server import ServerEngine
 
 __all__ = [
+    "EXTRA_SAMPLING_FIELDS",
     "DTYPE_BYTES",
     "METADATA_NODE_ID",
     "METADATA_PIN_MODE",

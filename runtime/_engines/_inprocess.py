@@ -421,6 +421,7 @@ class InProcessEngine(PinControlled, Engine):
                 skip_special_tokens=not (isinstance(request.prompt, ChatPrompt) and request.prompt.tools),
                 extra_args=dict(request.metadata) or None,
                 output_kind=RequestOutputKind.DELTA,
+                **dict(opts.extra),
             )
         except (ValueError, TypeError, VLLMClientError) as exc:
             raise EngineRequestError(f"invalid sampling options: {exc}", param=_param_of(exc)) from exc

@@ -319,6 +319,8 @@ def request_body(request: GenerateRequest, model: str) -> tuple[str, dict[str, A
         # Generated ids per chunk, and the prompt's ids in the first chunk.
         "return_token_ids": True,
     }
+    # vLLM's server takes SamplingParams' fields at the top level (logit_bias's token ids become JSON strings).
+    body.update(sampling.extra)
     if sampling.seed is not None:
         body["seed"] = sampling.seed
     if sampling.stop:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
 __all__ = [
+    "EXTRA_SAMPLING_FIELDS",
     "CachedPrefix",
     "ChatPrompt",
     "Completion",
@@ -96,6 +97,23 @@ Prompt: TypeAlias = ChatPrompt | TokenPrompt
 
 #: The range of a sampling seed (vLLM's: a signed 64-bit integer).
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+#: vLLM ``SamplingParams`` fields :attr:`SamplingOptions.extra` passes to the engine as they are: they change
+#: which tokens are drawn, not the shape of the reply (``n``, ``logprobs`` would).
+EXTRA_SAMPLING_FIELDS = frozenset(
+    {
+        "presence_penalty",
+        "frequency_penalty",
+        "repetition_penalty",
+        "top_k",
+        "min_p",
+        "min_tokens",
+        "logit_bias",
+        "stop_token_ids",
+        "include_stop_str_in_output",
+        "bad_words",
+        "allowed_token_ids",
+    }
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +124,11 @@ class SamplingOptions:
     parses as JSON valid against the schema (vLLM guided decoding).
     ``structural_tag`` (an xgrammar structural tag, as JSON text) constrains
     it to a format with free text and constrained parts, such as a model's
-    own tool-call format; at most one of the two may be set.
+    own tool-call format; at most one of the two may be set.  ``extra`` holds
+    further vLLM ``SamplingParams`` fields (:data:`EXTRA_SAMPLING_FIELDS`:
+    penalties, ``top_k``, ``min_p``, ``min_tokens``, ``logit_bias`` by token
+    id, ``stop_token_ids`` ...), passed to the engine as they are and checked
+    by it; the simulator, which models time and not tokens, ignores them.
     """
 
     max_tokens: int = 256
@@ -117,8 +139,15 @@ class SamplingOptions:
     ignore_eos: bool = False
     json_schema: Mapping[str, Any] | None = None
     structural_tag: str | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        unknown = sorted(set(self.extra) - EXTRA_SAMPLING_FIELDS)
+        if unknown:
+            raise ValueError(
+                f"extra sampling options {unknown} are not passed to engines; "
+                f"known: {', '.join(sorted(EXTRA_SAMPLING_FIELDS))}"
+            )
         if self.json_schema is not None and self.structural_tag is not None:
             raise ValueError("json_schema and structural_tag are exclusive: constrain the output with one of them")
         if self.max_tokens < 1:

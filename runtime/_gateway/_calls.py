@@ -71,6 +71,7 @@ def chat_work(
     temperature = DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
     top_p = 1.0 if request.top_p is None else request.top_p
     stop = request.stop_sequences()
+    extra = request.extra_sampling()
 
     # With tool_choice "none" the tools are still shown (as OpenAI and vLLM do): the prompt stays the
     # same as the turns before it, and so does its prefix in the engine's cache.
@@ -92,6 +93,7 @@ def chat_work(
             stop=stop,
             ignore_eos=request.ignore_eos,
             on_delta=on_delta,
+            extra_sampling=extra,
         )
         if reply.tool_calls:
             return ChatOutcome(None, reply.tool_calls, "tool_calls", reply.usage, reply.engine, None)
@@ -127,6 +129,7 @@ def completion_work(
     temperature = DEFAULT_TEMPERATURE if request.temperature is None else request.temperature
     top_p = 1.0 if request.top_p is None else request.top_p
     stop = request.stop_sequences()
+    extra = request.extra_sampling()
 
     async def work(ctx: RuntimeContext, on_delta: Callable[[ReplyDelta], None] | None) -> CompletionOutcome:
         reply = await ctx.llm_tokens(
@@ -138,6 +141,7 @@ def completion_work(
             stop=stop,
             ignore_eos=request.ignore_eos,
             on_token=None if on_delta is None else lambda text: on_delta(ReplyDelta(text)),
+            extra_sampling=extra,
         )
         return CompletionOutcome(
             reply.text,

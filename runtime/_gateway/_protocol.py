@@ -1,10 +1,13 @@
 """The OpenAI wire format the gateway speaks: request bodies in, responses, stream chunks and errors out.
 
 Requests are validated with pydantic into :class:`ChatRequest` and
-:class:`CompletionRequest`.  Fields OpenAI defines that agentrt does not
-implement are refused with a clear 400 when set to anything but their
-default (``n`` > 1, ``logprobs``, penalties ...), never silently ignored:
-a client relying on them would get wrong answers.  Fields nobody defines
+:class:`CompletionRequest`.  Sampling fields that change which tokens are
+drawn (penalties, ``logit_bias``, ``top_k``, ``min_p``, ``min_tokens``,
+``stop_token_ids`` ...) go to the engine as they are, which checks them as
+vLLM's server does.  Fields that would change the reply's shape and agentrt
+does not implement are refused with a clear 400 when set to anything but
+their default (``n`` > 1, ``logprobs``, ``echo`` ...), never silently
+ignored: a client relying on them would get wrong answers.  Fields nobody defines
 are ignored, as OpenAI's and vLLM's servers do, so SDKs that send new
 optional fields keep working.  Errors are :class:`OpenAIError`, rendered as
 OpenAI's ``{"error": {"message", "type", "param", "code"}}``.
@@ -22,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from workflows import ToolCallDelta
 
-from .._engines._requests import INT64_MAX, INT64_MIN
+from .._engines._requests import EXTRA_SAMPLING_FIELDS, INT64_MAX, INT64_MIN
 
 __all__ = [
     "ChatRequest",
@@ -105,11 +108,31 @@ class _Sampling(BaseModel):
     stop: str | list[str] | None = None
     n: int | None = None
     logprobs: bool | int | None = None
+    # Sampling fields passed to the engine as they are (EXTRA_SAMPLING_FIELDS); vLLM checks their values.
     presence_penalty: float | None = None
     frequency_penalty: float | None = None
     logit_bias: dict[str, float] | None = None
-    # vLLM's extension, forwarded: generate past the end-of-sequence token.
+    # vLLM's extensions, forwarded: generate past the end-of-sequence token; and the rest below.
     ignore_eos: bool = False
+    repetition_penalty: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    min_tokens: int | None = None
+    stop_token_ids: list[int] | None = None
+    include_stop_str_in_output: bool | None = None
+    bad_words: list[str] | None = None
+    allowed_token_ids: list[int] | None = None
+
+    def extra_sampling(self) -> dict[str, Any]:
+        """The set sampling fields that go to the engine as they are (``SamplingOptions.extra``)."""
+        extra = {name: getattr(self, name) for name in EXTRA_SAMPLING_FIELDS if name != "logit_bias"}
+        extra = {name: value for name, value in extra.items() if value is not None}
+        if self.logit_bias:
+            try:  # OpenAI's keys are token ids written as strings
+                extra["logit_bias"] = {int(token): float(bias) for token, bias in self.logit_bias.items()}
+            except ValueError:
+                raise OpenAIError(400, "logit_bias keys must be token ids", param="logit_bias") from None
+        return extra
 
     def stop_sequences(self) -> tuple[str, ...]:
         if self.stop is None:
@@ -125,11 +148,6 @@ class _Sampling(BaseModel):
             raise OpenAIError(400, "n > 1 is not supported: send one request per completion", param="n")
         if self.logprobs not in (None, False, 0):
             raise OpenAIError(400, "logprobs are not supported by agentrt serve", param="logprobs")
-        for name in ("presence_penalty", "frequency_penalty"):
-            if getattr(self, name) not in (None, 0, 0.0):
-                raise OpenAIError(400, f"{name} is not supported by agentrt serve; leave it unset or 0", param=name)
-        if self.logit_bias:
-            raise OpenAIError(400, "logit_bias is not supported by agentrt serve", param="logit_bias")
         if any(not s for s in self.stop_sequences()):
             raise OpenAIError(400, "stop cannot contain an empty string", param="stop")
 
@@ -145,6 +163,11 @@ class ChatRequest(_Sampling):
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     top_logprobs: int | None = None
+
+    def refuse_unsupported(self) -> None:
+        super().refuse_unsupported()
+        if self.top_logprobs not in (None, 0):
+            raise OpenAIError(400, "top_logprobs are not supported by agentrt serve", param="top_logprobs")
 
     def token_limit(self, default: int) -> int:
         return self.max_completion_tokens or self.max_tokens or default

@@ -118,6 +118,8 @@ def sampling_json(sampling: SamplingOptions) -> bytes:
     # Options added later count only when set: journals written before them keep their fingerprints.
     if fields.get("structural_tag") is None:
         fields.pop("structural_tag", None)
+    if not fields.get("extra"):
+        fields.pop("extra", None)
     return canonical_json(fields)
 
 

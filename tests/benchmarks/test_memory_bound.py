@@ -109,3 +109,10 @@ def test_a_tiny_sweep_reports_every_row_at_every_load_and_resumes_without_replay
     again = _run(tmp_path, "--resume")
     assert again["replays"]["ran"] == 0
     assert again["sim"]["agent"]["table"] == agent["table"]
+    # Report only: what the JSONL holds, nothing run, the rest left out.
+    jsonl = tmp_path / "memory_bound_quick.jsonl"
+    lines = jsonl.read_text().splitlines()
+    jsonl.write_text("\n".join(line for line in lines if '"label": "agentrt-waiting"' not in line) + "\n")
+    reported = _run(tmp_path, "--report-only")
+    assert reported["replays"]["ran"] == 0
+    assert set(reported["sim"]["agent"]["table"]) == {r["label"] for r in ROWS} - {"agentrt-waiting"}

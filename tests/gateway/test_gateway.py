@@ -394,6 +394,44 @@ async def test_values_vllm_refuses_are_a_400_with_its_reason(
             assert response.status == 200
 
 
+async def test_sampling_fields_reach_the_engine_and_vllm_checks_them(client: AsyncOpenAI, gateway: Gateway) -> None:
+    # A bias that only one token can win: every generated token is that one.
+    forced = 1234
+    reply = await client.completions.create(
+        model=gateway.model_name,
+        prompt=[1, 2, 3, 4],
+        max_tokens=6,
+        temperature=0,
+        logit_bias={str(forced): 100},
+        extra_body={"return_token_ids": True, "ignore_eos": True, "presence_penalty": 0.0, "top_k": 3},
+    )
+    assert reply.choices[0].model_extra is not None
+    assert reply.choices[0].model_extra["token_ids"] == [forced] * 6
+    # The same through the chat endpoint: min_tokens holds the reply open past a stop token id.
+    stop_at = 1234
+    chat = await client.chat.completions.create(
+        model=gateway.model_name,
+        messages=_messages("x"),  # type: ignore[arg-type]
+        max_tokens=5,
+        temperature=0,
+        logit_bias={str(stop_at): 100},
+        extra_body={"stop_token_ids": [stop_at], "min_tokens": 3},
+    )
+    # Three tokens while the stop token is held back, then the stop token (counted, not shown): without
+    # min_tokens the reply would stop at its first token.
+    assert chat.usage is not None and chat.usage.completion_tokens == 4
+    assert chat.choices[0].finish_reason == "stop"
+    # A value vLLM refuses is a 400 with its reason, from the engine.
+    with pytest.raises(openai.BadRequestError) as caught:
+        await client.chat.completions.create(
+            model=gateway.model_name,
+            messages=_messages("x"),  # type: ignore[arg-type]
+            max_tokens=2,
+            extra_body={"top_k": -5},
+        )
+    assert "top_k" in caught.value.message
+
+
 async def test_a_body_nested_too_deeply_is_a_400(gateway: Gateway) -> None:
     raw = b'{"model": "m", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}"
     async with aiohttp.ClientSession() as http, http.post(f"{gateway.url}/v1/chat/completions", data=raw) as response:

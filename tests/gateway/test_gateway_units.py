@@ -143,8 +143,7 @@ def test_malformed_bodies_get_a_clear_400(raw: bytes, says: str) -> None:
     [
         ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
-        ({"presence_penalty": 0.5}, "presence_penalty"),
-        ({"logit_bias": {"1": 2}}, "logit_bias"),
+        ({"top_logprobs": 3}, "top_logprobs"),
     ],
 )
 def test_unsupported_options_are_refused_not_ignored(body: dict[str, object], param: str) -> None:
@@ -166,6 +165,37 @@ def test_more_than_four_stop_strings_pass_as_on_vllm() -> None:
     request, _ = _fields(stop=[f"s{i}" for i in range(8)], seed=2**63 - 1)
     request.refuse_unsupported()
     assert len(request.stop_sequences()) == 8
+
+
+def test_sampling_fields_vllm_takes_go_to_the_engine_as_they_are() -> None:
+    request, _ = _fields(
+        presence_penalty=0.5,
+        frequency_penalty=-0.2,
+        repetition_penalty=1.1,
+        top_k=5,
+        min_p=0.05,
+        min_tokens=3,
+        logit_bias={"42": 10, "7": -100},
+        stop_token_ids=[2],
+        bad_words=["never"],
+    )
+    request.refuse_unsupported()
+    assert request.extra_sampling() == {
+        "presence_penalty": 0.5,
+        "frequency_penalty": -0.2,
+        "repetition_penalty": 1.1,
+        "top_k": 5,
+        "min_p": 0.05,
+        "min_tokens": 3,
+        "logit_bias": {42: 10.0, 7: -100.0},
+        "stop_token_ids": [2],
+        "bad_words": ["never"],
+    }
+    assert _fields()[0].extra_sampling() == {}
+    bad_bias, _ = _fields(logit_bias={"hello": 1})
+    with pytest.raises(OpenAIError, match="token ids") as caught:
+        bad_bias.extra_sampling()
+    assert caught.value.param == "logit_bias"
 
 
 def test_unknown_fields_are_ignored_and_known_defaults_accepted() -> None:

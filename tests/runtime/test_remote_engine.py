@@ -486,6 +486,19 @@ async def test_token_prompt_and_streaming(server: ServerEngine) -> None:
 
 
 @pytest.mark.server
+async def test_extra_sampling_fields_reach_the_server(server: ServerEngine) -> None:
+    forced = 1234  # a bias only this token can win
+    sampling = SamplingOptions(max_tokens=5, ignore_eos=True, extra={"logit_bias": {forced: 100.0}, "top_k": 3})
+    out = await server.generate(GenerateRequest("extra-1", TokenPrompt(tuple(range(10, 20))), sampling))
+    assert out.token_ids == (forced,) * 5
+    with pytest.raises(EngineRequestError, match="top_k") as caught:
+        await server.generate(
+            GenerateRequest("extra-2", chat("hi"), SamplingOptions(max_tokens=2, extra={"top_k": -5}))
+        )
+    assert caught.value.param in (None, "top_k")  # vLLM names the field when it knows it
+
+
+@pytest.mark.server
 async def test_structured_output(server: ServerEngine) -> None:
     schema = {
         "type": "object",
