@@ -544,15 +544,17 @@ class Gateway:
         if isinstance(outcome, ChatOutcome):
             # What the stream could not read as it came (a reply replayed whole, a parser that lost the
             # thread) goes in the last chunk: the answer if none streamed, calls whose start did not.
-            delta = {"content": outcome.content} if outcome.content and not streamed_text and not started_calls else {}
+            unsent = [(i, c) for i, c in enumerate(outcome.tool_calls) if i not in started_calls]
+            if outcome.content and not streamed_text and not started_calls:
+                delta = {"content": outcome.content}
+            else:  # vLLM's finishing chunk carries an empty content (OpenAI's an empty delta)
+                delta = {} if unsent else {"content": ""}
             last = chat_chunk(
                 response_id,
                 model,
                 created,
                 delta=delta,
-                tool_calls=[
-                    (i, c.id, c.name, c.arguments) for i, c in enumerate(outcome.tool_calls) if i not in started_calls
-                ],
+                tool_calls=[(i, c.id, c.name, c.arguments) for i, c in unsent],
                 finish_reason=outcome.finish_reason,
             )
             if outcome.tool_call_error:

@@ -148,6 +148,8 @@ class _Sampling(BaseModel):
             raise OpenAIError(400, "n > 1 is not supported: send one request per completion", param="n")
         if self.logprobs not in (None, False, 0):
             raise OpenAIError(400, "logprobs are not supported by agentrt serve", param="logprobs")
+        if len(self.stop_sequences()) > 4:  # OpenAI's bound, and vLLM's server's
+            raise OpenAIError(400, "stop: List should have at most 4 items", param="stop")
         if any(not s for s in self.stop_sequences()):
             raise OpenAIError(400, "stop cannot contain an empty string", param="stop")
 

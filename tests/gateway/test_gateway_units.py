@@ -161,10 +161,13 @@ def test_an_empty_stop_string_is_refused_as_vllm_refuses_it(stop: object) -> Non
     assert caught.value.status == 400 and caught.value.param == "stop"
 
 
-def test_more_than_four_stop_strings_pass_as_on_vllm() -> None:
-    request, _ = _fields(stop=[f"s{i}" for i in range(8)], seed=2**63 - 1)
+def test_at_most_four_stop_strings_as_on_vllm() -> None:
+    request, _ = _fields(stop=[f"s{i}" for i in range(4)], seed=2**63 - 1)
     request.refuse_unsupported()
-    assert len(request.stop_sequences()) == 8
+    five, _ = _fields(stop=[f"s{i}" for i in range(5)])
+    with pytest.raises(OpenAIError, match="at most 4") as caught:
+        five.refuse_unsupported()
+    assert caught.value.param == "stop"
 
 
 def test_sampling_fields_vllm_takes_go_to_the_engine_as_they_are() -> None:
