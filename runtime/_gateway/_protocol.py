@@ -283,6 +283,24 @@ class CompletionRequest(_Sampling):
             raise OpenAIError(400, "best_of > 1 is not supported by agentrt serve", param="best_of")
 
 
+#: The deepest nesting of arrays and objects a request body may have (tool schemas of real agents: tens).
+MAX_JSON_DEPTH = 128
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether ``data`` nests arrays and objects more than ``limit`` levels deep (iterative: no recursion)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values() if isinstance(v, dict | list))
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value if isinstance(v, dict | list))
+    return False
+
+
 def parse_body(raw: bytes, model: type[M]) -> tuple[M, SessionFields]:
     """The request body as ``model`` and agentrt's session fields, or a 400 that says what is wrong."""
     try:
@@ -293,6 +311,9 @@ def parse_body(raw: bytes, model: type[M]) -> tuple[M, SessionFields]:
         raise OpenAIError(400, "the request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise OpenAIError(400, "the request body must be a JSON object")
+    if _deeper_than(data, MAX_JSON_DEPTH):
+        # Within the decoder's guard, but what reads it next (templates, schema compilers) recurses too.
+        raise OpenAIError(400, f"the request body is nested too deeply (more than {MAX_JSON_DEPTH} levels)")
     try:
         return model.model_validate(data), SessionFields.model_validate(data)
     except RecursionError:

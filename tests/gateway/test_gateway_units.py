@@ -130,12 +130,24 @@ def test_malformed_session_headers_are_refused(headers: dict[str, str]) -> None:
         # Deeper than the JSON decoder's recursion guard: a 400, not a RecursionError.
         (b'{"model": "m", "messages": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "nested too deeply"),
         (b"[" * 50_000, "nested too deeply"),
+        # Within the decoder's guard, deeper than the gateway's bound.
+        (b'{"model": "m", "messages": [{"role": "user", "x": ' + b"[" * 200 + b"]" * 200 + b"}]}", "128 levels"),
     ],
 )
 def test_malformed_bodies_get_a_clear_400(raw: bytes, says: str) -> None:
     with pytest.raises(OpenAIError) as caught:
         parse_body(raw, ChatRequest)
     assert caught.value.status == 400 and says in caught.value.message
+
+
+def test_a_body_as_deep_as_the_bound_is_taken() -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
+    deep: object = {}
+    for _ in range(60):  # a deep, but allowed, tool schema (two levels each)
+        deep = {"type": "object", "properties": {"x": deep}}
+    tools[0]["function"]["parameters"] = deep  # type: ignore[index]
+    request, _ = _fields(tools=tools)
+    assert request.tools is not None
 
 
 @pytest.mark.parametrize(
