@@ -7,6 +7,7 @@ The model's weights are random, so it calls tools only when forced: with
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -17,7 +18,7 @@ from runtime import InProcessEngine, Runtime
 from runtime._engines import ChatPrompt, GenerateRequest, SamplingOptions
 from runtime._tools._native import openai_tools
 from toolbridge import tool
-from workflows import Agent, Context, LLMReply, workflow
+from workflows import Agent, Context, LLMReply, ReplyDelta, workflow
 
 pytestmark = pytest.mark.engine
 
@@ -211,3 +212,27 @@ async def test_native_call_through_a_server(tiny_tools: Path, tmp_path: Path) ->
     assert reply.tool_call_error is None, reply.raw_text
     assert [c.name for c in reply.tool_calls] == ["echo"]
     assert reply.usage.prompt_tokens > 100  # the template's tools preamble was rendered
+
+
+async def test_a_native_call_streams_as_deltas_with_the_replys_ids(native_rt: Runtime) -> None:
+    deltas: list[ReplyDelta] = []
+
+    @workflow
+    async def call(ctx: Context) -> LLMReply:
+        return await ctx.llm(
+            [{"role": "user", "content": "echo 3"}],
+            tools=[EchoSpec()],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            max_tokens=64,
+            on_delta=deltas.append,
+        )
+
+    reply = await native_rt.run(call)
+    assert reply.tool_format == "native" and reply.tool_call_error is None, reply.raw_text
+    pieces = [c for d in deltas for c in d.tool_calls]
+    starts = [c for c in pieces if c.id is not None]
+    assert [(c.index, c.id, c.name) for c in starts] == [(0, reply.tool_calls[0].id, "echo")]
+    assert len(pieces) > 1  # the arguments came in pieces after the call's start
+    assert json.loads("".join(c.arguments for c in pieces)) == reply.tool_calls[0].arguments
+    assert "<tool_call>" not in "".join(d.text for d in deltas)  # the format's syntax is not answer text
