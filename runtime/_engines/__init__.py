@@ -27,6 +27,8 @@ from ._base import Engine
 from ._dtype import DTYPE_BYTES, resolve_dtype
 from ._requests import (
     EXTRA_SAMPLING_FIELDS,
+    INT64_MAX,
+    INT64_MIN,
     METADATA_NODE_ID,
     METADATA_PIN_MODE,
     METADATA_PIN_TTL_S,
@@ -57,6 +59,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EXTRA_SAMPLING_FIELDS",
+    "INT64_MAX",
+    "INT64_MIN",
     "DTYPE_BYTES",
     "METADATA_NODE_ID",
     "METADATA_PIN_MODE",

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from workflows import ToolCallDelta
 
-from .._engines._requests import EXTRA_SAMPLING_FIELDS, INT64_MAX, INT64_MIN
+from .._engines import EXTRA_SAMPLING_FIELDS, INT64_MAX, INT64_MIN
 
 __all__ = [
     "ChatRequest",
