@@ -110,11 +110,9 @@ class JsonProtocolStream(ReplyStream):
             char = yield from _skip_whitespace((yield))
             if char != '"':
                 return
-            key = yield from _key()
-            char = yield from _skip_whitespace((yield))
-            if char != ":":
+            key, char = yield from _member()
+            if key is None:
                 return
-            char = yield from _skip_whitespace((yield))
             if key == "answer" and char == '"':
                 char = yield from _skip_whitespace((yield from self._answer()))
             elif key == "tool_calls" and char == "[":
@@ -162,15 +160,11 @@ class JsonProtocolStream(ReplyStream):
                 return (yield)
             if char != '"':
                 return char
-            key = yield from _key()
-            char = yield from _skip_whitespace((yield))
-            if char != ":":
+            key, char = yield from _member()
+            if key is None:
                 return char
-            char = yield from _skip_whitespace((yield))
             if key == "name" and char == '"':
-                parts: list[str] = []
-                yield from _string(parts.append)
-                name = "".join(parts)
+                name = yield from _whole_string()
                 sink.calls.append(ToolCallDelta(index, self._call_id(index), name, "".join(held)))
                 char = yield
             elif key == "arguments":
@@ -184,11 +178,23 @@ class JsonProtocolStream(ReplyStream):
                 return char
 
 
-def _key() -> Generator[None, str, str]:
-    """An object key's string, its opening quote read."""
+def _whole_string() -> Generator[None, str, str]:
+    """A JSON string, its opening quote read, decoded whole (a key, a tool's name)."""
     parts: list[str] = []
     yield from _string(parts.append)
     return "".join(parts)
+
+
+def _member() -> Generator[None, str, tuple[str | None, str]]:
+    """An object member's key, its opening quote read, and its value's first character.
+
+    ``(None, char)`` where the key is not followed by a colon: ``char`` is what came instead.
+    """
+    key = yield from _whole_string()
+    char = yield from _skip_whitespace((yield))
+    if char != ":":
+        return None, char
+    return key, (yield from _skip_whitespace((yield)))
 
 
 def _skip_whitespace(char: str) -> Generator[None, str, str]:
