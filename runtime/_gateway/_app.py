@@ -36,7 +36,7 @@ from opentelemetry.trace import SpanKind
 
 import telemetry
 from telemetry import names
-from workflows import ReplyDelta, Usage
+from workflows import ReplyDelta
 
 from .._errors import EngineRequestError, EngineUnavailableError, NoEngineError, RuntimeStateError
 from .._tools import TOOL_FORMATS, ToolFormat
@@ -166,11 +166,12 @@ class Gateway:
     engines at once (``None``: no bound); beyond it requests wait, fairly
     across tenants, at most ``max_queued`` per tenant (then 429).
     A session with no request in flight ends after a timeout it derives
-    from what it expects (its client's tools' durations, its own pauses:
-    see :func:`~runtime._gateway._sessions.idle_timeout_s`), at least
-    ``min_idle_timeout_s`` and at most ``idle_timeout_s`` seconds (equal:
-    a fixed timeout).  ``default_max_tokens`` is a chat request's ``max_tokens`` when it
-    sets none.  ``tool_format`` is how tools reach the model ("auto": its
+    from what it expects (4x the 95th-percentile duration of its client's
+    running tools, after an answer 4x the longest pause its client has
+    taken; docs/gateway.md), at least ``min_idle_timeout_s`` and at most
+    ``idle_timeout_s`` seconds (equal: a fixed timeout).
+    ``default_max_tokens`` is a chat request's ``max_tokens`` when it sets
+    none.  ``tool_format`` is how tools reach the model ("auto": its
     chat template's native tool calls when it has them, else agentrt's
     structured-output protocol; see docs/tools.md).  ``tokenizer`` is a local
     directory whose tokenizer encodes ``/v1/completions`` string prompts
@@ -436,13 +437,8 @@ class Gateway:
         program = self.runtime.programs.get(session.program_id)
         if program is None:
             return
-        used, billed = program.usage, session.billed
-        usage = Usage(
-            used.prompt_tokens - billed.prompt_tokens,
-            used.completion_tokens - billed.completion_tokens,
-            used.cached_tokens - billed.cached_tokens,
-        )
-        session.billed = used
+        usage = program.usage - session.billed
+        session.billed = program.usage
         if usage.total_tokens <= 0:
             return
         tenant = session.tenant

@@ -13,6 +13,7 @@ from runtime._gateway._session_keys import SESSION_SOURCES, session_ref
 from runtime._gateway._sessions import IDLE_GAP_FACTOR, idle_timeout_s
 from runtime._gateway._tenants import ANONYMOUS, FairAdmission, Tenant, TenantKeys, load_api_keys
 from toolbridge import DurationPredictor
+from workflows import Usage
 
 
 def _fields(**body: object) -> tuple[ChatRequest, object]:
@@ -370,3 +371,9 @@ def test_an_idle_session_waits_for_what_it_expects_within_its_bounds() -> None:
     assert timeout([], 1000.0) == 300.0
     assert timeout([], 12.0, floor=300.0) == 300.0  # floor == cap: a fixed timeout
     assert timeout(["build"], None, floor=500.0) == 300.0  # a floor above the cap is the cap
+
+
+def test_a_bill_is_the_usage_since_the_last_reading() -> None:
+    billed, turn = Usage(100, 10, 40), Usage(250, 7, 200)
+    assert (billed + turn) - billed == turn
+    assert (billed + turn) - (billed + turn) == Usage()
