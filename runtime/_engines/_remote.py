@@ -109,11 +109,16 @@ def _error_fields(body: str) -> tuple[str, str | None]:
     if isinstance(payload, dict):
         error = payload.get("error", payload)
         if isinstance(error, dict) and isinstance(error.get("message"), str):
-            param = error.get("param")
-            return str(error["message"]), param if isinstance(param, str) else None
+            return str(error["message"]), _blamed(error)
         if isinstance(payload.get("detail"), str):  # FastAPI's own errors
             return str(payload["detail"]), None
     return body.strip()[:2000], None
+
+
+def _blamed(error: Mapping[str, Any]) -> str | None:
+    """The request field an error object names (vLLM's ``param``), if it names one."""
+    param = error.get("param")
+    return param if isinstance(param, str) else None
 
 
 async def _raise_for_status(response: aiohttp.ClientResponse, what: str) -> None:
@@ -241,10 +246,7 @@ class _StreamState:
         if "error" in chunk:
             error = chunk["error"]
             if isinstance(error, Mapping):
-                param = error.get("param")
-                raise error_from_status(
-                    int(error.get("code") or 500), str(error.get("message")), param if isinstance(param, str) else None
-                )
+                raise error_from_status(int(error.get("code") or 500), str(error.get("message")), _blamed(error))
             raise EngineError(f"server reported an error mid-stream: {error}")
         if chunk.get("prompt_token_ids") is not None:  # chat: top level of the first chunk
             self.prompt_token_ids = list(chunk["prompt_token_ids"])
