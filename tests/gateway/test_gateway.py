@@ -116,18 +116,24 @@ async def test_streamed_text_is_the_same_reply_and_ends_with_usage(client: Async
     assert usage.prompt_tokens_details is not None and usage.prompt_tokens_details.cached_tokens > 0
 
 
+def _weather_call(gateway: Gateway, **more: Any) -> dict[str, Any]:
+    """A chat request that must call the weather tool, once, greedily decoded."""
+    return {
+        "model": gateway.model_name,
+        "messages": _messages("What is the weather in Oslo?"),
+        "tools": [WEATHER],
+        "tool_choice": "required",
+        # One call a reply: the random model would otherwise fill max_tokens with several.
+        "parallel_tool_calls": False,
+        "max_tokens": 64,
+        "temperature": 0,
+        **more,
+    }
+
+
 async def test_tools_come_back_as_openai_tool_calls(client: AsyncOpenAI, gateway: Gateway) -> None:
     for stream in (False, True):
-        kwargs = {
-            "model": gateway.model_name,
-            "messages": _messages("What is the weather in Oslo?"),
-            "tools": [WEATHER],
-            "tool_choice": "required",
-            # One call a reply: the random model would otherwise fill max_tokens with several.
-            "parallel_tool_calls": False,
-            "max_tokens": 64,
-            "temperature": 0,
-        }
+        kwargs = _weather_call(gateway)
         if stream:
             calls: dict[int, dict[str, str]] = {}
             finish = None
@@ -177,16 +183,7 @@ async def test_with_tools_declared_the_answer_streams_token_by_token(client: Asy
 async def test_streamed_tool_calls_come_as_incremental_deltas_with_the_ids_of_the_reply(
     client: AsyncOpenAI, gateway: Gateway
 ) -> None:
-    kwargs: dict[str, Any] = {
-        "model": gateway.model_name,
-        "messages": _messages("What is the weather in Oslo?"),
-        "tools": [WEATHER],
-        "tool_choice": "required",
-        "parallel_tool_calls": False,
-        "max_tokens": 64,
-        "temperature": 0,
-        "extra_body": {"program_id": "streamed-calls"},
-    }
+    kwargs = _weather_call(gateway, extra_body={"program_id": "streamed-calls"})
     starts, argument_pieces, finish = [], [], None
     async for chunk in await client.chat.completions.create(stream=True, **kwargs):
         for choice in chunk.choices:
