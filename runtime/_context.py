@@ -72,6 +72,15 @@ T = TypeVar("T")
 _RETRY_BACKOFF = Backoff(first_s=0.1, max_s=2.0)
 
 
+def _call_id_prefix(node: Node) -> str:
+    """The prefix of the ids of an LLM call's tool calls, streamed or parsed whole.
+
+    From the step key: the same on every run, so a resumed program's prompts
+    (which quote the ids in tool messages) match the journaled ones.
+    """
+    return f"call-{node.key}"
+
+
 def _pieces(
     on_token: Callable[[str], None] | None,
     on_delta: Callable[[ReplyDelta], None] | None,
@@ -231,13 +240,12 @@ class RuntimeContext(Context):
             priority=priority,
             timeout_s=timeout_s,
             retries=retries,
-            on_piece=_pieces(on_token, on_delta, lambda: calling.stream(lambda: f"call-{started[0].key}")),
+            on_piece=_pieces(on_token, on_delta, lambda: calling.stream(lambda: _call_id_prefix(started[0]))),
             on_node=started.append,
         )
-        # Ids from the step key: the same on every run, so a resumed program's prompts
-        # (which quote them in tool messages) match the journaled ones.
-        call_id_prefix = f"call-{node.key}"
-        reply = calling.parse(completion.text, finish_reason=completion.finish_reason, call_id_prefix=call_id_prefix)
+        reply = calling.parse(
+            completion.text, finish_reason=completion.finish_reason, call_id_prefix=_call_id_prefix(node)
+        )
         return LLMReply(
             text=reply.text,
             tool_calls=reply.tool_calls,
